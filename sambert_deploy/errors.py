@@ -1,0 +1,63 @@
+"""One error hierarchy for the whole toolkit.
+
+Every error a user can cause derives from :class:`SambertDeployError`; the CLI turns it into one line
+and exit code 2, the HTTP server into a 4xx answer. Messages name the file or field and the fix.
+"""
+
+from __future__ import annotations
+
+
+class SambertDeployError(Exception):
+    """Base class: a problem the user can fix (bad input, bad files, missing backend)."""
+
+    exit_code = 2
+
+
+class ModelDirectoryError(SambertDeployError):
+    """A model directory, voice or checkpoint file is missing or laid out wrongly."""
+
+
+class ConfigError(SambertDeployError):
+    """A config.yaml / configuration.json field is missing or has an unusable value."""
+
+
+class UnsupportedModelError(SambertDeployError):
+    """A model variant this toolkit does not handle (NSF, SE/personal voices, other model types)."""
+
+
+class CheckpointError(SambertDeployError):
+    """A checkpoint cannot be read safely or does not match the architecture built from its config."""
+
+
+class InvalidInputError(SambertDeployError, ValueError):
+    """Input text, symbols, voice, emotion or options are invalid."""
+
+
+class ExportError(SambertDeployError):
+    """ONNX export failed or the output location is unusable."""
+
+
+class ExportValidationError(ExportError):
+    """The exported graphs disagree with torch (collects every failure of the parity gate)."""
+
+    def __init__(self, failures: list[str]):
+        self.failures = list(failures)
+        lines = "\n  - ".join(self.failures)
+        super().__init__(f"parity gate failed ({len(self.failures)} problem(s)):\n  - {lines}")
+
+
+class BundleError(SambertDeployError):
+    """An exported bundle is missing, corrupted or of an unknown schema/model type."""
+
+
+class BackendUnavailableError(SambertDeployError):
+    """A requested inference backend cannot be used on this machine."""
+
+
+class MissingExtraError(SambertDeployError):
+    """An optional dependency group is not installed."""
+
+    def __init__(self, module: str, extra: str):
+        super().__init__(
+            f"'{module}' is not installed; it is needed here. Install it with: pip install 'sambert-deploy[{extra}]'"
+        )

@@ -1,0 +1,243 @@
+"""Torch rebuild of the KAN-TTS HiFiGAN ``Generator`` (causal and non-causal, non-NSF), SPEC §d.
+
+Checkpoints store every conv in weight-norm form (``weight_g``/``weight_v``); this module keeps that
+form so ``load_state_dict(strict=True)`` accepts them, and :func:`fold_weight_norm` is the explicit,
+named step that replaces them by plain ``weight`` tensors (the reference's ``remove_weight_norm``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class HifiGanConfig:
+    """``Model.Generator.params`` of ``voc/config.yaml``."""
+
+    in_channels: int = 80
+    out_channels: int = 1
+    channels: int = 256
+    kernel_size: int = 7
+    upsample_scales: tuple[int, ...] = (10, 5, 2, 2)
+    upsample_kernal_sizes: tuple[int, ...] = (20, 10, 4, 4)
+    resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
+    resblock_dilations: tuple[tuple[int, ...], ...] = ((1, 3, 5, 7),) * 3
+    causal: bool = True
+    bias: bool = True
+    negative_slope: float = 0.1
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> HifiGanConfig:
+        known = {f.name for f in fields(cls)}
+        kw: dict[str, Any] = {k: v for k, v in params.items() if k in known}
+        for k in ("upsample_scales", "upsample_kernal_sizes", "resblock_kernel_sizes"):
+            if k in kw:
+                kw[k] = tuple(int(x) for x in kw[k])
+        if "resblock_dilations" in kw:
+            kw["resblock_dilations"] = tuple(tuple(int(x) for x in d) for d in kw["resblock_dilations"])
+        act = params.get("nonlinear_activation_params") or {}
+        if "negative_slope" in act:
+            kw["negative_slope"] = float(act["negative_slope"])
+        return cls(**kw)
+
+    @property
+    def hop(self) -> int:
+        h = 1
+        for s in self.upsample_scales:
+            h *= s
+        return h
+
+
+class _WeightNormed(nn.Module):
+    """Holds ``weight_g``/``weight_v`` (dim 0) until folded into ``weight``."""
+
+    weight_g: nn.Parameter | None
+    weight_v: nn.Parameter | None
+    weight: nn.Parameter | None
+
+    def _init_wn(self, shape: tuple[int, ...], out: int, use_bias: bool) -> None:
+        self.weight_g = nn.Parameter(torch.ones(shape[0], *([1] * (len(shape) - 1))))
+        self.weight_v = nn.Parameter(torch.randn(*shape) * 0.01)
+        self.weight = None
+        self.bias = nn.Parameter(torch.zeros(out)) if use_bias else None
+
+    def effective_weight(self) -> Tensor:
+        if self.weight is not None:
+            return self.weight
+        assert self.weight_g is not None and self.weight_v is not None
+        return torch._weight_norm(self.weight_v, self.weight_g, 0)
+
+    def fold(self) -> None:
+        if self.weight is not None:
+            return
+        w = self.effective_weight().detach().clone()
+        del self.weight_g, self.weight_v
+        self.weight_g = None
+        self.weight_v = None
+        self.weight = nn.Parameter(w)
+
+
+class Conv1d(_WeightNormed):
+    """Weight-normed Conv1d with causal (left) or centred padding."""
+
+    def __init__(self, c_in: int, c_out: int, k: int, dilation: int = 1, causal: bool = False, bias: bool = True):
+        super().__init__()
+        self.k, self.dilation, self.causal = k, dilation, causal
+        self._init_wn((c_out, c_in, k), c_out, bias)
+
+    @property
+    def pad(self) -> tuple[int, int]:
+        total = (self.k - 1) * self.dilation
+        return (total, 0) if self.causal else (total // 2, total // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv1d(F.pad(x, self.pad), self.effective_weight(), self.bias, dilation=self.dilation)
+
+
+class ConvTranspose1d(_WeightNormed):
+    """Weight-normed ConvTranspose1d; causal drops the last k - s samples, non-causal pads (k - s) // 2."""
+
+    def __init__(self, c_in: int, c_out: int, k: int, stride: int, causal: bool, bias: bool = True):
+        super().__init__()
+        self.k, self.stride, self.causal = k, stride, causal
+        self.padding = 0 if causal else (k - stride) // 2
+        self._init_wn((c_in, c_out, k), c_out, bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.conv_transpose1d(x, self.effective_weight(), self.bias, stride=self.stride, padding=self.padding)
+        if self.causal and self.k > self.stride:
+            y = y[..., : -(self.k - self.stride)]
+        return y
+
+
+class _ConvHolder(nn.Module):
+    """Gives ``<name>.conv1d.*`` parameter names, as the reference's wrapper classes do."""
+
+    def __init__(self, conv: Conv1d):
+        super().__init__()
+        self.conv1d = conv
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv1d(x)
+
+
+class _DeconvHolder(nn.Module):
+    def __init__(self, deconv: ConvTranspose1d):
+        super().__init__()
+        self.deconv = deconv
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.deconv(x)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int, k: int, dilations: tuple[int, ...], causal: bool, slope: float, bias: bool):
+        super().__init__()
+        self.slope = slope
+        self.convs1 = nn.ModuleList(_ConvHolder(Conv1d(channels, channels, k, d, causal, bias)) for d in dilations)
+        self.convs2 = nn.ModuleList(_ConvHolder(Conv1d(channels, channels, k, 1, causal, bias)) for _ in dilations)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for c1, c2 in zip(self.convs1, self.convs2, strict=True):
+            t = c1(F.leaky_relu(x, self.slope))
+            x = x + c2(F.leaky_relu(t, self.slope))
+        return x
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: HifiGanConfig):
+        super().__init__()
+        self.cfg = cfg
+        causal, slope, bias = cfg.causal, cfg.negative_slope, cfg.bias
+        self.conv_pre = _ConvHolder(Conv1d(cfg.in_channels, cfg.channels, cfg.kernel_size, 1, causal, bias))
+        self.transpose_upsamples = nn.ModuleList()
+        self.repeat_upsamples = nn.ModuleList()
+        self.conv_blocks = nn.ModuleList()
+        c = cfg.channels
+        for s, k in zip(cfg.upsample_scales, cfg.upsample_kernal_sizes, strict=True):
+            self.transpose_upsamples.append(
+                nn.Sequential(nn.LeakyReLU(slope), _DeconvHolder(ConvTranspose1d(c, c // 2, k, s, causal, bias))))
+            self.repeat_upsamples.append(nn.Sequential(
+                nn.Upsample(scale_factor=s, mode="nearest"), nn.LeakyReLU(slope),
+                _ConvHolder(Conv1d(c, c // 2, cfg.kernel_size, 1, causal, bias))))
+            for rk, dil in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilations, strict=True):
+                self.conv_blocks.append(ResidualBlock(c // 2, rk, dil, causal, slope, bias))
+            c //= 2
+        self.conv_post = _ConvHolder(Conv1d(c, cfg.out_channels, cfg.kernel_size, 1, causal, bias))
+
+    def forward(self, mel: Tensor) -> Tensor:
+        """mel float32 [B, in_channels, T] -> waveform float32 [B, 1, hop * T] in (-1, 1)."""
+        x = self.conv_pre(mel)
+        nk = len(self.cfg.resblock_kernel_sizes)
+        for i in range(len(self.cfg.upsample_scales)):
+            x = torch.sin(x) + x
+            rep = self.repeat_upsamples[i](x)
+            up = self.transpose_upsamples[i](x)
+            x = rep + up[..., : rep.shape[-1]]
+            xs = self.conv_blocks[i * nk](x)
+            for j in range(1, nk):
+                xs = xs + self.conv_blocks[i * nk + j](x)
+            x = xs / nk
+        # The reference's final activation is the functional default slope 0.01, not 0.1.
+        x = F.leaky_relu(x, 0.01)
+        return torch.tanh(self.conv_post(x))
+
+
+def fold_weight_norm(module: nn.Module) -> nn.Module:
+    """Replace every weight-norm pair by its plain weight (``remove_weight_norm``), in place."""
+    for m in module.modules():
+        if isinstance(m, _WeightNormed):
+            m.fold()
+    return module
+
+
+def receptive_field(cfg: HifiGanConfig) -> tuple[int, int]:
+    """Exact (left, right) mel-frame context a chunk needs so its output equals whole-utterance output.
+
+    Computed by walking the network: each conv adds its padding reach at the current rate, each
+    upsample stage changes the rate. Reach is in samples of the current stage, converted to input
+    frames and rounded up.
+    """
+    left = right = 0.0  # in input frames
+    rate = 1  # samples per input frame at the current stage
+
+    def conv(k: int, d: int) -> None:
+        nonlocal left, right
+        total = (k - 1) * d
+        if cfg.causal:
+            left += total / rate
+        else:
+            left += (total // 2) / rate
+            right += (total // 2) / rate
+
+    conv(cfg.kernel_size, 1)
+    for s, k in zip(cfg.upsample_scales, cfg.upsample_kernal_sizes, strict=True):
+        # Transposed conv: output n depends on inputs i with i*s <= n + pad < i*s + k.
+        pad = 0 if cfg.causal else (k - s) // 2
+        left += (k - 1 - pad) / (rate * s) if not cfg.causal else (k - 1) / (rate * s)
+        right += pad / (rate * s)
+        rate *= s
+        conv(cfg.kernel_size, 1)  # repeat-upsample conv (nearest upsample adds no reach)
+        best_l = best_r = 0.0
+        for rk, dil in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilations, strict=True):
+            tl = tr = 0.0
+            for d in dil:
+                for dd in (d, 1):
+                    tot = (rk - 1) * dd
+                    if cfg.causal:
+                        tl += tot / rate
+                    else:
+                        tl += (tot // 2) / rate
+                        tr += (tot // 2) / rate
+            best_l, best_r = max(best_l, tl), max(best_r, tr)
+        left += best_l
+        right += best_r
+    conv(cfg.kernel_size, 1)
+    import math
+
+    return math.ceil(left), math.ceil(right)

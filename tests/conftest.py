@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+REPO = HERE.parent
+TINY = HERE / "fixtures" / "tiny"
+FULL = (REPO.parent / "shared" / "kantts" / "fixtures" / "full").resolve()
+SEQS = ("io_seq0_short", "io_seq1_medium", "io_seq2_emotion")
+
+# Tensor keys of ../shared/kantts/fixtures/README.md and the names the torch rebuild returns them under.
+AM_KEYS = {
+    "ling_embedding": "_ling_embedding", "encoder_out_pre_proj": "_encoder_out", "text_hid": "_text_hid",
+    "pitch_predictions": "pitch_predictions", "energy_predictions": "energy_predictions",
+    "pitch_emb_out": "_pitch_emb_out", "energy_emb_out": "_energy_emb_out",
+    "log_duration_predictions": "log_duration_predictions", "LR_text_outputs": "LR_text_outputs",
+    "LR_emo_outputs": "LR_emo_outputs", "LR_spk_outputs": "LR_spk_outputs", "memory": "_memory",
+    "dec_outputs_lfr": "_dec_outputs_lfr", "dec_outputs": "dec_outputs", "postnet_residual": "_postnet_residual",
+    "postnet_outputs": "postnet_outputs",
+}
+
+
+def fixture_set(name: str) -> Path:
+    if name == "tiny":
+        return TINY
+    if not FULL.is_dir():
+        pytest.skip(f"full-size fixtures not found at {FULL} (they live in ../shared/kantts/fixtures/full, "
+                    "outside the repo); the tiny set covers the same code paths")
+    return FULL
+
+
+@pytest.fixture(params=["tiny", "full"])
+def fixset(request: pytest.FixtureRequest) -> Path:
+    return fixture_set(request.param)
+
+
+def make_modelscope_dir(root: Path, src: Path, voices: tuple[str, ...] = ("zhibei_emo", "zhiyan_emo"),
+                        voc: str = "voc_causal", has_mask: bool | None = None, extra_ckpt: int | None = 12) -> Path:
+    """Assemble a ModelScope-layout model directory from a fixture set (copies, so tests may corrupt it)."""
+    import json
+    import shutil
+
+    model: dict = {"sample_rate": 16000}
+    if has_mask is not None:
+        model["am"] = {"linguistic_unit": {"has_mask": has_mask}}
+    (root / "voices").mkdir(parents=True)
+    (root / "configuration.json").write_text(json.dumps({"framework": "pytorch", "task": "text-to-speech",
+                                                         "model": {"type": "sambert-hifigan", **model}}))
+    (root / "voices" / "voices.json").write_text(json.dumps({"voices": list(voices)}))
+    for v in voices:
+        for sub, srcsub in (("am", "am"), ("voc", voc)):
+            d = root / "voices" / v / sub
+            (d / "ckpt").mkdir(parents=True)
+            shutil.copy(src / srcsub / "config.yaml", d / "config.yaml")
+            shutil.copy(src / srcsub / "ckpt" / "checkpoint_0.pth", d / "ckpt" / "checkpoint_0.pth")
+            if extra_ckpt is not None:
+                shutil.copy(src / srcsub / "ckpt" / "checkpoint_0.pth", d / "ckpt" / f"checkpoint_{extra_ckpt}.pth")
+    return root
