@@ -196,48 +196,30 @@ def fold_weight_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-def receptive_field(cfg: HifiGanConfig) -> tuple[int, int]:
-    """Exact (left, right) mel-frame context a chunk needs so its output equals whole-utterance output.
+def receptive_field(cfg: HifiGanConfig, probe_frames: int = 160) -> tuple[int, int]:
+    """Exact (left, right) mel-frame context a chunk needs for its output to equal whole-utterance output.
 
-    Computed by walking the network: each conv adds its padding reach at the current rate, each
-    upsample stage changes the rate. Reach is in samples of the current stage, converted to input
-    frames and rounded up.
+    Structural, not numerical: the same network with every weight set to 1/fan_in (positive), zero
+    biases, run in float64 on a one-frame impulse, is positive exactly where an output sample
+    depends on that frame (every activation maps positives to positives). Output frame f depends on
+    input frame t0 for f in [t0 - right, t0 + left].
     """
-    left = right = 0.0  # in input frames
-    rate = 1  # samples per input frame at the current stage
-
-    def conv(k: int, d: int) -> None:
-        nonlocal left, right
-        total = (k - 1) * d
-        if cfg.causal:
-            left += total / rate
-        else:
-            left += (total // 2) / rate
-            right += (total // 2) / rate
-
-    conv(cfg.kernel_size, 1)
-    for s, k in zip(cfg.upsample_scales, cfg.upsample_kernal_sizes, strict=True):
-        # Transposed conv: output n depends on inputs i with i*s <= n + pad < i*s + k.
-        pad = 0 if cfg.causal else (k - s) // 2
-        left += (k - 1 - pad) / (rate * s) if not cfg.causal else (k - 1) / (rate * s)
-        right += pad / (rate * s)
-        rate *= s
-        conv(cfg.kernel_size, 1)  # repeat-upsample conv (nearest upsample adds no reach)
-        best_l = best_r = 0.0
-        for rk, dil in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilations, strict=True):
-            tl = tr = 0.0
-            for d in dil:
-                for dd in (d, 1):
-                    tot = (rk - 1) * dd
-                    if cfg.causal:
-                        tl += tot / rate
-                    else:
-                        tl += (tot // 2) / rate
-                        tr += (tot // 2) / rate
-            best_l, best_r = max(best_l, tl), max(best_r, tr)
-        left += best_l
-        right += best_r
-    conv(cfg.kernel_size, 1)
-    import math
-
-    return math.ceil(left), math.ceil(right)
+    gen = Generator(cfg).double()
+    with torch.no_grad():
+        for m in gen.modules():
+            if isinstance(m, _WeightNormed):
+                m.fold()
+                assert m.weight is not None
+                fan_in = m.weight.shape[1] * m.weight.shape[2] if isinstance(m, Conv1d) else m.weight.shape[0]
+                m.weight.fill_(1.0 / fan_in)
+                if m.bias is not None:
+                    m.bias.zero_()
+        t0 = probe_frames // 2
+        mel = torch.zeros(1, cfg.in_channels, probe_frames, dtype=torch.float64)
+        mel[:, :, t0] = 1.0
+        y = gen(mel)[0, 0]
+    hit = torch.nonzero(y > 0).flatten()
+    first, last = int(hit[0]) // cfg.hop, int(hit[-1]) // cfg.hop
+    if first == 0 or last == probe_frames - 1:
+        return receptive_field(cfg, probe_frames * 2)
+    return last - t0, t0 - first

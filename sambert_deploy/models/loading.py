@@ -7,7 +7,6 @@ Layout (SPEC §a): ``configuration.json``, ``voices/voices.json``,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -282,11 +281,3 @@ def load_hifigan(cfg_path: Path, ckpt_path: Path, fold: bool = True) -> Generato
     if fold:
         fold_weight_norm(gen)
     return gen.eval()
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

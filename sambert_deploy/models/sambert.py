@@ -392,17 +392,22 @@ class VarianceAdaptor(nn.Module):
         self.pitch_emb = nn.Conv1d(1, p, 9, padding=4)
         self.energy_emb = nn.Conv1d(1, p, 9, padding=4)
 
-    def predict(self, text_hid: Tensor, spk_hid: Tensor, emo_hid: Tensor) -> dict[str, Tensor]:
-        """Everything before length regulation (per sentence, not streamable)."""
+    def predict_no_duration(self, text_hid: Tensor, spk_hid: Tensor, emo_hid: Tensor) -> dict[str, Tensor]:
+        """Pitch/energy predictors and their embeddings -> text_aug (everything before the AR duration loop)."""
         vp_in = torch.cat([text_hid, spk_hid, emo_hid], dim=-1)
         pitch = self.pitch_predictor(vp_in)
         energy = self.energy_predictor(vp_in)
         pitch_emb = self.pitch_emb(pitch.unsqueeze(1))
         energy_emb = self.energy_emb(energy.unsqueeze(1))
         text_aug = text_hid + pitch_emb.transpose(1, 2) + energy_emb.transpose(1, 2)
-        logd = self.duration_predictor(torch.cat([text_aug, spk_hid, emo_hid], dim=-1))
         return {"pitch_predictions": pitch, "energy_predictions": energy, "pitch_emb_out": pitch_emb,
-                "energy_emb_out": energy_emb, "text_aug": text_aug, "log_duration_predictions": logd}
+                "energy_emb_out": energy_emb, "text_aug": text_aug}
+
+    def predict(self, text_hid: Tensor, spk_hid: Tensor, emo_hid: Tensor) -> dict[str, Tensor]:
+        """Everything before length regulation (per sentence, not streamable)."""
+        out = self.predict_no_duration(text_hid, spk_hid, emo_hid)
+        out["log_duration_predictions"] = self.duration_predictor(torch.cat([out["text_aug"], spk_hid, emo_hid], dim=-1))
+        return out
 
 
 class MultiHeadPNCAAttention(nn.Module):

@@ -1,0 +1,324 @@
+"""The exported graphs, declared as data, and the torch wrappers they trace.
+
+The split follows where streaming needs state (SPEC §f):
+
+=============  ==============================================================  ==================
+graph          what                                                            run
+=============  ==============================================================  ==================
+encoder        embeddings, text encoder, pitch/energy predictors               once per sentence
+dur_step       one step of the autoregressive duration predictor (LSTM h/c)    once per unit
+memory_kv      decoder memory keys/values of all 12 layers (position-wise)     per block of steps
+decoder_step   one r-frame PNCA step; x-attention window cache in/out          once per step
+postnet_fsmn   postnet FSMN over a window with its exact left/right context    per chunk
+postnet_rnn    postnet LSTM (h/c carried) + residual add                       per chunk
+vocoder        HiFiGAN over a mel window with receptive-field context          per chunk
+=============  ==============================================================  ==================
+
+No cache grows with the utterance: the x-attention window holds ``max(x_band, 1)`` past steps and the
+memory window ``h_band + 1`` steps. Length regulation, duration position encoding and the decoder
+memory are numpy in :mod:`sambert_deploy.runtime.acoustic` (exact integer work, no graph needed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..models.hifigan import Generator
+from ..models.sambert import KanTtsSAMBERT, _merge_heads, sinusoid_table
+from ..runtime.manifest import TensorSpec
+
+MASK_VALUE = -1e9  # additive mask; exp() underflows to exactly 0 like the reference's -inf fill
+
+
+# ----------------------------------------------------------------------------------------------
+# Wrappers (shapes and dtypes in each docstring)
+# ----------------------------------------------------------------------------------------------
+
+
+class EncoderGraph(nn.Module):
+    """ling int64 [1,U,4], emotion/speaker int64 [1,U], position_enc f32 [1,U,E] ->
+    text_aug [1,U,P], spk_hid [1,U,S], emo_hid [1,U,Em], dur_cond [1,U,P+S+Em], pitch [1,U], energy [1,U].
+
+    The position rows come from the runtime (numpy float64 -> float32, exactly as the reference
+    builds its table), so inputs longer than ``max_len`` need no special case in the graph.
+    """
+
+    def __init__(self, am: KanTtsSAMBERT):
+        super().__init__()
+        self.am = am
+
+    def forward(self, ling: Tensor, emotion: Tensor, speaker: Tensor, position_enc: Tensor):
+        te = self.am.text_encoder
+        e = te.sy_emb(ling[..., 0]) + te.tone_emb(ling[..., 1]) + te.syllable_flag_emb(ling[..., 2]) + te.ws_emb(ling[..., 3])
+        x = e * math.sqrt(te.ling_enc.d_model) + position_enc
+        for layer in te.ling_enc.fft:
+            x, _ = layer(x)
+        text_hid = te.ling_proj(te.ling_enc.ln(x))
+        spk = self.am.spk_tokenizer(speaker)
+        emo = self.am.emo_tokenizer(emotion)
+        va = self.am.variance_adaptor.predict_no_duration(text_hid, spk, emo)
+        dur_cond = torch.cat([va["text_aug"], spk, emo], dim=-1)
+        return va["text_aug"], spk, emo, dur_cond, va["pitch_predictions"], va["energy_predictions"]
+
+
+class DurStepGraph(nn.Module):
+    """y_prev f32 [1,1,1], cond f32 [1,1,C], h/c f32 [2,1,U] -> log_dur [1,1,1], h_out, c_out."""
+
+    def __init__(self, am: KanTtsSAMBERT):
+        super().__init__()
+        self.dp = am.variance_adaptor.duration_predictor
+
+    def forward(self, y_prev: Tensor, cond: Tensor, h: Tensor, c: Tensor):
+        return self.dp.step(y_prev, cond, h, c)
+
+
+class MemoryKVGraph(nn.Module):
+    """memory f32 [1,N,d_mem] -> mem_k, mem_v f32 [L,H,N,dh] (batch 1 folded away)."""
+
+    def __init__(self, am: KanTtsSAMBERT):
+        super().__init__()
+        self.blocks = am.mel_decoder.mel_dec.pnca
+
+    def forward(self, memory: Tensor):
+        ks, vs = [], []
+        for blk in self.blocks:
+            k, v = blk.pnca_attn.memory_kv(memory)
+            ks.append(k[0])
+            vs.append(v[0])
+        return torch.stack(ks), torch.stack(vs)
+
+
+class DecoderStepGraph(nn.Module):
+    """One autoregressive step of r frames.
+
+    prev f32 [1,1,num_mels] (last frame of the previous step), memory_i f32 [1,1,d_mem],
+    x_k/x_v f32 [L,H,Wx,dh] (the previous Wx steps' keys/values, oldest first), x_bias f32 [Wx+1]
+    (0 = attend, MASK_VALUE = not), h_k/h_v f32 [L,H,Wh,dh] (memory window starting at this step),
+    h_bias f32 [Wh] -> frames f32 [1,1,r*num_mels], x_k_out/x_v_out [L,H,Wx,dh] (window moved by one).
+    """
+
+    def __init__(self, am: KanTtsSAMBERT):
+        super().__init__()
+        self.dec = am.mel_decoder.mel_dec
+
+    def forward(self, prev: Tensor, memory_i: Tensor, x_k: Tensor, x_v: Tensor, x_bias: Tensor,
+                h_k: Tensor, h_v: Tensor, h_bias: Tensor):
+        x = self.dec.step_input(prev, memory_i)
+        new_k, new_v = [], []
+        for li, blk in enumerate(self.dec.pnca):
+            att = blk.pnca_attn
+            q, k, v = att.qkv(x)  # [1,H,1,dh]
+            kk = torch.cat([x_k[li:li + 1], k], dim=2)
+            vv = torch.cat([x_v[li:li + 1], v], dim=2)
+            ctx_x, _ = _attend_bias(q, kk, vv, att.d_head, x_bias)
+            ctx_h, _ = _attend_bias(q, h_k[li:li + 1], h_v[li:li + 1], att.d_head, h_bias)
+            x = blk.pos_ffn(att.fc_x(_merge_heads(ctx_x)) + att.fc_h(_merge_heads(ctx_h)) + x)
+            new_k.append(kk[0, :, 1:])
+            new_v.append(vv[0, :, 1:])
+        frames = self.dec.dec_out_proj(self.dec.ln(x))
+        return frames, torch.stack(new_k), torch.stack(new_v)
+
+
+def _attend_bias(q: Tensor, k: Tensor, v: Tensor, d_head: int, bias: Tensor) -> tuple[Tensor, Tensor]:
+    scores = torch.matmul(q, k.transpose(-1, -2)) / float(np.power(d_head, 0.5)) + bias
+    attn = torch.softmax(scores, dim=-1)
+    return torch.matmul(attn, v), attn
+
+
+class PostnetFsmnGraph(nn.Module):
+    """dec f32 [1,W,num_mels] -> feats f32 [1,W,d_mem] (FSMN over the window, zero beyond its edges)."""
+
+    def __init__(self, am: KanTtsSAMBERT):
+        super().__init__()
+        self.fsmn = am.mel_postnet.fsmn
+
+    def forward(self, dec: Tensor):
+        return self.fsmn(dec)
+
+
+class PostnetRnnGraph(nn.Module):
+    """feats f32 [1,N,d_mem], dec f32 [1,N,num_mels], h/c f32 [1,1,U] -> mel f32 [1,N,num_mels], h_out, c_out."""
+
+    def __init__(self, am: KanTtsSAMBERT):
+        super().__init__()
+        self.pn = am.mel_postnet
+
+    def forward(self, feats: Tensor, dec: Tensor, h: Tensor, c: Tensor):
+        out, (h2, c2) = self.pn.lstm(feats, (h, c))
+        return self.pn.fc(out) + dec, h2, c2
+
+
+class VocoderGraph(nn.Module):
+    """mel f32 [1,num_mels,F] -> audio f32 [1,1,hop*F]."""
+
+    def __init__(self, gen: Generator):
+        super().__init__()
+        self.gen = gen
+
+    def forward(self, mel: Tensor):
+        return self.gen(mel)
+
+
+# ----------------------------------------------------------------------------------------------
+# Declarations
+# ----------------------------------------------------------------------------------------------
+
+SizeFn = Callable[[dict[str, int]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One exported graph: I/O with semantic axis names, opset, tolerance, dummy inputs.
+
+    ``make_inputs(sizes)`` builds valid inputs for a dict of axis sizes; ``trace_sizes`` is what the
+    exporter traces with and ``check_sizes`` are the other sizes the parity gate runs (never the traced ones).
+    """
+
+    name: str
+    part: str  # "am" or "voc"
+    build: Callable[[nn.Module], nn.Module]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    make_inputs: Callable[[nn.Module, dict[str, int], np.random.Generator], dict[str, np.ndarray]]
+    trace_sizes: dict[str, int]
+    check_sizes: tuple[dict[str, int], ...]
+    atol: float = 1e-4
+    rtol: float = 1e-4
+    opset: int = 17
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _f(*shape: int, rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _dims(am: KanTtsSAMBERT) -> tuple[int, int, int]:
+    dec = am.mel_decoder.mel_dec
+    blk = dec.pnca[0].pnca_attn
+    return len(dec.pnca), blk.n_head, blk.d_head
+
+
+def _encoder_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    assert isinstance(am, KanTtsSAMBERT)
+    c = am.cfg
+    u = s["num_units"]
+    ling = np.stack([rng.integers(0, c.sy - 3, u), rng.integers(0, c.tone - 3, u),
+                     rng.integers(0, c.syllable_flag - 3, u), rng.integers(0, c.word_segment - 3, u)], -1)
+    return {"ling": ling[None].astype(np.int64), "emotion": rng.integers(0, c.emotion - 3, (1, u)).astype(np.int64),
+            "speaker": rng.integers(0, c.speaker - 3, (1, u)).astype(np.int64),
+            "position_enc": sinusoid_table(u, c.embedding_dim).numpy()}
+
+
+def _dur_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    assert isinstance(am, KanTtsSAMBERT)
+    c = am.cfg
+    u = c.dur_pred_lstm_units
+    return {"y_prev": np.abs(_f(1, 1, 1, rng=rng)), "cond": _f(1, 1, c.vp_in, rng=rng),
+            "h": _f(2, 1, u, rng=rng, scale=0.3), "c": _f(2, 1, u, rng=rng, scale=0.3)}
+
+
+def _memkv_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    assert isinstance(am, KanTtsSAMBERT)
+    return {"memory": _f(1, s["num_steps"], am.cfg.d_mem, rng=rng)}
+
+
+def _decoder_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    assert isinstance(am, KanTtsSAMBERT)
+    c = am.cfg
+    layers, heads, dh = _dims(am)
+    wx, wh = s["x_window"], s["h_window"]
+    x_bias = np.zeros(wx + 1, np.float32)
+    x_bias[: max(0, wx - 1)] = MASK_VALUE  # some past slots masked, as at the start of an utterance
+    h_bias = np.zeros(wh, np.float32)
+    h_bias[wh // 2 + 1:] = MASK_VALUE  # the memory end inside the window
+    return {"prev": _f(1, 1, c.num_mels, rng=rng), "memory_i": _f(1, 1, c.d_mem, rng=rng),
+            "x_k": _f(layers, heads, wx, dh, rng=rng), "x_v": _f(layers, heads, wx, dh, rng=rng), "x_bias": x_bias,
+            "h_k": _f(layers, heads, wh, dh, rng=rng), "h_v": _f(layers, heads, wh, dh, rng=rng), "h_bias": h_bias}
+
+
+def _pfsmn_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    assert isinstance(am, KanTtsSAMBERT)
+    return {"dec": _f(1, s["num_frames"], am.cfg.num_mels, rng=rng)}
+
+
+def _prnn_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    assert isinstance(am, KanTtsSAMBERT)
+    c = am.cfg
+    n = s["num_frames"]
+    u = c.postnet_lstm_units
+    return {"feats": _f(1, n, c.postnet_num_memory_units, rng=rng), "dec": _f(1, n, c.num_mels, rng=rng),
+            "h": _f(1, 1, u, rng=rng, scale=0.3), "c": _f(1, 1, u, rng=rng, scale=0.3)}
+
+
+def _voc_inputs(gen: nn.Module, s: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    assert isinstance(gen, Generator)
+    return {"mel": _f(1, gen.cfg.in_channels, s["num_frames"], rng=rng)}
+
+
+def _t(name: str, *axes: str | int, dtype: str = "float32") -> TensorSpec:
+    return TensorSpec(name, dtype, tuple(axes))
+
+
+GRAPHS: tuple[GraphSpec, ...] = (
+    GraphSpec(
+        "encoder", "am", lambda m: EncoderGraph(m),  # type: ignore[arg-type]
+        inputs=(_t("ling", 1, "num_units", 4, dtype="int64"), _t("emotion", 1, "num_units", dtype="int64"),
+                _t("speaker", 1, "num_units", dtype="int64"), _t("position_enc", 1, "num_units", "embedding_dim")),
+        outputs=(_t("text_aug", 1, "num_units", "projection_units"), _t("spk_hid", 1, "num_units", "speaker_units"),
+                 _t("emo_hid", 1, "num_units", "emotion_units"), _t("dur_cond", 1, "num_units", "cond_units"),
+                 _t("pitch", 1, "num_units"), _t("energy", 1, "num_units")),
+        make_inputs=_encoder_inputs, trace_sizes={"num_units": 23},
+        check_sizes=({"num_units": 1}, {"num_units": 2}, {"num_units": 37}, {"num_units": 811})),
+    GraphSpec(
+        "dur_step", "am", lambda m: DurStepGraph(m),  # type: ignore[arg-type]
+        inputs=(_t("y_prev", 1, 1, 1), _t("cond", 1, 1, "cond_units"), _t("h", 2, 1, "dur_lstm_units"),
+                _t("c", 2, 1, "dur_lstm_units")),
+        outputs=(_t("log_dur", 1, 1, 1), _t("h_out", 2, 1, "dur_lstm_units"), _t("c_out", 2, 1, "dur_lstm_units")),
+        make_inputs=_dur_inputs, trace_sizes={}, check_sizes=({},)),
+    GraphSpec(
+        "memory_kv", "am", lambda m: MemoryKVGraph(m),  # type: ignore[arg-type]
+        inputs=(_t("memory", 1, "num_steps", "memory_units"),),
+        outputs=(_t("mem_k", "layers", "heads", "num_steps", "head_dim"),
+                 _t("mem_v", "layers", "heads", "num_steps", "head_dim")),
+        make_inputs=_memkv_inputs, trace_sizes={"num_steps": 13},
+        check_sizes=({"num_steps": 1}, {"num_steps": 2}, {"num_steps": 64})),
+    GraphSpec(
+        "decoder_step", "am", lambda m: DecoderStepGraph(m),  # type: ignore[arg-type]
+        inputs=(_t("prev", 1, 1, "num_mels"), _t("memory_i", 1, 1, "memory_units"),
+                _t("x_k", "layers", "heads", "x_window", "head_dim"), _t("x_v", "layers", "heads", "x_window", "head_dim"),
+                _t("x_bias", "x_window_plus_one"),
+                _t("h_k", "layers", "heads", "h_window", "head_dim"), _t("h_v", "layers", "heads", "h_window", "head_dim"),
+                _t("h_bias", "h_window")),
+        outputs=(_t("frames", 1, 1, "step_units"), _t("x_k_out", "layers", "heads", "x_window", "head_dim"),
+                 _t("x_v_out", "layers", "heads", "x_window", "head_dim")),
+        make_inputs=_decoder_inputs, trace_sizes={"x_window": 3, "h_window": 4},
+        check_sizes=({"x_window": 1, "h_window": 1}, {"x_window": 2, "h_window": 3}, {"x_window": 5, "h_window": 6})),
+    GraphSpec(
+        "postnet_fsmn", "am", lambda m: PostnetFsmnGraph(m),  # type: ignore[arg-type]
+        inputs=(_t("dec", 1, "num_frames", "num_mels"),),
+        outputs=(_t("feats", 1, "num_frames", "postnet_memory_units"),),
+        make_inputs=_pfsmn_inputs, trace_sizes={"num_frames": 67},
+        check_sizes=({"num_frames": 1}, {"num_frames": 2}, {"num_frames": 161}, {"num_frames": 1000})),
+    GraphSpec(
+        "postnet_rnn", "am", lambda m: PostnetRnnGraph(m),  # type: ignore[arg-type]
+        inputs=(_t("feats", 1, "num_frames", "postnet_memory_units"), _t("dec", 1, "num_frames", "num_mels"),
+                _t("h", 1, 1, "postnet_lstm_units"), _t("c", 1, 1, "postnet_lstm_units")),
+        outputs=(_t("mel", 1, "num_frames", "num_mels"), _t("h_out", 1, 1, "postnet_lstm_units"),
+                 _t("c_out", 1, 1, "postnet_lstm_units")),
+        make_inputs=_prnn_inputs, trace_sizes={"num_frames": 19},
+        check_sizes=({"num_frames": 1}, {"num_frames": 2}, {"num_frames": 97})),
+    GraphSpec(
+        "vocoder", "voc", lambda m: VocoderGraph(m),  # type: ignore[arg-type]
+        inputs=(_t("mel", 1, "num_mels", "num_frames"),),
+        outputs=(_t("audio", 1, 1, "num_samples"),),
+        make_inputs=_voc_inputs, trace_sizes={"num_frames": 29},
+        check_sizes=({"num_frames": 1}, {"num_frames": 2}, {"num_frames": 57}, {"num_frames": 240})),
+)
+
+GRAPHS_BY_NAME = {g.name: g for g in GRAPHS}

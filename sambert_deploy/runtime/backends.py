@@ -1,0 +1,249 @@
+"""One backend interface for running a graph, with ONNX Runtime CPU EP and CUDA EP implementations.
+
+A :class:`Backend` has a lifecycle (``open`` / ``close``, usable as a context manager), exposes its
+input metadata, and validates names, dtypes and ranks centrally in :meth:`Backend.run` before the
+implementation runs; a wrong input is an :class:`InvalidInputError` naming the tensor, never an ORT
+traceback. :func:`select_backend` picks the best present provider (``auto``) and logs each fallback
+with its reason, or raises :class:`BackendUnavailableError` (``strict``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, BundleError, InvalidInputError
+
+log = logging.getLogger(__name__)
+
+_ORT_TO_NUMPY = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(double)": np.float64,
+}
+
+BACKENDS = ("auto", "cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class InputMeta:
+    name: str
+    dtype: Any
+    shape: tuple[int | str | None, ...]
+
+
+@dataclass
+class BackendOptions:
+    """How to run graphs. ``threads`` 0 means: the number of physical cores ORT detects."""
+
+    threads: int = 0
+    device_id: int = 0
+    cudnn_conv_algo_search: str = "HEURISTIC"
+    graph_optimization: str = "all"
+    extra_session_options: dict[str, str] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """Runs one graph. Subclasses implement ``_open``, ``_run`` and ``_close``."""
+
+    kind = "abstract"
+
+    def __init__(self, path: str | Path, options: BackendOptions | None = None):
+        self.path = Path(path)
+        self.options = options or BackendOptions()
+        self._inputs: dict[str, InputMeta] = {}
+        self._output_names: list[str] = []
+        self._open_flag = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def open(self) -> Backend:
+        if not self._open_flag:
+            self._inputs, self._output_names = self._open()
+            self._open_flag = True
+        return self
+
+    def close(self) -> None:
+        if self._open_flag:
+            self._close()
+            self._open_flag = False
+
+    def __enter__(self) -> Backend:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def inputs(self) -> Mapping[str, InputMeta]:
+        self.open()
+        return self._inputs
+
+    @property
+    def output_names(self) -> list[str]:
+        self.open()
+        return list(self._output_names)
+
+    # -- running --------------------------------------------------------------------------------
+    def check_inputs(self, feeds: Mapping[str, np.ndarray]) -> None:
+        expected = self.inputs
+        missing = [n for n in expected if n not in feeds]
+        extra = [n for n in feeds if n not in expected]
+        if missing or extra:
+            raise InvalidInputError(f"{self.path.name}: inputs {sorted(feeds)} do not match the graph's "
+                                    f"{sorted(expected)} (missing {missing}, unexpected {extra})")
+        for name, meta in expected.items():
+            a = feeds[name]
+            if not isinstance(a, np.ndarray):
+                raise InvalidInputError(f"{self.path.name}: input '{name}' must be a numpy array, got {type(a).__name__}")
+            if a.dtype != meta.dtype:
+                raise InvalidInputError(f"{self.path.name}: input '{name}' has dtype {a.dtype}, expected "
+                                        f"{np.dtype(meta.dtype)}")
+            if a.ndim != len(meta.shape):
+                raise InvalidInputError(f"{self.path.name}: input '{name}' has rank {a.ndim} {a.shape}, expected "
+                                        f"rank {len(meta.shape)} {meta.shape}")
+            for i, (got, want) in enumerate(zip(a.shape, meta.shape, strict=True)):
+                if isinstance(want, int) and want != got:
+                    raise InvalidInputError(f"{self.path.name}: input '{name}' axis {i} is {got}, expected {want}")
+
+    def run(self, feeds: Mapping[str, np.ndarray], validate: bool = True) -> dict[str, np.ndarray]:
+        """Run the graph on numpy inputs; returns outputs by name. ``validate=False`` for hot loops
+        whose inputs were validated once (the decoder's per-step state)."""
+        self.open()
+        if validate:
+            self.check_inputs(feeds)
+        return self._run(feeds)
+
+    @abstractmethod
+    def _open(self) -> tuple[dict[str, InputMeta], list[str]]: ...
+
+    @abstractmethod
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def _close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+def _ort() -> Any:
+    import onnxruntime as ort
+
+    return ort
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime with one execution provider list; the CPU EP is always the last fallback."""
+
+    kind = "cpu"
+
+    def providers(self) -> list[Any]:
+        return ["CPUExecutionProvider"]
+
+    def session_options(self) -> Any:
+        ort = _ort()
+        so = ort.SessionOptions()
+        level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                 "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                 "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                 "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[self.options.graph_optimization]
+        so.graph_optimization_level = level
+        # Explicit threads: ORT's default spins one thread per logical core, which on a 2-core box
+        # with hyper-threads or beside a server's other sessions oversubscribes badly.
+        so.intra_op_num_threads = self.options.threads or max(1, (os.cpu_count() or 1))
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        for k, v in self.options.extra_session_options.items():
+            so.add_session_config_entry(k, v)
+        return so
+
+    def _open(self) -> tuple[dict[str, InputMeta], list[str]]:
+        ort = _ort()
+        if not self.path.is_file():
+            raise BundleError(f"graph file {self.path} is missing; re-export the bundle")
+        try:
+            self.session = ort.InferenceSession(str(self.path), self.session_options(), providers=self.providers())
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+            raise BundleError(f"{self.path} cannot be loaded by ONNX Runtime ({str(e).splitlines()[0]}); "
+                              "the file is corrupted or from an incompatible export: re-export it") from None
+        inputs = {i.name: InputMeta(i.name, _ORT_TO_NUMPY.get(i.type, np.float32), tuple(i.shape))
+                  for i in self.session.get_inputs()}
+        return inputs, [o.name for o in self.session.get_outputs()]
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self.session.run(self._output_names, dict(feeds))
+        return dict(zip(self._output_names, outs, strict=True))
+
+    def _close(self) -> None:
+        del self.session
+
+
+class OrtCudaBackend(OrtBackend):
+    """ONNX Runtime CUDA EP (needs onnxruntime-gpu). Convolution algorithms use the heuristic search:
+    the exhaustive search re-benchmarks every new chunk length of the vocoder."""
+
+    kind = "cuda"
+
+    def providers(self) -> list[Any]:
+        return [("CUDAExecutionProvider", {"device_id": self.options.device_id,
+                                           "cudnn_conv_algo_search": self.options.cudnn_conv_algo_search,
+                                           "do_copy_in_default_stream": True}),
+                "CPUExecutionProvider"]
+
+    def _open(self) -> tuple[dict[str, InputMeta], list[str]]:
+        meta = super()._open()
+        if "CUDAExecutionProvider" not in self.session.get_providers():
+            raise BackendUnavailableError(f"CUDA EP could not be initialised for {self.path.name} "
+                                          "(check the CUDA/cuDNN libraries onnxruntime-gpu needs)")
+        return meta
+
+
+def available_backends() -> list[str]:
+    """Backends usable here, best first."""
+    found = []
+    try:
+        provs = _ort().get_available_providers()
+    except ImportError:
+        provs = []
+    if "CUDAExecutionProvider" in provs:
+        found.append("cuda")
+    found.append("cpu")
+    return found
+
+
+def _unavailable_reason(kind: str) -> str:
+    if kind == "cuda":
+        return ("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu on a machine with an "
+                "NVIDIA GPU: pip install 'sambert-deploy[gpu]')")
+    return f"unknown backend '{kind}'; choose one of {', '.join(BACKENDS)}"
+
+
+def select_backend(requested: str = "auto", strict: bool = False) -> str:
+    """Resolve ``auto``/a named backend to one that is present, logging each fallback and its reason."""
+    if requested not in BACKENDS:
+        raise InvalidInputError(f"backend '{requested}' is unknown; choose one of {', '.join(BACKENDS)}")
+    present = available_backends()
+    if requested == "auto":
+        order = ["cuda", "cpu"]
+    else:
+        order = [requested] + ([] if strict else [b for b in ("cuda", "cpu") if b != requested])
+    for kind in order:
+        if kind in present:
+            return kind
+        reason = _unavailable_reason(kind)
+        if strict and kind == requested:
+            raise BackendUnavailableError(f"backend '{kind}' is not available: {reason}")
+        log.info("backend %s not used: %s; falling back", kind, reason)
+    return "cpu"
+
+
+def make_backend(kind: str, path: str | Path, options: BackendOptions | None = None) -> Backend:
+    if kind == "cpu":
+        return OrtBackend(path, options)
+    if kind == "cuda":
+        return OrtCudaBackend(path, options)
+    raise BackendUnavailableError(_unavailable_reason(kind))

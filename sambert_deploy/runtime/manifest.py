@@ -1,0 +1,190 @@
+"""The bundle manifest: what an exported voice is, read into typed structs (torch-free).
+
+A bundle is a folder with ``manifest.json`` and one sub-folder per voice holding its ONNX graphs.
+The runtime refuses a manifest whose schema version or model type it does not know, and checks that
+every graph file it names exists and has the recorded sha256 (cheap insurance against a truncated copy).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BundleError
+from ..symbols import Inventories
+
+SCHEMA_VERSION = 1
+MODEL_TYPE = "kantts-sambert-hifigan"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input/output: name, ONNX element type name and axis names (str = symbolic, int = fixed)."""
+
+    name: str
+    dtype: str
+    axes: tuple[str | int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "axes": list(self.axes)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(d["name"], d["dtype"], tuple(d["axes"]))
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    name: str
+    file: str
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    precision: str = "fp32"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256, "precision": self.precision,
+                "inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs]}
+
+    @classmethod
+    def from_json(cls, name: str, d: dict[str, Any]) -> GraphInfo:
+        return cls(name, d["file"], d["sha256"], tuple(TensorSpec.from_json(t) for t in d["inputs"]),
+                   tuple(TensorSpec.from_json(t) for t in d["outputs"]), d.get("precision", "fp32"))
+
+
+@dataclass(frozen=True)
+class AcousticInfo:
+    """Sizes the numpy glue between the acoustic graphs needs."""
+
+    outputs_per_step: int
+    num_mels: int
+    embedding_dim: int
+    projection_units: int
+    d_mem: int
+    dur_lstm_layers: int
+    dur_lstm_units: int
+    decoder_layers: int
+    decoder_heads: int
+    decoder_head_dim: int
+    postnet_left: int
+    postnet_right: int
+    postnet_lstm_units: int
+    postnet_memory_units: int
+    band_rule: str = "int(max(d) / outputs_per_step + 0.5) on unrounded d = exp(logd) - 1"
+
+
+@dataclass(frozen=True)
+class VocoderInfo:
+    causal: bool
+    hop: int
+    context_left: int
+    context_right: int
+    in_channels: int
+
+
+@dataclass(frozen=True)
+class VoiceManifest:
+    name: str
+    folder: str
+    acoustic: AcousticInfo
+    vocoder: VocoderInfo
+    inventories: Inventories
+    graphs: dict[str, GraphInfo]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def speakers(self) -> tuple[str, ...]:
+        return self.inventories.speakers
+
+    @property
+    def emotions(self) -> tuple[str, ...]:
+        return self.inventories.emotions
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: Path
+    schema_version: int
+    model_type: str
+    sample_rate: int
+    mel: dict[str, Any]
+    voices: dict[str, VoiceManifest]
+    default_voice: str
+    provenance: dict[str, Any]
+
+    def voice(self, name: str | None) -> VoiceManifest:
+        key = name or self.default_voice
+        if key not in self.voices:
+            raise BundleError(f"unknown voice '{key}'; this bundle has: {', '.join(self.voices)}")
+        return self.voices[key]
+
+    def graph_path(self, voice: VoiceManifest, graph: str) -> Path:
+        return self.root / voice.folder / voice.graphs[graph].file
+
+
+def voice_to_json(v: VoiceManifest) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {"folder": v.folder, "acoustic": asdict(v.acoustic), "vocoder": asdict(v.vocoder),
+            "inventories": v.inventories.to_json(), "has_mask": v.inventories.has_mask,
+            "speakers": list(v.speakers), "emotions": list(v.emotions),
+            "graphs": {k: g.to_json() for k, g in v.graphs.items()}, "provenance": v.provenance}
+
+
+def write_manifest(root: Path, sample_rate: int, mel: dict[str, Any], voices: list[VoiceManifest],
+                   provenance: dict[str, Any]) -> Path:
+    data = {"schema_version": SCHEMA_VERSION, "model_type": MODEL_TYPE, "sample_rate": sample_rate, "mel": mel,
+            "default_voice": voices[0].name, "voices": {v.name: voice_to_json(v) for v in voices},
+            "provenance": provenance}
+    path = root / MANIFEST
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False), "utf-8")
+    return path
+
+
+def read_manifest(bundle: str | Path, verify: bool = True) -> Manifest:
+    """Read and validate ``BUNDLE/manifest.json`` (``verify`` also checks graph files and hashes)."""
+    root = Path(bundle)
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"{root} is not a bundle directory; create one with: sambert-deploy export MODEL_DIR -o {root}")
+    if not path.is_file():
+        raise BundleError(f"{path} is missing; {root} is not an exported bundle (run sambert-deploy export)")
+    try:
+        d = json.loads(path.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path} is corrupted ({e}); re-export the bundle") from None
+    if not isinstance(d, dict):
+        raise BundleError(f"{path} is corrupted (not a JSON object); re-export the bundle")
+    if d.get("model_type") != MODEL_TYPE:
+        raise BundleError(f"{path}: model_type '{d.get('model_type')}' is not '{MODEL_TYPE}'; this runtime cannot run it")
+    if d.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"{path}: schema_version {d.get('schema_version')} is not supported (this runtime reads "
+                          f"{SCHEMA_VERSION}); re-export the bundle with this version of sambert-deploy")
+    try:
+        voices = {}
+        for name, v in d["voices"].items():
+            inv = Inventories.from_json(v["inventories"], has_mask=v.get("has_mask", True))
+            voices[name] = VoiceManifest(
+                name=name, folder=v["folder"], acoustic=AcousticInfo(**v["acoustic"]),
+                vocoder=VocoderInfo(**v["vocoder"]), inventories=inv,
+                graphs={k: GraphInfo.from_json(k, g) for k, g in v["graphs"].items()},
+                provenance=v.get("provenance", {}))
+        m = Manifest(root=root, schema_version=d["schema_version"], model_type=d["model_type"],
+                     sample_rate=int(d["sample_rate"]), mel=d["mel"], voices=voices,
+                     default_voice=d["default_voice"], provenance=d.get("provenance", {}))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{path} is corrupted or incomplete ({type(e).__name__}: {e}); re-export the bundle") from None
+    if verify:
+        from ..utils import file_sha256
+
+        for v in voices.values():
+            for g in v.graphs.values():
+                gp = root / v.folder / g.file
+                if not gp.is_file():
+                    raise BundleError(f"{gp} is missing from the bundle; re-export it")
+                if file_sha256(gp) != g.sha256:
+                    raise BundleError(f"{gp} does not match its sha256 in {path} (truncated or modified); re-export it")
+    return m
