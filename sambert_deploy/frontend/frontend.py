@@ -1,0 +1,321 @@
+"""The front end: text -> ttsfrd symbol lines (SPEC §e.1, shared/kantts/frontend/README.md).
+
+Stages: emotion markup -> normalization -> sentence split -> per sentence: tokens (Han runs, Latin words,
+punctuation) -> jieba words -> pinyin (polyphones, neutral tone, erhua) -> 一/不 and third-tone sandhi ->
+prosodic words -> units ``{sy$tone$syllable_flag$word_segment$emotion$speaker}`` with a break unit after
+every prosodic word (#1, or #3 at ，、；：, #4 at the sentence end).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from ..errors import InvalidInputError
+from ..symbols import Inventories
+from . import english, g2p, normalize, sandhi, split
+from .g2p import Word
+from .lexicon import Lexicon
+from .phones import split_tone, syllable_phones
+from .prosody import ProsodyOptions, group_prosodic_words
+
+logger = logging.getLogger(__name__)
+
+# Punctuation inside a sentence -> break level after the preceding prosodic word.
+_BREAK_PUNCT = {
+    "，": 3, "、": 3, "；": 3, "：": 3, ":": 3, "…": 3, "—": 3, "（": 3, "）": 3,
+    "。": 4, "！": 4, "？": 4, ".": 3,
+}  # fmt: skip
+# Marks that separate words but are not read and set no break (quotes, brackets, joiners).
+_SILENT = set("“”‘’\"'「」『』《》〈〉【】[]{}<>·・-_/\\|*#^`=+~")
+
+_TOKEN_RE = re.compile(
+    r"(?P<emo>[\ue000-\ue0ff])"
+    r"|(?P<han>[\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]+)"
+    r"|(?P<latin>[A-Za-z]+(?:'[A-Za-z]+)*)"
+    r"|(?P<digit>\d+)"
+    r"|(?P<space>\s+)"
+    r"|(?P<other>.)",
+    re.S,
+)
+_SPEAKER_RE = re.compile(r"^[^\s${}]+$")
+
+
+@dataclass(frozen=True)
+class FrontEndOptions:
+    """Options of :class:`FrontEnd`.
+
+    emotion: default emotion of phone units ('emotion_neutral' or a short name such as 'happy').
+    speaker: speaker token written into every unit (ttsfrd writes 'F7'; the voice's speaker_list must hold it).
+    lexicon_path: optional user lexicon (see :mod:`.lexicon`) overriding segmentation and pinyin.
+    max_units_per_sentence: split longer sentences at ，/、 breaks (then at #1) into several lines.
+    speakers: the valid speaker tokens; None accepts any token without whitespace, '$', '{' or '}'.
+    """
+
+    emotion: str = "emotion_neutral"
+    speaker: str = "F7"
+    lexicon_path: str | os.PathLike[str] | None = None
+    max_units_per_sentence: int | None = None
+    speakers: tuple[str, ...] | None = None
+    prosody: ProsodyOptions = field(default_factory=ProsodyOptions)
+
+
+@dataclass
+class _Phrase:
+    words: list[Word]
+    level: int  # break after the last prosodic word: 3 (，、...) or 4 (sentence end)
+
+
+class FrontEnd:
+    """Chinese (+ English) text -> ttsfrd symbol strings. Thread-safe after construction (no per-call state)."""
+
+    def __init__(self, options: FrontEndOptions | None = None):
+        self.options = options or FrontEndOptions()
+        self._inv = Inventories.build(["F7"])
+        self._emotions = self._inv.emotions
+        self.emotion = split.resolve_emotion(self.options.emotion, self._emotions)
+        self.speaker = self._check_speaker(self.options.speaker)
+        mx = self.options.max_units_per_sentence
+        if mx is not None and (not isinstance(mx, int) or mx < 4):
+            raise InvalidInputError(f"max_units_per_sentence must be an integer >= 4 or None, got {mx!r}")
+        self.lexicon = Lexicon.load(self.options.lexicon_path) if self.options.lexicon_path else Lexicon()
+
+    # --- validation -----------------------------------------------------------------------------------------
+
+    @property
+    def emotions(self) -> tuple[str, ...]:
+        return self._emotions
+
+    def _check_speaker(self, speaker: str) -> str:
+        valid = self.options.speakers
+        if not isinstance(speaker, str):
+            raise InvalidInputError(f"speaker must be a string, got {type(speaker).__name__}")
+        if valid is not None:
+            if speaker not in valid:
+                raise InvalidInputError(f"unknown speaker {speaker!r}; valid speakers: {', '.join(valid)}")
+        elif not _SPEAKER_RE.match(speaker):
+            raise InvalidInputError(f"invalid speaker token {speaker!r}: it must be non-empty without spaces, '$', '{{' or '}}'")
+        return speaker
+
+    # --- public API -----------------------------------------------------------------------------------------
+
+    def units(self, text: str, *, emotion: str | None = None, speaker: str | None = None) -> list[list[str]]:
+        """Per sentence, the list of unit strings ``{sy$tone$flag$segment$emotion$speaker}``."""
+        if not isinstance(text, str):
+            raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
+        emo = split.resolve_emotion(emotion, self._emotions) if emotion is not None else self.emotion
+        spk = self._check_speaker(speaker) if speaker is not None else self.speaker
+        marked, table = split.parse_markup(text, emo, self._emotions)
+        state = [emo]
+        out: list[list[str]] = []
+        for sent in split.split_sentences(normalize.normalize(marked)):
+            units = self._sentence_units(sent, table, state, spk)
+            if units:
+                out.extend(self._limit_length(units))
+        return out
+
+    def sentences(self, text: str, *, emotion: str | None = None, speaker: str | None = None) -> list[str]:
+        """One symbol string per sentence (units joined by one space, no index); [] if nothing is speakable."""
+        return [" ".join(u) for u in self.units(text, emotion=emotion, speaker=speaker)]
+
+    def to_lines(self, text: str, *, emotion: str | None = None, speaker: str | None = None) -> list[str]:
+        """ttsfrd lines ``<n>\\t<unit> <unit> ... <unit> `` (every unit followed by one space), n from 0."""
+        return [format_line(i, u) for i, u in enumerate(self.units(text, emotion=emotion, speaker=speaker))]
+
+    def lines_from_inputs(
+        self, inputs: Iterable[str], *, emotion: str | None = None, speaker: str | None = None, start: int = 1
+    ) -> Iterator[str]:
+        """For the CLI's ``-`` mode: each input (a stdin line) -> its sentences as ``<n>\\t<units> `` lines with
+        ``n`` the input's line number (from ``start``); inputs with nothing speakable print nothing.
+        Errors name the line number.
+        """
+        for n, line in enumerate(inputs, start):
+            try:
+                sents = self.units(line.rstrip("\r\n"), emotion=emotion, speaker=speaker)
+            except InvalidInputError as e:
+                raise InvalidInputError(f"line {n}: {e}") from None
+            for u in sents:
+                yield format_line(n, u)
+
+    # --- internals ------------------------------------------------------------------------------------------
+
+    def _sentence_units(self, sent: str, table: list[str], state: list[str], spk: str) -> list[str]:
+        phrases = self._phrases(sent, table, state)
+        units: list[str] = []
+        for ph in phrases:
+            sandhi.yi_bu_sandhi(ph.words)
+            for w in ph.words:
+                sandhi.third_tone_in_word(w, _is_dict_word)
+            groups = group_prosodic_words(ph.words, self.options.prosody)
+            for g in groups:
+                sandhi.third_tone_across(g)
+            for gi, g in enumerate(groups):
+                pw_units = _pw_units(g, spk)
+                if not pw_units:
+                    continue
+                units.extend(pw_units)
+                level = ph.level if gi == len(groups) - 1 else 1
+                units.append(_break_unit(level, spk))
+        if units:
+            units[-1] = _break_unit(4, spk)  # a sentence always closes with #4
+        return units
+
+    def _phrases(self, sent: str, table: list[str], state: list[str]) -> list[_Phrase]:
+        phrases: list[_Phrase] = []
+        words: list[Word] = []
+        dropped: list[str] = []
+
+        def close(level: int) -> None:
+            nonlocal words
+            if words:
+                phrases.append(_Phrase(words, level))
+                words = []
+            elif phrases:
+                phrases[-1].level = max(phrases[-1].level, level)
+
+        for m in _TOKEN_RE.finditer(sent):
+            kind = m.lastgroup
+            tok = m.group(0)
+            if kind == "emo":
+                state[0] = table[ord(tok) - split.SENTINEL_BASE]
+            elif kind == "han":
+                words.extend(self._han_words(tok, state[0], words[-1] if words else None, dropped))
+            elif kind == "digit":
+                words.extend(self._han_words(normalize.cardinal(tok), state[0], words[-1] if words else None, dropped))
+            elif kind == "latin":
+                sylls = english.english_syllables(tok)
+                if sylls:
+                    words.append(Word(tok, "eng", [], state[0], latin=True, phones=sylls))
+            elif kind == "other":
+                if tok in _BREAK_PUNCT:
+                    close(_BREAK_PUNCT[tok])
+                elif tok not in _SILENT:
+                    dropped.append(tok)
+        close(4)
+        if dropped:
+            logger.warning("dropped characters with no reading: %s", " ".join(sorted(set(dropped))))
+        return phrases
+
+    def _han_words(self, run: str, emotion: str, prev: Word | None, dropped: list[str]) -> list[Word]:
+        out: list[Word] = []
+        for piece, fixed in self.lexicon.split(run):
+            if fixed is not None:
+                out.append(Word(piece, "lex", list(fixed), emotion, locked=True))
+                continue
+            segs = g2p.segment(piece)
+            for k, (w, pos) in enumerate(segs):
+                nxt = segs[k + 1] if k + 1 < len(segs) else None
+                before = out[-1] if out else prev
+                pys = g2p.word_pinyin(w, pos, before, nxt)
+                if not all(pys):
+                    dropped.extend(c for c, p in zip(w, pys, strict=False) if not p)
+                    keep = [(c, p) for c, p in zip(w, pys, strict=False) if p]
+                    w = "".join(c for c, _ in keep)
+                    pys = [p for _, p in keep]
+                    if not w:
+                        continue
+                pys, _chars = g2p.merge_erhua(w, pys)
+                out.append(Word(w, pos, pys, emotion))
+        return out
+
+    def _limit_length(self, units: list[str]) -> list[list[str]]:
+        mx = self.options.max_units_per_sentence
+        if mx is None or len(units) <= mx:
+            return [units]
+        return split_units(units, mx)
+
+
+def split_units(units: list[str], max_units: int) -> list[list[str]]:
+    """Split one sentence's units into pieces of at most ``max_units`` at break units, preferring #3 over #1.
+
+    The break that ends a piece becomes #4 (each piece is a ttsfrd sentence). A single prosodic word longer
+    than the limit stays whole.
+    """
+    pieces: list[list[str]] = []
+    rest = units
+    while len(rest) > max_units:
+        cut = -1
+        for level in ("#3", "#2", "#1"):
+            cands = [i for i, u in enumerate(rest[:max_units]) if u.startswith("{" + level + "$")]
+            if cands:
+                cut = cands[-1]
+                break
+        if cut < 0:
+            nxt = [i for i, u in enumerate(rest) if u.startswith("{#")]
+            cut = nxt[0]
+            if cut == len(rest) - 1:
+                break
+        piece = rest[: cut + 1]
+        piece[-1] = piece[-1].replace(piece[-1][1:3], "#4", 1)
+        pieces.append(piece)
+        rest = rest[cut + 1 :]
+    if rest:
+        pieces.append(rest)
+    return pieces
+
+
+def format_line(index: int, units: list[str]) -> str:
+    return f"{index}\t" + "".join(u + " " for u in units)
+
+
+def _break_unit(level: int, spk: str) -> str:
+    return f"{{#{level}$tone_none$s_none$word_none$emotion_none${spk}}}"
+
+
+def _pw_units(group: list[Word], spk: str) -> list[str]:
+    """Units of one prosodic word with the KAN-TTS position rules (Syllable.GetPhoneMeta)."""
+    sylls: list[tuple[list[str], str, str]] = []  # phones, tone, emotion
+    for w in group:
+        if w.latin:
+            for ph in w.phones or []:
+                sylls.append((ph, "tone0", w.emotion))
+            continue
+        for s in w.syllables:
+            base, tone = split_tone(s)
+            try:
+                onset, final = syllable_phones(base)
+            except KeyError:
+                logger.warning("no phones for pinyin %r in %r; syllable dropped", s, w.text)
+                continue
+            sylls.append(([onset, final], f"tone{tone}", w.emotion))
+    if not sylls:
+        return []
+    n_phones = sum(len(p) for p, _, _ in sylls)
+    single = len(sylls) == 1
+    out = []
+    for si, (phones, tone, emo) in enumerate(sylls):
+        if n_phones == 1:
+            wpos = "word_both"
+        elif si == 0:
+            wpos = "word_begin"
+        elif si == len(sylls) - 1:
+            wpos = "word_end"
+        else:
+            wpos = "word_middle"
+        for pi, ph in enumerate(phones):
+            if len(phones) == 1:
+                spos = "s_both"
+            elif pi == 0:
+                spos = "s_begin"
+            elif pi == len(phones) - 1:
+                spos = "s_end"
+            else:
+                spos = "s_middle"
+            wp = wpos
+            if wp == "word_begin" and spos == "s_end" and single:
+                wp = "word_end"
+            elif wp == "word_begin" and spos not in ("s_begin", "s_both"):
+                wp = "word_middle"
+            elif wp == "word_end" and spos not in ("s_end", "s_both"):
+                wp = "word_middle"
+            out.append(f"{{{ph}${tone}${spos}${wp}${emo}${spk}}}")
+    return out
+
+
+def _is_dict_word(s: str) -> bool:
+    from pypinyin.constants import PHRASES_DICT
+
+    return s in PHRASES_DICT

@@ -1,0 +1,191 @@
+"""Chinese word segmentation and pinyin: jieba (lazily, quietly), pypinyin, polyphones, neutral tone, erhua.
+
+Tone sandhi lives in :mod:`.sandhi` because its scope depends on the prosodic words.
+Pinyin strings here are toneless base + tone digit (``'hao3'``, ``'dianr3'``, ``'de5'``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+HAN_RE = re.compile(r"[\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+HAN_RUN_RE = re.compile(r"[\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]+")
+
+_lock = threading.Lock()
+_posseg: Any = None
+
+
+def _tokenizer() -> Any:
+    """jieba's POS tokenizer, built on first use.
+
+    jieba prints 'Building prefix dict ...' through its own logger at DEBUG; it ships its dictionary in the
+    wheel, so nothing is downloaded. A private Tokenizer keeps user words out of the global jieba state.
+    """
+    global _posseg
+    if _posseg is None:
+        with _lock:
+            if _posseg is None:
+                import jieba
+                import jieba.posseg
+
+                jieba.setLogLevel(logging.WARNING)
+                tok = jieba.Tokenizer()
+                tok.initialize()
+                _posseg = jieba.posseg.POSTokenizer(tok)
+    return _posseg
+
+
+def segment(text: str) -> list[tuple[str, str]]:
+    """Split a run of Han characters into (word, part-of-speech) pairs (jieba tag set)."""
+    return [(p.word, p.flag) for p in _tokenizer().cut(text, HMM=True)]
+
+
+@dataclass
+class Word:
+    """A lexical word with its syllables (pinyin base+tone), before prosodic grouping."""
+
+    text: str
+    pos: str
+    syllables: list[str] = field(default_factory=list)
+    emotion: str = "emotion_neutral"
+    latin: bool = False
+    locked: bool = False  # readings from the user lexicon: no sandhi or neutral-tone rules
+    phones: list[list[str]] | None = None  # English: ARPAbet syllables
+    from_number: bool = False
+
+
+# --- pypinyin -------------------------------------------------------------------------------------------
+
+_pinyin_fn: Any = None
+
+
+def _raw_pinyin(word: str) -> list[str]:
+    global _pinyin_fn
+    if _pinyin_fn is None:
+        from pypinyin import Style, pinyin
+
+        def fn(w: str) -> list[str]:
+            out = pinyin([w], style=Style.TONE3, neutral_tone_with_five=True, errors=lambda c: [""] * len(c))
+            return [x[0] for x in out]
+
+        _pinyin_fn = fn
+    res: list[str] = _pinyin_fn(word)
+    if len(res) != len(word):  # defensive: pypinyin returns one item per character for Han input
+        res = [(_pinyin_fn(c) or [""])[0] for c in word]
+    return res
+
+
+# Single-character words whose pypinyin default reading is the rarer one in running text.
+_SINGLE_DEFAULT = {
+    "长": "chang2", "得": "de5", "地": "di4", "着": "zhe5", "了": "le5", "还": "hai2", "只": "zhi3",
+    "哪": "na3", "那": "na4", "么": "me5", "咱": "zan2", "便": "bian4", "给": "gei3", "都": "dou1",
+    "和": "he2", "吗": "ma5", "呢": "ne5", "吧": "ba5", "啊": "a5", "呀": "ya5", "的": "de5", "嘛": "ma5",
+    "过": "guo4", "没": "mei2", "为": "wei4", "曾": "ceng2", "似": "si4", "薄": "bao2", "露": "lu4",
+    "削": "xiao1", "血": "xue4", "壳": "ke2", "塞": "sai1", "剥": "bao1", "尽": "jin4", "传": "chuan2",
+    "率": "lv4", "觉": "jue2", "更": "geng4", "转": "zhuan3", "看": "kan4", "说": "shuo1", "大": "da4",
+    "将": "jiang1", "正": "zheng4", "应": "ying1", "处": "chu4", "分": "fen1", "当": "dang1", "几": "ji3",
+    "种": "zhong3", "干": "gan4", "发": "fa1", "兴": "xing1", "数": "shu4", "少": "shao3", "差": "cha4",
+    "重": "zhong4", "量": "liang4", "称": "cheng1", "调": "diao4",
+}  # fmt: skip
+
+# (char, POS prefix) -> reading, for single-character words whose reading follows their part of speech.
+_BY_POS = {
+    ("地", "uv"): "de5", ("得", "ud"): "de5", ("长", "v"): "zhang3", ("只", "q"): "zhi1", ("种", "v"): "zhong4",
+    ("数", "v"): "shu3", ("重", "d"): "chong2", ("重", "a"): "zhong4", ("为", "v"): "wei2", ("处", "v"): "chu3",
+    ("差", "v"): "cha4", ("差", "a"): "cha4", ("少", "v"): "shao3", ("分", "n"): "fen1", ("好", "v"): "hao4",
+    ("干", "a"): "gan1", ("发", "n"): "fa4", ("当", "p"): "dang1", ("将", "d"): "jiang1", ("将", "p"): "jiang1",
+    ("藏", "v"): "cang2", ("着", "v"): "zhao2", ("强", "a"): "qiang2", ("空", "a"): "kong1", ("难", "a"): "nan2",
+    ("倒", "v"): "dao3", ("倒", "d"): "dao4", ("调", "v"): "tiao2", ("降", "v"): "jiang4", ("教", "v"): "jiao1",
+    ("好", "a"): "hao3", ("和", "c"): "he2", ("和", "p"): "he2", ("还", "d"): "hai2", ("还", "v"): "huan2",
+}  # fmt: skip
+
+_MEASURE_AFTER_NUMERAL = {"只": "zhi1", "种": "zhong3", "行": "hang2", "处": "chu4", "重": "chong2", "把": "ba3"}
+_NUMERAL_CHARS = set("零〇一二两三四五六七八九十百千万亿几多半")
+
+# Words whose last syllable is neutral in standard speech but which pypinyin's phrase table gives a full
+# tone. Written from general knowledge of Putonghua (not from any evaluation data).
+_NEUTRAL_LAST = set(
+    """
+    东西 朋友 事情 豆腐 衣服 意思 时候 地方 明白 知道 先生 消息 喜欢 认识 告诉 关系 麻烦 客气 漂亮 舒服 暖和
+    热闹 清楚 打听 收拾 商量 规矩 打扮 玻璃 萝卜 窗户 眼睛 耳朵 脑袋 月亮 队伍 丈夫 媳妇 女婿 姑娘 伙计 本事
+    便宜 聪明 糊涂 马虎 那么 这么 什么 怎么 多么 妈妈 爸爸 哥哥 姐姐 弟弟 妹妹 奶奶 爷爷 叔叔 姑姑 舅舅 婶婶
+    宝宝 娃娃 星星 谢谢 看看 想想 试试 走走 说说 听听 问问 等等 尝尝 算盘 篱笆 琵琶 葡萄 胳膊 风筝 畜生 牲口
+    行李 包袱 招呼 吩咐 嘱咐 折腾 琢磨 咳嗽 啰嗦 哆嗦 耽误 委屈 欺负 凑合 巴结 苗条 利索 结实 踏实 老实 大方
+    痛快 凉快 爽快 厚道 体面 和气 实在 运气 福气 力气 脾气 名气 小气 别扭 扭捏 困难 生意 主意 部分 工夫 功夫
+    师傅 稳当 妥当 上头 下头 前头 后头 里头 外头 木头 石头 骨头 舌头 枕头 馒头 念头 苗头 甜头 苦头 跟头 拳头
+    指头 眉头 码头 罐头 斧头 锄头 姑父 舅妈 女人 男人 亲戚 街坊 邻居 太太 少爷 老爷 唠叨 嘀咕 叨唠 琢磨 提防
+    张罗 打算 比方 合同 柴火 灯笼 喇叭 喉咙 尾巴 嘴巴 哑巴 结巴 泥巴 下巴 庄稼 行当 名堂 学问 动静 道理 头发
+    事儿 笑话 故事 应酬 扫帚 笤帚 刺猬 狐狸 骆驼 蛤蟆 蚂蚱 蘑菇 核桃 橘子 云彩 芝麻 西瓜 冬瓜 南瓜 黄瓜 点心
+    早上 晚上 上面 下面 里面 外面 前面 后面 东边 西边 南边 北边 左边 右边 旁边 上边 下边 里边 外边 这边 那边
+    哪边 这里 那里 哪里 记得 觉得 晓得 懂得 舍得 值得 免得 省得 认得 使得 显得 难得 我们 你们 他们 她们 它们
+    咱们 人们 孩子们 同志们 出来 进来 起来 过来 回来 上来 下来 出去 进去 过去 回去 上去 下去
+    """.split()
+)
+# Lexical words with 去/来/过 as the full-tone head are excluded by only applying the list to whole words.
+_NEUTRAL_PARTICLES = {"的": "de5", "了": "le5", "着": "zhe5", "吗": "ma5", "呢": "ne5", "吧": "ba5", "啊": "a5",
+                      "呀": "ya5", "嘛": "ma5", "啦": "la5", "哇": "wa5", "哦": "o5", "么": "me5", "呗": "bei5",
+                      "们": "men5", "喽": "lou5", "罢了": "le5"}  # fmt: skip
+
+# Words ending in 儿 where 儿 is a full syllable (a noun morpheme), never merged as erhua.
+_ER_FULL_SUFFIXES = (
+    "女儿", "婴儿", "幼儿", "孤儿", "胎儿", "健儿", "宠儿", "患儿", "男儿", "少儿", "育儿", "弃儿", "孩儿",
+    "儿儿", "混血儿", "新生儿", "产儿", "妻儿", "乳儿", "病儿", "骄儿", "犬儿", "孕儿", "宁馨儿", "低能儿",
+    "弄潮儿", "幸运儿", "残疾儿", "留守儿", "托儿", "幼儿园",
+)  # fmt: skip
+
+
+def is_han(ch: str) -> bool:
+    return bool(HAN_RE.match(ch))
+
+
+def word_pinyin(word: str, pos: str, prev: Word | None, nxt: tuple[str, str] | None) -> list[str]:
+    """Pinyin (base + tone digit, '' for no reading) of one jieba word, with polyphones resolved by context."""
+    pys = _raw_pinyin(word)
+    if len(word) == 1:
+        c = word
+        if c in _NEUTRAL_PARTICLES and (pos.startswith(("u", "y", "e")) or c in "的吗呢吧啊呀嘛啦们么"):
+            return [_NEUTRAL_PARTICLES[c]]
+        if prev is not None and prev.text and prev.text[-1] in _NUMERAL_CHARS and c in _MEASURE_AFTER_NUMERAL:
+            return [_MEASURE_AFTER_NUMERAL[c]]
+        for n in (2, 1):
+            key = (c, pos[:n])
+            if key in _BY_POS:
+                return [_BY_POS[key]]
+        if c == "得":
+            # 得 before a verb after a subject or adverb is the modal dei3 (我得走); after a verb, a particle.
+            if nxt is not None and nxt[1].startswith("v") and prev is not None and prev.pos[:1] in ("r", "d", "n"):
+                return ["dei3"]
+            return ["de5" if prev is not None and prev.pos[:1] in ("v", "a") else "de2"]
+        if c in _SINGLE_DEFAULT:
+            return [_SINGLE_DEFAULT[c]]
+        return pys
+    if word in _NEUTRAL_LAST and pys and pys[-1]:
+        pys[-1] = pys[-1][:-1] + "5"
+    elif len(word) >= 2 and word[-1] == "们":
+        pys[-1] = "men5"
+    elif len(word) >= 3 and word[-2:] in _NEUTRAL_LAST and pys[-1]:
+        # compounds ending in a neutral-tone word (小朋友, 老东西...) keep its neutral tone
+        pys[-1] = pys[-1][:-1] + "5"
+    return pys
+
+
+def merge_erhua(word: str, pys: list[str]) -> tuple[list[str], list[str]]:
+    """Merge a word-final 儿 into the preceding syllable (一点儿 -> dianr3) as the KAN-TTS converter does.
+
+    Returns the syllables and, per syllable, the characters it covers.
+    """
+    from .phones import can_take_erhua, split_tone
+
+    chars = list(word)
+    if len(word) < 2 or word[-1] != "儿" or word.endswith(_ER_FULL_SUFFIXES) or not pys[-2]:
+        return pys, chars
+    base, tone = split_tone(pys[-2])
+    if not can_take_erhua(base):
+        return pys, chars
+    return pys[:-2] + [f"{base}r{tone}"], chars[:-2] + [chars[-2] + chars[-1]]
