@@ -217,7 +217,13 @@ class FrontEnd:
                     pys = [p for _, p in keep]
                     if not w:
                         continue
-                pys, _chars = g2p.merge_erhua(w, pys)
+                pys, _chars = g2p.merge_erhua(w, pys, pos)
+                if w == "儿" and out and g2p.can_merge_er(out[-1]):
+                    # jieba often cuts the erhua suffix off (老汉|儿, 应景|儿): merge it into the previous word
+                    last = out[-1]
+                    last.syllables[-1] = g2p.erhua_syllable(last.syllables[-1])
+                    last.text += w
+                    continue
                 out.append(Word(w, pos, pys, emotion))
         return out
 

@@ -65,7 +65,7 @@ class Word:
 _pinyin_fn: Any = None
 
 
-def _raw_pinyin(word: str) -> list[str]:
+def _single(ch: str) -> str:
     global _pinyin_fn
     if _pinyin_fn is None:
         from pypinyin import Style, pinyin
@@ -75,10 +75,71 @@ def _raw_pinyin(word: str) -> list[str]:
             return [x[0] for x in out]
 
         _pinyin_fn = fn
-    res: list[str] = _pinyin_fn(word)
-    if len(res) != len(word):  # defensive: pypinyin returns one item per character for Han input
-        res = [(_pinyin_fn(c) or [""])[0] for c in word]
-    return res
+    if ch in _CHAR_DEFAULT:
+        return _CHAR_DEFAULT[ch]
+    res: list[str] = _pinyin_fn(ch)
+    return res[0] if res else ""
+
+
+def _phrases() -> dict[str, list[list[str]]]:
+    from pypinyin.constants import PHRASES_DICT
+
+    return PHRASES_DICT  # type: ignore[no-any-return]
+
+
+def is_phrase(s: str) -> bool:
+    """Whether pypinyin's phrase table knows ``s`` (used for word structure in sandhi)."""
+    return s in _phrases()
+
+
+def _phrase_reading(w: str) -> list[str]:
+    from pypinyin import Style
+    from pypinyin.style import convert
+
+    out = []
+    for item in _phrases()[w]:
+        py = convert(item[0], Style.TONE3, strict=True, neutral_tone_with_five=True)
+        out.append(py if py and py[-1].isdigit() else (py + "5" if py else ""))
+    return out
+
+
+def _raw_pinyin(word: str) -> list[str]:
+    """Reading of a jieba word: the phrase table if it has the word, else the split of the word into known
+    phrases that has the fewest pieces (ties: the most frequent pieces by jieba's counts), characters
+    outside phrases by their default reading. pypinyin's own fallback (forward maximum matching) reads
+    银行卡 as 银|行卡 (xing2); the fewest-pieces split gives 银行|卡.
+    """
+    if len(word) == 1:
+        return [_single(word)]
+    if word in _phrases():
+        return _phrase_reading(word)
+    import math
+
+    freq = _tokenizer().tokenizer.FREQ
+    n = len(word)
+    # best[i] = (pieces, -logfreq, split) for word[i:]
+    best: list[tuple[int, float, list[str]]] = [(0, 0.0, [])] * (n + 1)
+    for i in range(n - 1, -1, -1):
+        cand: tuple[int, float, list[str]] | None = None
+        for j in range(i + 1, min(n, i + 8) + 1):
+            piece = word[i:j]
+            if j - i > 1 and piece not in _phrases():
+                continue
+            rest = best[j]
+            c = (rest[0] + 1, rest[1] - math.log(freq.get(piece, 0) + 1), [piece, *rest[2]])
+            if cand is None or c[:2] < cand[:2]:
+                cand = c
+        assert cand is not None
+        best[i] = cand
+    out: list[str] = []
+    for piece in best[0][2]:
+        out.extend(_phrase_reading(piece) if len(piece) > 1 else [_single(piece)])
+    return out
+
+
+# Defaults for characters read alone or inside words the phrase table lacks, where pypinyin's first
+# reading is a surname or literary reading (朴 piao2, 什 shen2 without 么, 咱 za2).
+_CHAR_DEFAULT = {"朴": "pu3", "什": "shi2", "咱": "zan2", "剥": "bo1", "蛤": "ha2", "伽": "jia1", "厦": "sha4"}
 
 
 # Single-character words whose pypinyin default reading is the rarer one in running text.
@@ -87,7 +148,7 @@ _SINGLE_DEFAULT = {
     "哪": "na3", "那": "na4", "么": "me5", "咱": "zan2", "便": "bian4", "给": "gei3", "都": "dou1",
     "和": "he2", "吗": "ma5", "呢": "ne5", "吧": "ba5", "啊": "a5", "呀": "ya5", "的": "de5", "嘛": "ma5",
     "过": "guo4", "没": "mei2", "为": "wei4", "曾": "ceng2", "似": "si4", "薄": "bao2", "露": "lu4",
-    "削": "xiao1", "血": "xue4", "壳": "ke2", "塞": "sai1", "剥": "bao1", "尽": "jin4", "传": "chuan2",
+    "削": "xiao1", "血": "xue4", "壳": "ke2", "塞": "sai1", "尽": "jin4", "传": "chuan2",
     "率": "lv4", "觉": "jue2", "更": "geng4", "转": "zhuan3", "看": "kan4", "说": "shuo1", "大": "da4",
     "将": "jiang1", "正": "zheng4", "应": "ying1", "处": "chu4", "分": "fen1", "当": "dang1", "几": "ji3",
     "种": "zhong3", "干": "gan4", "发": "fa1", "兴": "xing1", "数": "shu4", "少": "shao3", "差": "cha4",
@@ -136,7 +197,7 @@ _NEUTRAL_PARTICLES = {"的": "de5", "了": "le5", "着": "zhe5", "吗": "ma5", "
 _ER_FULL_SUFFIXES = (
     "女儿", "婴儿", "幼儿", "孤儿", "胎儿", "健儿", "宠儿", "患儿", "男儿", "少儿", "育儿", "弃儿", "孩儿",
     "儿儿", "混血儿", "新生儿", "产儿", "妻儿", "乳儿", "病儿", "骄儿", "犬儿", "孕儿", "宁馨儿", "低能儿",
-    "弄潮儿", "幸运儿", "残疾儿", "留守儿", "托儿", "幼儿园",
+    "弄潮儿", "幸运儿", "残疾儿", "留守儿", "托儿", "为儿", "生儿",
 )  # fmt: skip
 
 
@@ -149,6 +210,8 @@ def word_pinyin(word: str, pos: str, prev: Word | None, nxt: tuple[str, str] | N
     pys = _raw_pinyin(word)
     if len(word) == 1:
         c = word
+        if c == "得" and nxt is not None and nxt[1].startswith("v") and prev is not None and prev.pos[:1] in ("r", "d"):
+            return ["dei3"]  # 我得走, 都得躲: modal 'must' before a verb
         if c in _NEUTRAL_PARTICLES and (pos.startswith(("u", "y", "e")) or c in "的吗呢吧啊呀嘛啦们么"):
             return [_NEUTRAL_PARTICLES[c]]
         if prev is not None and prev.text and prev.text[-1] in _NUMERAL_CHARS and c in _MEASURE_AFTER_NUMERAL:
@@ -158,13 +221,12 @@ def word_pinyin(word: str, pos: str, prev: Word | None, nxt: tuple[str, str] | N
             if key in _BY_POS:
                 return [_BY_POS[key]]
         if c == "得":
-            # 得 before a verb after a subject or adverb is the modal dei3 (我得走); after a verb, a particle.
-            if nxt is not None and nxt[1].startswith("v") and prev is not None and prev.pos[:1] in ("r", "d", "n"):
-                return ["dei3"]
             return ["de5" if prev is not None and prev.pos[:1] in ("v", "a") else "de2"]
         if c in _SINGLE_DEFAULT:
             return [_SINGLE_DEFAULT[c]]
         return pys
+    if len(word) == 2 and word[0] == word[1] and pos.startswith("v"):
+        return [_single(word[0]), _single(word[0])[:-1] + "5"]  # verb reduplication AA: 查查, 看看
     if word in _NEUTRAL_LAST and pys and pys[-1]:
         pys[-1] = pys[-1][:-1] + "5"
     elif len(word) >= 2 and word[-1] == "们":
@@ -175,7 +237,7 @@ def word_pinyin(word: str, pos: str, prev: Word | None, nxt: tuple[str, str] | N
     return pys
 
 
-def merge_erhua(word: str, pys: list[str]) -> tuple[list[str], list[str]]:
+def merge_erhua(word: str, pys: list[str], pos: str = "") -> tuple[list[str], list[str]]:
     """Merge a word-final 儿 into the preceding syllable (一点儿 -> dianr3) as the KAN-TTS converter does.
 
     Returns the syllables and, per syllable, the characters it covers.
@@ -185,7 +247,30 @@ def merge_erhua(word: str, pys: list[str]) -> tuple[list[str], list[str]]:
     chars = list(word)
     if len(word) < 2 or word[-1] != "儿" or word.endswith(_ER_FULL_SUFFIXES) or not pys[-2]:
         return pys, chars
+    if pos.startswith("nr") and len(word) >= 3:  # names (丁可儿) read 儿 as a full syllable
+        return pys, chars
     base, tone = split_tone(pys[-2])
     if not can_take_erhua(base):
         return pys, chars
     return pys[:-2] + [f"{base}r{tone}"], chars[:-2] + [chars[-2] + chars[-1]]
+
+
+def erhua_syllable(py: str) -> str:
+    """'dian3' -> 'dianr3'."""
+    from .phones import split_tone
+
+    base, tone = split_tone(py)
+    return f"{base}r{tone}"
+
+
+def can_merge_er(prev: Word) -> bool:
+    """Whether a stand-alone 儿 token after ``prev`` is an erhua suffix of it."""
+    from .phones import can_take_erhua, split_tone
+
+    if prev.latin or prev.locked or not prev.syllables or not prev.syllables[-1]:
+        return False
+    if len(prev.text) == 1 and prev.pos[:1] in ("p", "c", "v", "r", "m"):
+        return False  # 为儿, 生儿: 儿 'son' after a function word or verb
+    if (prev.text + "儿").endswith(_ER_FULL_SUFFIXES):
+        return False
+    return can_take_erhua(split_tone(prev.syllables[-1])[0])

@@ -457,7 +457,8 @@ class HybridAttentionDecoder(nn.Module):
         z = self.dec_in_proj(torch.cat([memory_i, self.prenet(prev)], dim=-1))
         return z * math.sqrt(self.d_model)
 
-    def forward(self, memory: Tensor, x_band: int, h_band: int) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    def forward(self, memory: Tensor, x_band: int, h_band: int,
+                keep_attention: bool = True) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """Reference-style AR loop: memory [1, M, d_mem] -> ([1, M, r*num_mels], x_attns, h_attns).
 
         Like the reference, keys/values of every past step are kept and a band mask over all of
@@ -486,13 +487,14 @@ class HybridAttentionDecoder(nn.Module):
                 hk, hv = mem_kv[li]
                 ctx_h, a_h = _attend(q, hk, hv, att.d_head, h_mask)
                 x = blk.pos_ffn(att.combine(ctx_x, ctx_h, x))
-                x_rows[li].append(F.pad(a_x, (0, m - i - 1)))
-                h_rows[li].append(a_h)
+                if keep_attention:
+                    x_rows[li].append(F.pad(a_x, (0, m - i - 1)))
+                    h_rows[li].append(a_h)
             y = self.dec_out_proj(self.ln(x))
             outs.append(y)
             prev = y[..., -self.num_mels:]
-        x_attns = [torch.cat(rows, 2).reshape(-1, m, m) for rows in x_rows] if m else []
-        h_attns = [torch.cat(rows, 2).reshape(-1, m, m) for rows in h_rows] if m else []
+        x_attns = [torch.cat(rows, 2).reshape(-1, m, m) for rows in x_rows] if m and keep_attention else []
+        h_attns = [torch.cat(rows, 2).reshape(-1, m, m) for rows in h_rows] if m and keep_attention else []
         dec = torch.cat(outs, 1) if outs else memory.new_zeros(b, 0, self.r * self.num_mels)
         return dec, x_attns, h_attns
 
@@ -550,8 +552,13 @@ class KanTtsSAMBERT(nn.Module):
 
     @torch.no_grad()
     def forward(self, inputs_ling: Tensor, inputs_emotion: Tensor, inputs_speaker: Tensor,
-                input_lengths: Tensor | None = None, duration_scale: float = 1.0) -> dict[str, Any]:
-        """Inference forward of one utterance (B = 1), returning what KanTtsSAMBERT.forward returns."""
+                input_lengths: Tensor | None = None, duration_scale: float = 1.0, durations: Tensor | None = None,
+                keep_attention: bool = True) -> dict[str, Any]:
+        """Inference forward of one utterance (B = 1), returning what KanTtsSAMBERT.forward returns.
+
+        ``durations`` (float [1, T], unrounded) replaces the predicted ones (parity checks force them
+        when a rounding flips); ``keep_attention=False`` skips collecting the [H, M, M] maps.
+        """
         if inputs_ling.shape[0] != 1:
             raise ValueError("batch size must be 1 (the reference's inference path)")
         r = self.cfg.outputs_per_step
@@ -560,6 +567,9 @@ class KanTtsSAMBERT(nn.Module):
         spk_hid = self.spk_tokenizer(inputs_speaker)
         va = self.variance_adaptor.predict(text_hid, spk_hid, emo_hid)
         d, reps = self.round_durations(va["log_duration_predictions"])
+        if durations is not None:
+            d = durations.float()
+            reps = (d + 0.5).long()
         if duration_scale != 1.0:
             d = d * duration_scale
             reps = (d + 0.5).long()
@@ -570,7 +580,7 @@ class KanTtsSAMBERT(nn.Module):
         lr_spk = length_regulate(spk_hid, reps, r)
         valid = int(reps.sum())
         memory = self.build_memory(lr_text, lr_spk, lr_emo)
-        dec_lfr, x_attns, h_attns = self.mel_decoder.mel_dec(memory, band, band)
+        dec_lfr, x_attns, h_attns = self.mel_decoder.mel_dec(memory, band, band, keep_attention)
         tp = lr_text.shape[1]
         out_mask = (torch.arange(tp) >= valid)[None]
         dec = dec_lfr.reshape(1, tp, self.cfg.num_mels).masked_fill(out_mask.unsqueeze(-1), 0.0)

@@ -1,0 +1,261 @@
+"""Acoustic model runtime: encoded units -> mel frames, streamed, numpy + onnxruntime only.
+
+Per sentence: the ``encoder`` graph once, the ``dur_step`` graph once per unit (the duration
+predictor is autoregressive), then numpy length regulation / position encoding / decoder memory,
+then ``decoder_step`` once per r-frame step with a fixed-size x-attention window and memory window,
+and the postnet on chunks with its exact left/right context and LSTM state carried. Memory use does
+not grow with the sentence beyond the per-unit/per-step tables (a few hundred bytes per step).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..symbols import EncodedUnits
+from .backends import Backend, BackendOptions, make_backend
+from .manifest import Manifest, VoiceManifest
+
+log = logging.getLogger(__name__)
+
+MASK_VALUE = np.float32(-1e9)
+AM_GRAPHS = ("encoder", "dur_step", "memory_kv", "decoder_step", "postnet_fsmn", "postnet_rnn")
+
+
+def position_table(n: int, d: int) -> np.ndarray:
+    """Encoder position rows [1, n, d]: 1-based positions, angles in float64, then float32 (the
+    reference's SinusoidalPositionEncoder, regenerated at any length)."""
+    half = d // 2
+    pos = np.arange(1, n + 1, dtype=np.float64)[:, None]
+    j = np.arange(half, dtype=np.float64)[None, :]
+    angle = pos / np.power(10000.0, j / (half - 1))
+    return np.concatenate([np.sin(angle), np.cos(angle)], axis=1).astype(np.float32)[None]
+
+
+def dur_inv_timescales(depth: int) -> np.ndarray:
+    i = np.arange(depth)
+    return np.power(10000.0, 2 * (i // 2) / depth).astype(np.float32)
+
+
+def dur_position_encoding(reps: np.ndarray, r: int, inv_timescales: np.ndarray) -> np.ndarray:
+    """[Tp, depth]: per frame its 1-based index inside its unit (0 on the padding frames up to a
+    multiple of r), scaled, sin on even and cos on odd columns (so padding rows are [0,1,0,1,...])."""
+    total = int(reps.sum())
+    starts = np.cumsum(reps) - reps
+    pos = np.arange(total, dtype=np.int64) - np.repeat(starts, reps) + 1
+    pos = np.concatenate([pos, np.zeros((-total) % r, np.int64)]).astype(np.float32)
+    scaled = pos[:, None] / inv_timescales[None, :]
+    out = np.empty_like(scaled)
+    out[:, 0::2] = np.sin(scaled[:, 0::2])
+    out[:, 1::2] = np.cos(scaled[:, 1::2])
+    return out
+
+
+def length_regulate(x: np.ndarray, reps: np.ndarray, r: int) -> np.ndarray:
+    """x [U, D] -> [Tp, D]: row u repeated reps[u] times, zero rows up to a multiple of r."""
+    out = np.repeat(x, reps, axis=0)
+    pad = (-out.shape[0]) % r
+    if pad:
+        out = np.concatenate([out, np.zeros((pad, x.shape[1]), x.dtype)])
+    return out
+
+
+@dataclass
+class SentencePlan:
+    """Everything the decoder needs for one sentence (after encoder + duration prediction)."""
+
+    num_units: int
+    log_durations: np.ndarray  # f32 [U]
+    durations: np.ndarray  # f32 [U], unrounded d = exp(logd) - 1 (times the duration scale)
+    reps: np.ndarray  # int64 [U], trunc(d + 0.5)
+    band: int
+    valid_frames: int
+    memory: np.ndarray  # f32 [M, d_mem]
+    pitch: np.ndarray
+    energy: np.ndarray
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.memory.shape[0])
+
+
+class AcousticModel:
+    """The acoustic graphs of one voice on one backend."""
+
+    def __init__(self, manifest: Manifest, voice: VoiceManifest, backend: str = "cpu",
+                 options: BackendOptions | None = None):
+        self.voice = voice
+        self.info = voice.acoustic
+        self.sessions: dict[str, Backend] = {
+            g: make_backend(backend, manifest.graph_path(voice, g), options).open() for g in AM_GRAPHS}
+        self.inv_timescales = dur_inv_timescales(self.info.projection_units)
+
+    def close(self) -> None:
+        for s in self.sessions.values():
+            s.close()
+
+    # -- sentence level -------------------------------------------------------------------------
+    def plan(self, units: EncodedUnits, durations: np.ndarray | None = None, duration_scale: float = 1.0) -> SentencePlan:
+        """Encoder + autoregressive durations + memory. ``durations`` (unrounded, one per unit) forces
+        the durations instead of predicting them (used by the parity gate when a rounding flips)."""
+        info = self.info
+        u = units.num_units
+        if u == 0:
+            raise InvalidInputError("a sentence needs at least one unit")
+        if not duration_scale > 0:
+            raise InvalidInputError(f"duration_scale must be > 0, got {duration_scale}")
+        enc = self.sessions["encoder"].run({
+            "ling": units.ling[None].astype(np.int64, copy=False), "emotion": units.emotion[None].astype(np.int64, copy=False),
+            "speaker": units.speaker[None].astype(np.int64, copy=False),
+            "position_enc": position_table(u, info.embedding_dim)})
+        cond = enc["dur_cond"]
+        if durations is None:
+            logd = self._durations(cond)
+            d = np.exp(logd) - np.float32(1.0)
+        else:
+            if durations.shape != (u,):
+                raise InvalidInputError(f"durations must have one value per unit ({u}), got shape {durations.shape}")
+            logd = np.log1p(durations).astype(np.float32)
+            d = durations.astype(np.float32)
+        if duration_scale != 1.0:
+            d = d * np.float32(duration_scale)
+        reps = (d + np.float32(0.5)).astype(np.int64)
+        r = info.outputs_per_step
+        band = int(float(d.max()) / r + 0.5)
+        lr_text = length_regulate(enc["text_aug"][0], reps, r) + dur_position_encoding(reps, r, self.inv_timescales)
+        lr_spk = length_regulate(enc["spk_hid"][0], reps, r)
+        lr_emo = length_regulate(enc["emo_hid"][0], reps, r)
+        m = lr_text.shape[0] // r
+        memory = np.concatenate([lr_text.reshape(m, r * lr_text.shape[1]), lr_spk[::r], lr_emo[::r]], axis=1)
+        return SentencePlan(u, logd, d, reps, band, int(reps.sum()), np.ascontiguousarray(memory, np.float32),
+                            enc["pitch"][0], enc["energy"][0])
+
+    def _durations(self, cond: np.ndarray) -> np.ndarray:
+        sess = self.sessions["dur_step"]
+        units = self.info.dur_lstm_units
+        h = np.zeros((self.info.dur_lstm_layers, 1, units), np.float32)
+        c = np.zeros_like(h)
+        y = np.zeros((1, 1, 1), np.float32)
+        out = np.empty(cond.shape[1], np.float32)
+        for t in range(cond.shape[1]):
+            res = sess.run({"y_prev": y, "cond": cond[:, t:t + 1], "h": h, "c": c}, validate=t == 0)
+            y, h, c = res["log_dur"], res["h_out"], res["c_out"]
+            out[t] = y[0, 0, 0]
+        return out
+
+    # -- decoder --------------------------------------------------------------------------------
+    def decode(self, plan: SentencePlan, kv_block: int = 64) -> Iterator[np.ndarray]:
+        """Yield the valid decoder frames ([n, num_mels], n <= r) step by step."""
+        info = self.info
+        r, n_mels = info.outputs_per_step, info.num_mels
+        layers, heads, dh = info.decoder_layers, info.decoder_heads, info.decoder_head_dim
+        m = plan.num_steps
+        if m == 0:
+            return
+        xb = plan.band
+        wx = max(xb, 1)
+        wh = plan.band + 1
+        x_k = np.zeros((layers, heads, wx, dh), np.float32)
+        x_v = np.zeros_like(x_k)
+        prev = np.zeros((1, 1, n_mels), np.float32)
+        mem_k = np.zeros((layers, heads, 0, dh), np.float32)
+        mem_v = np.zeros_like(mem_k)
+        buf_start = 0
+        dec = self.sessions["decoder_step"]
+        kv = self.sessions["memory_kv"]
+        emitted = 0
+        for i in range(m):
+            need = min(m, i + wh)
+            if buf_start + mem_k.shape[2] < need:
+                lo = buf_start + mem_k.shape[2]
+                hi = min(m, max(need, lo + kv_block))
+                res = kv.run({"memory": plan.memory[None, lo:hi]}, validate=lo == 0)
+                keep = i - buf_start
+                mem_k = np.concatenate([mem_k[:, :, keep:], res["mem_k"]], axis=2)
+                mem_v = np.concatenate([mem_v[:, :, keep:], res["mem_v"]], axis=2)
+                buf_start = i
+            off = i - buf_start
+            h_k = mem_k[:, :, off:off + wh]
+            h_v = mem_v[:, :, off:off + wh]
+            h_bias = np.zeros(wh, np.float32)
+            if h_k.shape[2] < wh:  # the memory ends inside the look-ahead window
+                short = wh - h_k.shape[2]
+                pad = np.zeros((layers, heads, short, dh), np.float32)
+                h_k = np.concatenate([h_k, pad], axis=2)
+                h_v = np.concatenate([h_v, pad], axis=2)
+                h_bias[wh - short:] = MASK_VALUE
+            x_bias = np.zeros(wx + 1, np.float32)
+            first_valid = max(wx - xb, wx - i)
+            x_bias[:first_valid] = MASK_VALUE
+            res = dec.run({"prev": prev, "memory_i": plan.memory[None, i:i + 1], "x_k": x_k, "x_v": x_v,
+                           "x_bias": x_bias, "h_k": np.ascontiguousarray(h_k), "h_v": np.ascontiguousarray(h_v),
+                           "h_bias": h_bias}, validate=i == 0)
+            frames = res["frames"].reshape(r, n_mels)
+            x_k, x_v = res["x_k_out"], res["x_v_out"]
+            prev = frames[-1:][None]
+            take = min(r, plan.valid_frames - emitted)
+            if take > 0:
+                yield frames[:take]
+                emitted += take
+
+    # -- postnet --------------------------------------------------------------------------------
+    def postnet(self, frames: Iterator[np.ndarray], total: int, chunk: int = 48) -> Iterator[np.ndarray]:
+        """Postnet over a stream of decoder frames (``total`` valid frames in all) -> mel chunks [n, num_mels].
+
+        Each chunk's window reaches ``postnet_left`` frames back and ``postnet_right`` ahead: exactly
+        the frames the FSMN sees in a whole-sentence pass, so the output is the same; the LSTM state is
+        carried between chunks.
+        """
+        info = self.info
+        fsmn, rnn = self.sessions["postnet_fsmn"], self.sessions["postnet_rnn"]
+        h = np.zeros((1, 1, info.postnet_lstm_units), np.float32)
+        c = np.zeros_like(h)
+        for k, (win, a0, b0) in enumerate(context_windows(frames, total, chunk, info.postnet_left, info.postnet_right)):
+            feats = fsmn.run({"dec": win[None]}, validate=k == 0)["feats"]
+            res = rnn.run({"feats": np.ascontiguousarray(feats[:, a0:b0]), "dec": win[None, a0:b0], "h": h, "c": c},
+                          validate=k == 0)
+            h, c = res["h_out"], res["c_out"]
+            yield res["mel"][0]
+
+
+def context_windows(stream: Iterator[np.ndarray], total: int, chunk: int, left: int, right: int,
+                    first_chunk: int | None = None) -> Iterator[tuple[np.ndarray, int, int]]:
+    """Cut a stream of frame blocks ([n, C] arrays, ``total`` rows in all) into windows for chunked
+    context-dependent networks. Yields (window, a, b): the network runs on ``window`` and the rows
+    [a, b) of its output are the next chunk. A window holds up to ``left`` rows before the chunk and
+    ``right`` after it, so with the network's exact receptive field the chunks concatenate to the
+    whole-sequence output. Rows older than ``left`` are dropped, so memory stays bounded.
+    """
+    if chunk < 1:
+        raise InvalidInputError(f"chunk size must be >= 1 frame, got {chunk}")
+    it = iter(stream)
+    parts: list[np.ndarray] = []
+    buf: np.ndarray | None = None
+    buf_start = received = done = 0
+    size = first_chunk or chunk
+    while done < total:
+        b = min(total, done + size)
+        need = min(total, b + right)
+        while received < need:
+            try:
+                block = next(it)
+            except StopIteration:
+                raise RuntimeError(f"frame stream ended after {received} of {total} frames") from None
+            parts.append(block)
+            received += block.shape[0]
+        if parts:
+            buf = np.concatenate(([buf] if buf is not None else []) + parts)
+            parts = []
+        assert buf is not None
+        ws = max(0, done - left)
+        yield buf[ws - buf_start:need - buf_start], done - ws, b - ws
+        done = b
+        size = chunk
+        drop = max(0, done - left) - buf_start
+        if drop > 0:
+            buf = buf[drop:]
+            buf_start += drop
