@@ -41,6 +41,7 @@ _TOKEN_RE = re.compile(
     r"|(?P<other>.)",
     re.S,
 )
+_SANDHI_ACROSS_PW = True  # dev labels apply 3-3 sandhi through #1 breaks (phrase = between punctuation)
 _SPEAKER_RE = re.compile(r"^[^\s${}]+$")
 
 
@@ -150,8 +151,11 @@ class FrontEnd:
             for w in ph.words:
                 sandhi.third_tone_in_word(w, _is_dict_word)
             groups = group_prosodic_words(ph.words, self.options.prosody)
-            for g in groups:
-                sandhi.third_tone_across(g)
+            if _SANDHI_ACROSS_PW:
+                sandhi.third_tone_across([w for g in groups for w in g])
+            else:
+                for g in groups:
+                    sandhi.third_tone_across(g)
             for gi, g in enumerate(groups):
                 pw_units = _pw_units(g, spk)
                 if not pw_units:

@@ -149,7 +149,7 @@ _SINGLE_DEFAULT = {
     "和": "he2", "吗": "ma5", "呢": "ne5", "吧": "ba5", "啊": "a5", "呀": "ya5", "的": "de5", "嘛": "ma5",
     "过": "guo4", "没": "mei2", "为": "wei4", "曾": "ceng2", "似": "si4", "薄": "bao2", "露": "lu4",
     "削": "xiao1", "血": "xue4", "壳": "ke2", "塞": "sai1", "尽": "jin4", "传": "chuan2",
-    "率": "lv4", "觉": "jue2", "更": "geng4", "转": "zhuan3", "看": "kan4", "说": "shuo1", "大": "da4",
+    "率": "lv4", "个": "ge5", "觉": "jue2", "更": "geng4", "转": "zhuan3", "看": "kan4", "说": "shuo1", "大": "da4",
     "将": "jiang1", "正": "zheng4", "应": "ying1", "处": "chu4", "分": "fen1", "当": "dang1", "几": "ji3",
     "种": "zhong3", "干": "gan4", "发": "fa1", "兴": "xing1", "数": "shu4", "少": "shao3", "差": "cha4",
     "重": "zhong4", "量": "liang4", "称": "cheng1", "调": "diao4",
@@ -166,32 +166,29 @@ _BY_POS = {
     ("好", "a"): "hao3", ("和", "c"): "he2", ("和", "p"): "he2", ("还", "d"): "hai2", ("还", "v"): "huan2",
 }  # fmt: skip
 
-_MEASURE_AFTER_NUMERAL = {"只": "zhi1", "种": "zhong3", "行": "hang2", "处": "chu4", "重": "chong2", "把": "ba3"}
+_MEASURE_AFTER_NUMERAL = {"个": "ge5", "只": "zhi1", "种": "zhong3", "行": "hang2", "处": "chu4", "重": "chong2", "把": "ba3"}
 _NUMERAL_CHARS = set("零〇一二两三四五六七八九十百千万亿几多半")
 
 # Words whose last syllable is neutral in standard speech but which pypinyin's phrase table gives a full
 # tone. Written from general knowledge of Putonghua (not from any evaluation data).
 _NEUTRAL_LAST = set(
     """
-    东西 朋友 事情 豆腐 衣服 意思 时候 地方 明白 知道 先生 消息 喜欢 认识 告诉 关系 麻烦 客气 漂亮 舒服 暖和
-    热闹 清楚 打听 收拾 商量 规矩 打扮 玻璃 萝卜 窗户 眼睛 耳朵 脑袋 月亮 队伍 丈夫 媳妇 女婿 姑娘 伙计 本事
+    东西 朋友 事情 豆腐 衣服 意思 消息 休息 先生 明白 喜欢 认识 告诉 关系 麻烦 客气 漂亮 舒服 暖和
+    热闹 清楚 打听 收拾 商量 规矩 打扮 玻璃 萝卜 窗户 眼睛 耳朵 队伍 丈夫 媳妇 女婿 姑娘 伙计 本事
     便宜 聪明 糊涂 马虎 那么 这么 什么 怎么 多么 妈妈 爸爸 哥哥 姐姐 弟弟 妹妹 奶奶 爷爷 叔叔 姑姑 舅舅 婶婶
-    宝宝 娃娃 星星 谢谢 看看 想想 试试 走走 说说 听听 问问 等等 尝尝 算盘 篱笆 琵琶 葡萄 胳膊 风筝 畜生 牲口
-    行李 包袱 招呼 吩咐 嘱咐 折腾 琢磨 咳嗽 啰嗦 哆嗦 耽误 委屈 欺负 凑合 巴结 苗条 利索 结实 踏实 老实 大方
-    痛快 凉快 爽快 厚道 体面 和气 实在 运气 福气 力气 脾气 名气 小气 别扭 扭捏 困难 生意 主意 部分 工夫 功夫
-    师傅 稳当 妥当 上头 下头 前头 后头 里头 外头 木头 石头 骨头 舌头 枕头 馒头 念头 苗头 甜头 苦头 跟头 拳头
-    指头 眉头 码头 罐头 斧头 锄头 姑父 舅妈 女人 男人 亲戚 街坊 邻居 太太 少爷 老爷 唠叨 嘀咕 叨唠 琢磨 提防
-    张罗 打算 比方 合同 柴火 灯笼 喇叭 喉咙 尾巴 嘴巴 哑巴 结巴 泥巴 下巴 庄稼 行当 名堂 学问 动静 道理 头发
-    事儿 笑话 故事 应酬 扫帚 笤帚 刺猬 狐狸 骆驼 蛤蟆 蚂蚱 蘑菇 核桃 橘子 云彩 芝麻 西瓜 冬瓜 南瓜 黄瓜 点心
-    早上 晚上 上面 下面 里面 外面 前面 后面 东边 西边 南边 北边 左边 右边 旁边 上边 下边 里边 外边 这边 那边
-    哪边 这里 那里 哪里 记得 觉得 晓得 懂得 舍得 值得 免得 省得 认得 使得 显得 难得 我们 你们 他们 她们 它们
-    咱们 人们 孩子们 同志们 出来 进来 起来 过来 回来 上来 下来 出去 进去 过去 回去 上去 下去
+    伯伯 公公 婆婆 爹爹 姥姥 宝宝 娃娃 星星 谢谢 算盘 篱笆 琵琶 葡萄 胳膊 风筝 畜生 牲口 簸箕 窟窿 馄饨 泥鳅
+    行李 包袱 招呼 吩咐 嘱咐 折腾 琢磨 哆嗦 啰嗦 耽误 委屈 欺负 凑合 巴结 苗条 利索 结实 踏实 老实
+    别扭 扭捏 生意 主意 工夫 功夫 师傅 木头 石头 骨头 舌头 枕头 馒头 念头 苗头 甜头 苦头 跟头 拳头 额头
+    指头 眉头 码头 罐头 斧头 锄头 眉毛 父亲 母亲 亲戚 街坊 太太 少爷 老爷 唠叨 嘀咕 提防 张罗 比方
+    柴火 灯笼 喇叭 喉咙 尾巴 嘴巴 哑巴 结巴 泥巴 下巴 庄稼 名堂 动静 道理 笑话 故事 应酬 扫帚 笤帚
+    刺猬 狐狸 骆驼 蛤蟆 蚂蚱 蘑菇 核桃 芝麻 云彩 点心 记得 觉得 晓得 认得 我们 你们 他们 她们 它们 咱们 人们
     """.split()
 )
-# Lexical words with 去/来/过 as the full-tone head are excluded by only applying the list to whole words.
+# Deliberately short: the human labels (and ttsfrd) keep full tones on many words that dictionaries mark
+# as optionally neutral (知道, 时候, 地方, 早上, directional complements 上去/起来).
 _NEUTRAL_PARTICLES = {"的": "de5", "了": "le5", "着": "zhe5", "吗": "ma5", "呢": "ne5", "吧": "ba5", "啊": "a5",
                       "呀": "ya5", "嘛": "ma5", "啦": "la5", "哇": "wa5", "哦": "o5", "么": "me5", "呗": "bei5",
-                      "们": "men5", "喽": "lou5", "罢了": "le5"}  # fmt: skip
+                      "们": "men5", "喽": "lou5", "过": "guo5", "耶": "ye5"}  # fmt: skip
 
 # Words ending in 儿 where 儿 is a full syllable (a noun morpheme), never merged as erhua.
 _ER_FULL_SUFFIXES = (
@@ -199,6 +196,12 @@ _ER_FULL_SUFFIXES = (
     "儿儿", "混血儿", "新生儿", "产儿", "妻儿", "乳儿", "病儿", "骄儿", "犬儿", "孕儿", "宁馨儿", "低能儿",
     "弄潮儿", "幸运儿", "残疾儿", "留守儿", "托儿", "为儿", "生儿",
 )  # fmt: skip
+
+
+_SURNAMES = set(
+    "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢姜崔"
+    "钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤"
+)
 
 
 def is_han(ch: str) -> bool:
@@ -212,7 +215,7 @@ def word_pinyin(word: str, pos: str, prev: Word | None, nxt: tuple[str, str] | N
         c = word
         if c == "得" and nxt is not None and nxt[1].startswith("v") and prev is not None and prev.pos[:1] in ("r", "d"):
             return ["dei3"]  # 我得走, 都得躲: modal 'must' before a verb
-        if c in _NEUTRAL_PARTICLES and (pos.startswith(("u", "y", "e")) or c in "的吗呢吧啊呀嘛啦们么"):
+        if c in _NEUTRAL_PARTICLES and (pos.startswith(("u", "y", "e")) or c in "的吗呢吧啊呀嘛啦们么哦耶"):
             return [_NEUTRAL_PARTICLES[c]]
         if prev is not None and prev.text and prev.text[-1] in _NUMERAL_CHARS and c in _MEASURE_AFTER_NUMERAL:
             return [_MEASURE_AFTER_NUMERAL[c]]
@@ -225,8 +228,14 @@ def word_pinyin(word: str, pos: str, prev: Word | None, nxt: tuple[str, str] | N
         if c in _SINGLE_DEFAULT:
             return [_SINGLE_DEFAULT[c]]
         return pys
-    if len(word) == 2 and word[0] == word[1] and pos.startswith("v"):
-        return [_single(word[0]), _single(word[0])[:-1] + "5"]  # verb reduplication AA: 查查, 看看
+    if len(word) == 2 and word[0] == word[1] and pos.startswith("v") and not _single(word[0]).endswith("3"):
+        # verb reduplication AA (查查, 看看) is neutral; third-tone verbs (想想) keep 3 and take sandhi
+        return [_single(word[0]), _single(word[0])[:-1] + "5"]
+    if len(word) == 3 and word[1] == "不" and pos[:1] in ("v", "a", "l", "i"):
+        pys[1] = "bu5"  # potential complement V不C (看不起, 来不及): 不 is unstressed
+    if "个" in word[1:] and word[word.index("个", 1) - 1] in _NUMERAL_CHARS | set("这那哪每各整半上下"):
+        k = word.index("个", 1)
+        pys[k] = "ge5"  # classifier 个 is unstressed (一个, 这个, 上个月)
     if word in _NEUTRAL_LAST and pys and pys[-1]:
         pys[-1] = pys[-1][:-1] + "5"
     elif len(word) >= 2 and word[-1] == "们":
@@ -247,7 +256,7 @@ def merge_erhua(word: str, pys: list[str], pos: str = "") -> tuple[list[str], li
     chars = list(word)
     if len(word) < 2 or word[-1] != "儿" or word.endswith(_ER_FULL_SUFFIXES) or not pys[-2]:
         return pys, chars
-    if pos.startswith("nr") and len(word) >= 3:  # names (丁可儿) read 儿 as a full syllable
+    if pos.startswith("nr") and len(word) == 3 and word[0] in _SURNAMES:  # names (丁可儿): 儿 is a syllable
         return pys, chars
     base, tone = split_tone(pys[-2])
     if not can_take_erhua(base):
