@@ -188,7 +188,7 @@ _NEUTRAL_LAST = set(
 # as optionally neutral (知道, 时候, 地方, 早上, directional complements 上去/起来).
 _NEUTRAL_PARTICLES = {"的": "de5", "了": "le5", "着": "zhe5", "吗": "ma5", "呢": "ne5", "吧": "ba5", "啊": "a5",
                       "呀": "ya5", "嘛": "ma5", "啦": "la5", "哇": "wa5", "哦": "o5", "么": "me5", "呗": "bei5",
-                      "们": "men5", "喽": "lou5", "过": "guo5", "耶": "ye5"}  # fmt: skip
+                      "们": "men5", "喽": "lou5", "耶": "ye5"}  # fmt: skip
 
 # Words ending in 儿 where 儿 is a full syllable (a noun morpheme), never merged as erhua.
 _ER_FULL_SUFFIXES = (
@@ -225,6 +225,8 @@ def word_pinyin(word: str, pos: str, prev: Word | None, nxt: tuple[str, str] | N
                 return [_BY_POS[key]]
         if c == "得":
             return ["de5" if prev is not None and prev.pos[:1] in ("v", "a") else "de2"]
+        if c == "为" and pos.startswith("p") and prev is not None and prev.pos[:1] in ("n", "v"):
+            return ["wei2"]  # 'X 为 Y' (价格为, 表现为) is the copula wei2; 为了/为你 stay wei4
         if c in _SINGLE_DEFAULT:
             return [_SINGLE_DEFAULT[c]]
         return pys

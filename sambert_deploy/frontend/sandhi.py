@@ -53,15 +53,16 @@ def yi_bu_sandhi(words: list[Word]) -> None:
         if s.char == "不":
             if orig[k] == 5:
                 continue  # 对不起, 了不起: the phrase table's neutral tone wins
-            if prv is not None and nxt is not None and prv.char == nxt.char and prv.word is not w:
-                _set_tone(w, s.idx, 5)  # V不V (去不去)
-            else:
-                _set_tone(w, s.idx, 2 if nt == 4 else 4)
+            _set_tone(w, s.idx, 2 if nt == 4 else 4)  # V不V too: the labels read 是不是 shi4 bu2 shi4
             continue
         # 一
-        if w.from_number or (nxt is not None and nxt.char in _NUMERALS) or (prv is not None and (prv.char in _NUMERALS or prv.char == "第")):
+        if nxt is None:
             _set_tone(w, s.idx, 1)
-        elif nxt is None or (len(w.text) > 1 and s.idx == len(w.syllables) - 1 and w.text[-1] == "一"):
+        elif w.from_number or (nxt is not None and nxt.char in _NUMERALS) or (prv is not None and (prv.char in _NUMERALS or prv.char == "第")):
+            _set_tone(w, s.idx, 1)
+        elif nxt.char in "等级号楼月" and s.idx == 0:
+            _set_tone(w, s.idx, 1)  # ordinal-like 一等奖, 一级, 一号, 一月
+        elif (len(w.text) > 1 and s.idx == len(w.syllables) - 1 and w.text[-1] == "一"):
             _set_tone(w, s.idx, 1)  # word- or phrase-final 一 (统一, 唯一) keeps tone 1
         elif prv is not None and nxt.char == prv.char and len(w.text) == 1:
             _set_tone(w, s.idx, 5)  # V一V (看一看)
