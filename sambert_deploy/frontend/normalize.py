@@ -103,6 +103,8 @@ def cardinal(s: str, liang: bool = True) -> str:
             need_zero = bool(out)
             continue
         part = _below_10000(g, liang)
+        if liang and gi > 0 and part == "二":
+            part = "两"  # 两万, 两亿
         if out and (need_zero or g < 1000):
             out += "零"
         out += part + names[gi]
@@ -166,6 +168,8 @@ def _sub_dates(text: str) -> str:
     # years: 4 digits (or 2) followed by 年 are read digit by digit; 1990s style ranges handled by the 年 rule
     text = re.sub(r"(?<![\d.])(\d{2}|\d{4})(?=\s*年(?!代|龄|级|纪|限|薪|均|度|初|末|底|中|间))", lambda m: digits_reading(m.group(1)), text)
     text = re.sub(r"(?<![\d.])(\d{4})(?=\s*年代)", lambda m: digits_reading(m.group(1)), text)
+    # generations: 90后, 00后 -> 九零后
+    text = re.sub(r"(?<![\d.])(\d0)(?=后)", lambda m: digits_reading(m.group(1)), text)
     return text
 
 
@@ -180,7 +184,9 @@ def _sub_times(text: str) -> str:
             out += cardinal(s, False) + "秒"
         return out
 
-    return re.sub(r"(?<![\d:.])([01]?\d|2[0-4])[:：]([0-5]\d)(?:[:：]([0-5]\d))?(?![\d:])", hms, text)
+    text = re.sub(r"(?<![\d:.])([01]?\d|2[0-4])[:：]([0-5]\d)(?:[:：]([0-5]\d))?(?![\d:])", hms, text)
+    # time ranges 8:00-9:00 -> 八点到九点
+    return re.sub(r"(?<=[点分秒])\s?[-~]\s?(?=[零一二三四五六七八九十两])", "到", text)
 
 
 def _sub_scores(text: str) -> str:
@@ -254,7 +260,10 @@ def _sub_fractions(text: str) -> str:
 
 def _sub_units(text: str) -> str:
     def unit(m: re.Match[str]) -> str:
-        return m.group(1) + _UNITS[m.group(2)]
+        num, u = m.group(1), m.group(2)
+        if num == "2" and u not in ("°C", "℃", "°F", "°"):
+            num = "两"  # 两小时, 两公斤; temperatures keep 二
+        return num + _UNITS[u]
 
     # ranges first so the first number keeps its unit implicitly (3-5kg -> 三到五千克)
     return re.sub(rf"({_NUM}(?:\s?[-~]\s?{_NUM})?)\s?({_UNIT_RE})(?![A-Za-z])", unit, text)
