@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("pairs", nargs="?", default=str(DEFAULT))
     ap.add_argument("--json", action="store_true", help="print the scores as one JSON object")
-    ap.add_argument("--show", type=int, default=0, help="print the mismatches of the first N sentences (stderr)")
+    ap.add_argument(
+        "--show", type=int, default=0, help="print the mismatches of the first N sentences (stderr)"
+    )
     args = ap.parse_args(argv)
     path = Path(args.pairs)
     if not path.is_file():

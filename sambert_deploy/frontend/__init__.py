@@ -14,4 +14,12 @@ from .lexicon import Lexicon
 from .normalize import normalize
 from .prosody import ProsodyOptions
 
-__all__ = ["FrontEnd", "FrontEndOptions", "Lexicon", "ProsodyOptions", "format_line", "normalize", "split_units"]
+__all__ = [
+    "FrontEnd",
+    "FrontEndOptions",
+    "Lexicon",
+    "ProsodyOptions",
+    "format_line",
+    "normalize",
+    "split_units",
+]

@@ -110,5 +110,12 @@ def english_syllables(word: str) -> list[list[str]]:
     low = low.replace("'", "")
     if low.endswith("s") and low[:-1] in d and len(low) > 3:
         phones = d[low[:-1]]
-        return syllabify(phones + (["z"] if phones[-1] not in ("s", "z", "sh", "zh", "ch", "jh", "p", "t", "k", "f", "th") else ["s"]))
+        return syllabify(
+            phones
+            + (
+                ["z"]
+                if phones[-1] not in ("s", "z", "sh", "zh", "ch", "jh", "p", "t", "k", "f", "th")
+                else ["s"]
+            )
+        )
     return spell(letters)

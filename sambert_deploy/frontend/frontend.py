@@ -98,7 +98,9 @@ class FrontEnd:
             if speaker not in valid:
                 raise InvalidInputError(f"unknown speaker {speaker!r}; valid speakers: {', '.join(valid)}")
         elif not _SPEAKER_RE.match(speaker):
-            raise InvalidInputError(f"invalid speaker token {speaker!r}: it must be non-empty without spaces, '$', '{{' or '}}'")
+            raise InvalidInputError(
+                f"invalid speaker token {speaker!r}: it must be non-empty without spaces, '$', '{{' or '}}'"
+            )
         return speaker
 
     # --- public API -----------------------------------------------------------------------------------------
@@ -143,7 +145,9 @@ class FrontEnd:
 
     # --- internals ------------------------------------------------------------------------------------------
 
-    def _analyze_sentence(self, sent: str, table: list[str], state: list[str]) -> list[tuple[list[list[Word]], int]]:
+    def _analyze_sentence(
+        self, sent: str, table: list[str], state: list[str]
+    ) -> list[tuple[list[list[Word]], int]]:
         """Phrases of one sentence as (prosodic words, break level after the phrase), sandhi applied."""
         out = []
         for ph in self._phrases(sent, table, state):
@@ -214,7 +218,9 @@ class FrontEnd:
             elif kind == "han":
                 words.extend(self._han_words(tok, state[0], words[-1] if words else None, dropped))
             elif kind == "digit":
-                words.extend(self._han_words(normalize.cardinal(tok), state[0], words[-1] if words else None, dropped))
+                words.extend(
+                    self._han_words(normalize.cardinal(tok), state[0], words[-1] if words else None, dropped)
+                )
             elif kind == "latin":
                 sylls = english.english_syllables(tok)
                 if sylls:
@@ -306,8 +312,8 @@ def _pw_units(group: list[Word], spk: str) -> list[str]:
     sylls: list[tuple[list[str], str, str]] = []  # phones, tone, emotion
     for w in group:
         if w.latin:
-            for ph in w.phones or []:
-                sylls.append((ph, "tone0", w.emotion))
+            for syl in w.phones or []:
+                sylls.append((syl, "tone0", w.emotion))
             continue
         for s in w.syllables:
             base, tone = split_tone(s)
@@ -321,8 +327,8 @@ def _pw_units(group: list[Word], spk: str) -> list[str]:
         return []
     n_phones = sum(len(p) for p, _, _ in sylls)
     single = len(sylls) == 1
-    out = []
-    for si, (phones, tone, emo) in enumerate(sylls):
+    out: list[str] = []
+    for si, (phones, tone_name, emo) in enumerate(sylls):
         if n_phones == 1:
             wpos = "word_both"
         elif si == 0:
@@ -347,6 +353,5 @@ def _pw_units(group: list[Word], spk: str) -> list[str]:
                 wp = "word_middle"
             elif wp == "word_end" and spos not in ("s_end", "s_both"):
                 wp = "word_middle"
-            out.append(f"{{{ph}${tone}${spos}${wp}${emo}${spk}}}")
+            out.append(f"{{{ph}${tone_name}${spos}${wp}${emo}${spk}}}")
     return out
-

@@ -71,7 +71,13 @@ def _single(ch: str) -> str:
         from pypinyin import Style, pinyin
 
         def fn(w: str) -> list[str]:
-            out = pinyin([w], style=Style.TONE3, neutral_tone_with_five=True, errors=lambda c: [""] * len(c))
+            # errors=callable keeps one (empty) item per character without a reading; the stub types it as str
+            out = pinyin(
+                [w],
+                style=Style.TONE3,
+                neutral_tone_with_five=True,
+                errors=lambda c: [""] * len(c),  # type: ignore[arg-type,return-value]
+            )
             return [x[0] for x in out]
 
         _pinyin_fn = fn
@@ -144,7 +150,15 @@ def _raw_pinyin(word: str) -> list[str]:
 
 # Defaults for characters read alone or inside words the phrase table lacks, where pypinyin's first
 # reading is a surname or literary reading (朴 piao2, 什 shen2 without 么, 咱 za2).
-_CHAR_DEFAULT = {"朴": "pu3", "什": "shi2", "咱": "zan2", "剥": "bo1", "蛤": "ha2", "伽": "jia1", "厦": "sha4"}
+_CHAR_DEFAULT = {
+    "朴": "pu3",
+    "什": "shi2",
+    "咱": "zan2",
+    "剥": "bo1",
+    "蛤": "ha2",
+    "伽": "jia1",
+    "厦": "sha4",
+}
 
 
 # Single-character words whose pypinyin default reading is the rarer one in running text.
@@ -171,7 +185,15 @@ _BY_POS = {
     ("好", "a"): "hao3", ("和", "c"): "he2", ("和", "p"): "he2", ("还", "d"): "hai2", ("还", "v"): "huan2",
 }  # fmt: skip
 
-_MEASURE_AFTER_NUMERAL = {"个": "ge5", "只": "zhi1", "种": "zhong3", "行": "hang2", "处": "chu4", "重": "chong2", "把": "ba3"}
+_MEASURE_AFTER_NUMERAL = {
+    "个": "ge5",
+    "只": "zhi1",
+    "种": "zhong3",
+    "行": "hang2",
+    "处": "chu4",
+    "重": "chong2",
+    "把": "ba3",
+}
 _NUMERAL_CHARS = set("零〇一二两三四五六七八九十百千万亿几多半")
 
 # Words whose last syllable is neutral in standard speech but which pypinyin's phrase table gives a full
@@ -218,7 +240,13 @@ def word_pinyin(word: str, pos: str, prev: Word | None, nxt: tuple[str, str] | N
     pys = _raw_pinyin(word)
     if len(word) == 1:
         c = word
-        if c == "得" and nxt is not None and nxt[1].startswith("v") and prev is not None and prev.pos[:1] in ("r", "d"):
+        if (
+            c == "得"
+            and nxt is not None
+            and nxt[1].startswith("v")
+            and prev is not None
+            and prev.pos[:1] in ("r", "d")
+        ):
             return ["dei3"]  # 我得走, 都得躲: modal 'must' before a verb
         if c in _NEUTRAL_PARTICLES and (pos.startswith(("u", "y", "e")) or c in "的吗呢吧啊呀嘛啦们么哦耶"):
             return [_NEUTRAL_PARTICLES[c]]

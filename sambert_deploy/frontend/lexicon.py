@@ -28,7 +28,9 @@ def _check_entry(word: str, sylls: list[str], where: str) -> list[str]:
             base, tone = split_tone(s)
             syllable_phones(base)
         except (InvalidInputError, KeyError):
-            raise InvalidInputError(f"{where}: {s!r} is not a known pinyin syllable (e.g. 'hao3', 'dianr3')") from None
+            raise InvalidInputError(
+                f"{where}: {s!r} is not a known pinyin syllable (e.g. 'hao3', 'dianr3')"
+            ) from None
         out.append(f"{base}{tone}")
         i += 2 if base.endswith("r") and base != "er" and word[i + 1 : i + 2] == "儿" else 1
     if i != len(word):
@@ -52,7 +54,9 @@ class Lexicon:
             with open(path, encoding="utf-8-sig") as f:
                 lines = f.read().splitlines()
         except OSError as e:
-            raise InvalidInputError(f"cannot read lexicon file {os.fspath(path)!r}: {e.strerror or e}") from None
+            raise InvalidInputError(
+                f"cannot read lexicon file {os.fspath(path)!r}: {e.strerror or e}"
+            ) from None
         except UnicodeDecodeError:
             raise InvalidInputError(f"lexicon file {os.fspath(path)!r} is not UTF-8 text") from None
         return cls.parse(lines, source=os.fspath(path))

@@ -60,7 +60,7 @@ def _below_10000(n: int, liang: bool) -> str:
     """0 < n < 10000. ``liang`` reads a leading 2 of 千/百... as 两 (两千, 两百)."""
     units = ["", "十", "百", "千"]
     s = str(n)
-    out = []
+    out: list[str] = []
     zero = False
     for i, c in enumerate(s):
         d = int(c)
@@ -145,10 +145,33 @@ _UNITS = {
 }  # fmt: skip
 _UNIT_RE = "|".join(re.escape(u) for u in sorted(_UNITS, key=len, reverse=True))
 
-_CURRENCY_PREFIX = {"¥": "元", "￥": "元", "$": "美元", "US$": "美元", "€": "欧元", "£": "英镑", "HK$": "港元"}
+_CURRENCY_PREFIX = {
+    "¥": "元",
+    "￥": "元",
+    "$": "美元",
+    "US$": "美元",
+    "€": "欧元",
+    "£": "英镑",
+    "HK$": "港元",
+}
 _CUR_RE = "|".join(re.escape(c) for c in sorted(_CURRENCY_PREFIX, key=len, reverse=True))
 
-_PHONE_CONTEXT = ("电话", "手机", "热线", "拨打", "致电", "号码", "来电", "座机", "呼叫", "短信", "联系方式", "tel", "Tel", "TEL")
+_PHONE_CONTEXT = (
+    "电话",
+    "手机",
+    "热线",
+    "拨打",
+    "致电",
+    "号码",
+    "来电",
+    "座机",
+    "呼叫",
+    "短信",
+    "联系方式",
+    "tel",
+    "Tel",
+    "TEL",
+)
 _ID_CONTEXT = ("编号", "号码", "卡号", "账号", "帐号", "尾号", "身份证", "工号", "学号", "单号", "订单", "邮编", "代码",
                "验证码", "密码", "车牌", "航班", "车次", "房间", "批号", "序列号", "QQ", "ID")  # fmt: skip
 
@@ -166,7 +189,11 @@ def _sub_dates(text: str) -> str:
 
     text = re.sub(r"(?<![\d.])(\d{4})[-/](0?[1-9]|1[0-2])(?![\d/-])(?=\s*[^\d])", ym, text)
     # years: 4 digits (or 2) followed by 年 are read digit by digit; 1990s style ranges handled by the 年 rule
-    text = re.sub(r"(?<![\d.])(\d{2}|\d{4})(?=\s*年(?!代|龄|级|纪|限|薪|均|度|初|末|底|中|间))", lambda m: digits_reading(m.group(1)), text)
+    text = re.sub(
+        r"(?<![\d.])(\d{2}|\d{4})(?=\s*年(?!代|龄|级|纪|限|薪|均|度|初|末|底|中|间))",
+        lambda m: digits_reading(m.group(1)),
+        text,
+    )
     text = re.sub(r"(?<![\d.])(\d{4})(?=\s*年代)", lambda m: digits_reading(m.group(1)), text)
     # generations: 90后, 00后 -> 九零后
     text = re.sub(r"(?<![\d.])(\d0)(?=后)", lambda m: digits_reading(m.group(1)), text)
@@ -179,7 +206,11 @@ def _sub_times(text: str) -> str:
         out = cardinal(h, liang=False).replace("二", "两") if h in ("2", "02") else cardinal(h, liang=False)
         if mi == "00" and not s:
             return out + "点"
-        out += "点" + ("零" + _DIGITS[int(mi)] if mi.startswith("0") and mi != "00" else cardinal(mi, False)) + "分"
+        out += (
+            "点"
+            + ("零" + _DIGITS[int(mi)] if mi.startswith("0") and mi != "00" else cardinal(mi, False))
+            + "分"
+        )
         if s:
             out += cardinal(s, False) + "秒"
         return out
@@ -191,7 +222,11 @@ def _sub_times(text: str) -> str:
 
 def _sub_scores(text: str) -> str:
     """'3:2' left after the time rule (minutes not two digits) is a ratio or a score: 三比二."""
-    return re.sub(r"(?<![\d.])(\d+)[:：](\d+)(?![\d.])", lambda m: f"{cardinal(m.group(1), False)}比{cardinal(m.group(2), False)}", text)
+    return re.sub(
+        r"(?<![\d.])(\d+)[:：](\d+)(?![\d.])",
+        lambda m: f"{cardinal(m.group(1), False)}比{cardinal(m.group(2), False)}",
+        text,
+    )
 
 
 def _sub_phone_numbers(text: str) -> str:
@@ -283,7 +318,9 @@ def _number_word(s: str, next_char: str = "") -> str:
 
 
 # Measure words after which a standalone 2 is read 两 (两个, 两只); plus the big units.
-_LIANG_BEFORE = set("个只条位名台辆件本张次天年岁月周种家所把匹头架座层项场间部首双对片枚颗棵株支根块门份批组套轮节句声下倍万亿千百")
+_LIANG_BEFORE = set(
+    "个只条位名台辆件本张次天年岁月周种家所把匹头架座层项场间部首双对片枚颗棵株支根块门份批组套轮节句声下倍万亿千百"
+)
 
 
 def _sub_numbers(text: str) -> str:

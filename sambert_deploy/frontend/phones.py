@@ -13,7 +13,29 @@ from functools import lru_cache
 
 from ..errors import InvalidInputError
 
-_INITIALS = ("zh", "ch", "sh", "b", "p", "m", "f", "d", "t", "n", "l", "g", "k", "h", "j", "q", "x", "r", "z", "c", "s")
+_INITIALS = (
+    "zh",
+    "ch",
+    "sh",
+    "b",
+    "p",
+    "m",
+    "f",
+    "d",
+    "t",
+    "n",
+    "l",
+    "g",
+    "k",
+    "h",
+    "j",
+    "q",
+    "x",
+    "r",
+    "z",
+    "c",
+    "s",
+)
 
 # Written remainders after y/w map to finals literally (README table), so 'ye' -> e_c, 'you' -> ou_c.
 _Y_FINALS = {
@@ -21,7 +43,17 @@ _Y_FINALS = {
     "o": "o", "ong": "ong", "ou": "ou", "u": "v", "uan": "van", "ue": "ve", "un": "vn",
     "v": "v", "van": "van", "ve": "ve", "vn": "vn",
 }  # fmt: skip
-_W_FINALS = {"a": "a", "ai": "ai", "an": "an", "ang": "ang", "ei": "ei", "en": "en", "eng": "eng", "o": "o", "u": "u"}
+_W_FINALS = {
+    "a": "a",
+    "ai": "ai",
+    "an": "an",
+    "ang": "ang",
+    "ei": "ei",
+    "en": "en",
+    "eng": "eng",
+    "o": "o",
+    "u": "u",
+}
 
 # Finals that may follow a consonant initial (after the iu/ui/un and j/q/x + u rewrites).
 _FINALS = {
@@ -37,7 +69,13 @@ _BARE = {
 }  # fmt: skip
 
 # Interjection syllables without a vowel letter: 嗯 (n/ng), 呣 (m), 哼 (hm/hng) -> ge en_c per README.
-_SPECIAL = {"n": ("ge", "en_c"), "ng": ("ge", "en_c"), "m": ("ge", "en_c"), "hm": ("h_c", "en_c"), "hng": ("h_c", "en_c")}
+_SPECIAL = {
+    "n": ("ge", "en_c"),
+    "ng": ("ge", "en_c"),
+    "m": ("ge", "en_c"),
+    "hm": ("h_c", "en_c"),
+    "hng": ("h_c", "en_c"),
+}
 
 # r-finals present in the inventory (SPEC e.3 ids 104-138), keyed by the plain final.
 _ERHUA_FINALS = {
@@ -57,7 +95,9 @@ def split_tone(syllable: str) -> tuple[str, int]:
     s = syllable.strip().lower().replace("ü", "v").replace("u:", "v")
     m = _PINYIN_RE.match(s)
     if not m:
-        raise InvalidInputError(f"not a pinyin syllable: {syllable!r} (letters then an optional tone digit 1-5)")
+        raise InvalidInputError(
+            f"not a pinyin syllable: {syllable!r} (letters then an optional tone digit 1-5)"
+        )
     return m.group(1), int(m.group(2) or 5)
 
 

@@ -52,7 +52,18 @@ def _split_long(w: Word) -> list[Word]:
     out: list[Word] = []
     i = 0
     for k in sizes:
-        out.append(Word(w.text[i : i + k], w.pos, w.syllables[i : i + k], w.emotion, False, w.locked, None, w.from_number))
+        out.append(
+            Word(
+                w.text[i : i + k],
+                w.pos,
+                w.syllables[i : i + k],
+                w.emotion,
+                False,
+                w.locked,
+                None,
+                w.from_number,
+            )
+        )
         i += k
     return out
 
@@ -77,7 +88,9 @@ def group_prosodic_words(words: list[Word], opts: ProsodyOptions | None = None) 
     for g in groups:
         w = g[0]
         is_suffix = len(w.syllables) == 1 and (
-            w.pos.startswith(_SUFFIX_POS) or w.text in _SUFFIX_WORDS or (w.pos == "f" and w.text in _LOCALIZERS)
+            w.pos.startswith(_SUFFIX_POS)
+            or w.text in _SUFFIX_WORDS
+            or (w.pos == "f" and w.text in _LOCALIZERS)
         )
         if out and is_suffix and can_join(out[-1], g, opts.max_suffix_syllables):
             out[-1] = out[-1] + g

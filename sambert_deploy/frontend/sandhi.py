@@ -58,11 +58,15 @@ def yi_bu_sandhi(words: list[Word]) -> None:
         # 一
         if nxt is None:
             _set_tone(w, s.idx, 1)
-        elif w.from_number or (nxt is not None and nxt.char in _NUMERALS) or (prv is not None and (prv.char in _NUMERALS or prv.char == "第")):
+        elif (
+            w.from_number
+            or (nxt is not None and nxt.char in _NUMERALS)
+            or (prv is not None and (prv.char in _NUMERALS or prv.char == "第"))
+        ):
             _set_tone(w, s.idx, 1)
         elif nxt.char in "等级号楼月" and s.idx == 0:
             _set_tone(w, s.idx, 1)  # ordinal-like 一等奖, 一级, 一号, 一月
-        elif (len(w.text) > 1 and s.idx == len(w.syllables) - 1 and w.text[-1] == "一"):
+        elif len(w.text) > 1 and s.idx == len(w.syllables) - 1 and w.text[-1] == "一":
             _set_tone(w, s.idx, 1)  # word- or phrase-final 一 (统一, 唯一) keeps tone 1
         elif prv is not None and nxt.char == prv.char:
             _set_tone(w, s.idx, 5)  # V一V (看一看)
@@ -77,7 +81,11 @@ def _syllable_chars(w: Word) -> list[str]:
     i = 0
     for s in w.syllables:
         chars.append(text[i] if i < len(text) else "")
-        i += 2 if s and s[:-1].endswith("r") and s[:-1] != "er" and i + 1 < len(text) and text[i + 1] == "儿" else 1
+        i += (
+            2
+            if s and s[:-1].endswith("r") and s[:-1] != "er" and i + 1 < len(text) and text[i + 1] == "儿"
+            else 1
+        )
     return chars
 
 

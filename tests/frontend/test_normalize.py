@@ -32,7 +32,9 @@ CASES = {
 
 
 @pytest.mark.parametrize(
-    ("kind", "text", "expected"), [(k, t, e) for k, rows in CASES.items() for t, e in rows], ids=lambda x: str(x)
+    ("kind", "text", "expected"),
+    [(k, t, e) for k, rows in CASES.items() for t, e in rows],
+    ids=lambda x: str(x),
 )
 def test_normalize_table(kind: str, text: str, expected: str) -> None:
     assert normalize(text) == expected, kind
