@@ -7,7 +7,8 @@ Metrics, over syllables aligned by edit distance (erhua merged, as the KAN-TTS c
   boundary F1  prosodic-word boundaries (any break unit, levels ignored; the sentence-final #4 excluded,
                it is always right) in reference-syllable positions
 
-Usage: python scripts/score_frontend.py [PAIRS.jsonl] [--json] [--show N]
+Usage: python scripts/score_frontend.py [PAIRS.jsonl] [--json] [--show N] [--bench]
+(--bench: run under `taskset -c 0` for one-core numbers)
 The data set is read in place and never copied (its licence is non-commercial research).
 """
 
@@ -120,12 +121,64 @@ def score(rows: list[dict], fe: object, show: int = 0) -> dict[str, float]:
     }
 
 
+_BENCH_SENTENCES = [
+    "2024年5月1日，国家统计局发布数据显示，一季度GDP同比增长5.3%，CPI上涨0.1%。",
+    "记者从市交通委获悉，地铁12号线将于8:30开通，全长41.5km，设站32座。",
+    "据新华社报道，当地气温最高达到39℃，最低为-3℃，请市民注意防暑降温！",
+    "该公司发布的iPhone新品售价为$999，比上一代贵了100美元，CEO表示很满意。",
+    "报名热线：400-800-1234，咨询电话13912345678，第21届展览会在上海举行。",
+    "小明说：“我们一起去银行取点儿钱吧，顺便买一点儿水果。”妈妈笑着答应了。",
+    "这批货物重350kg，运费约1,200元，预计3-5个工作日送达，数量有限，先到先得。",
+    "会议指出，要不断增强人民群众的获得感、幸福感、安全感，推动高质量发展。",
+]
+
+
+def bench() -> None:
+    """Import time (fresh interpreter), first-call initialization, per-sentence latency, 5,000 characters."""
+    import statistics
+    import subprocess
+
+    code = (
+        "import time; t=time.perf_counter(); from sambert_deploy.frontend import FrontEnd; a=time.perf_counter()-t; "
+        "t=time.perf_counter(); FrontEnd().sentences('你好，world。'); print(a, time.perf_counter()-t)"
+    )  # a fresh interpreter: import, then the first call loads jieba's dictionary, pypinyin and CMUdict
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    imp, init = float(out[0]), float(out[1])
+    from sambert_deploy.frontend import FrontEnd
+
+    fe = FrontEnd()
+    fe.sentences("你好，world。")
+    lat = []
+    for _ in range(5):
+        for s in _BENCH_SENTENCES:
+            t = time.perf_counter()
+            fe.sentences(s)
+            lat.append(time.perf_counter() - t)
+    text = ""
+    while len(text) < 5000:
+        text += "".join(_BENCH_SENTENCES)
+    text = text[:5000]
+    t = time.perf_counter()
+    n = len(fe.sentences(text))
+    t5k = time.perf_counter() - t
+    print(
+        f"import {imp * 1000:.0f} ms; first call (dictionaries) {init:.2f} s; per sentence median "
+        f"{statistics.median(lat) * 1000:.1f} ms (max {max(lat) * 1000:.1f} ms, {len(_BENCH_SENTENCES)} sentences "
+        f"of ~40 chars); 5,000 characters ({n} sentences) {t5k:.2f} s"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("pairs", nargs="?", default=str(DEFAULT))
     ap.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     ap.add_argument(
         "--show", type=int, default=0, help="print the mismatches of the first N sentences (stderr)"
+    )
+    ap.add_argument(
+        "--bench", action="store_true", help="also time import, per-sentence latency and 5,000 chars"
     )
     args = ap.parse_args(argv)
     path = Path(args.pairs)
@@ -146,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             f"phones+tone {res['phones_tone']:.4%}, boundary P {res['boundary_precision']:.3f} "
             f"R {res['boundary_recall']:.3f} F1 {res['boundary_f1']:.3f} ({res['seconds']:.2f} s)"
         )
+    if args.bench:
+        bench()
     return 0
 
 
