@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import ExportError
 from .graphs import GraphSpec
+from .rewrite import optimize_graph
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ def export_graph(spec: GraphSpec, model: nn.Module, path: Path, metadata: dict[s
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     onnx.save(proto, str(path))
+    stats = optimize_graph(path)
+    log.debug("%s: %s", spec.name, stats)
     return ExportedGraph(spec, path, time.perf_counter() - t0)
 
 

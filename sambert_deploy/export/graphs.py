@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..models.hifigan import Generator
+from ..models.hifigan import Generator, export_layout_2d
 from ..models.sambert import KanTtsSAMBERT, _merge_heads, sinusoid_table
 from ..runtime.manifest import TensorSpec
 
@@ -155,14 +155,15 @@ class PostnetRnnGraph(nn.Module):
 
 
 class VocoderGraph(nn.Module):
-    """mel f32 [1,num_mels,F] -> audio f32 [1,1,hop*F]."""
+    """mel f32 [1,num_mels,F] -> audio f32 [1,1,hop*F]; traced in the 2-D conv layout (faster on ORT CPU)."""
 
     def __init__(self, gen: Generator):
         super().__init__()
         self.gen = gen
 
     def forward(self, mel: Tensor):
-        return self.gen(mel)
+        with export_layout_2d(self.gen):
+            return self.gen(mel)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ named step that replaces them by plain ``weight`` tensors (the reference's ``rem
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -96,6 +98,9 @@ class Conv1d(_WeightNormed):
         return (total, 0) if self.causal else (total // 2, total // 2)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4:  # [B, C, 1, T] export layout (see export_layout_2d)
+            return F.conv2d(F.pad(x, self.pad), self.effective_weight().unsqueeze(2), self.bias,
+                            dilation=(1, self.dilation))
         return F.conv1d(F.pad(x, self.pad), self.effective_weight(), self.bias, dilation=self.dilation)
 
 
@@ -109,7 +114,11 @@ class ConvTranspose1d(_WeightNormed):
         self._init_wn((c_in, c_out, k), c_out, bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.conv_transpose1d(x, self.effective_weight(), self.bias, stride=self.stride, padding=self.padding)
+        if x.dim() == 4:
+            y = F.conv_transpose2d(x, self.effective_weight().unsqueeze(2), self.bias, stride=(1, self.stride),
+                                   padding=(0, self.padding))
+        else:
+            y = F.conv_transpose1d(x, self.effective_weight(), self.bias, stride=self.stride, padding=self.padding)
         if self.causal and self.k > self.stride:
             y = y[..., : -(self.k - self.stride)]
         return y
@@ -169,14 +178,17 @@ class Generator(nn.Module):
                 self.conv_blocks.append(ResidualBlock(c // 2, rk, dil, causal, slope, bias))
             c //= 2
         self.conv_post = _ConvHolder(Conv1d(c, cfg.out_channels, cfg.kernel_size, 1, causal, bias))
+        self.layout_2d = False
 
     def forward(self, mel: Tensor) -> Tensor:
         """mel float32 [B, in_channels, T] -> waveform float32 [B, 1, hop * T] in (-1, 1)."""
-        x = self.conv_pre(mel)
+        x = self.conv_pre(mel.unsqueeze(2) if self.layout_2d else mel)
         nk = len(self.cfg.resblock_kernel_sizes)
-        for i in range(len(self.cfg.upsample_scales)):
+        for i, s in enumerate(self.cfg.upsample_scales):
             x = torch.sin(x) + x
-            rep = self.repeat_upsamples[i](x)
+            _, act, conv = self.repeat_upsamples[i]
+            # Nearest upsampling along time only (the Upsample module at index 0 would also scale H in 2-D).
+            rep = conv(act(F.interpolate(x, scale_factor=(1, s) if x.dim() == 4 else s, mode="nearest")))
             up = self.transpose_upsamples[i](x)
             x = rep + up[..., : rep.shape[-1]]
             xs = self.conv_blocks[i * nk](x)
@@ -185,7 +197,23 @@ class Generator(nn.Module):
             x = xs / nk
         # The reference's final activation is the functional default slope 0.01, not 0.1.
         x = F.leaky_relu(x, 0.01)
-        return torch.tanh(self.conv_post(x))
+        y = torch.tanh(self.conv_post(x))
+        return y.squeeze(2) if self.layout_2d else y
+
+
+@contextmanager
+def export_layout_2d(gen: Generator) -> Iterator[Generator]:
+    """Run the generator on [B, C, 1, T] tensors with 2-D convolutions (kernels (1, k)) while inside.
+
+    Same weights and numerics; ONNX Runtime's CPU EP only applies its blocked NCHWc convolution
+    kernels to 2-D convolutions, which makes the exported vocoder ~20% faster there. Reversible.
+    """
+    old = gen.layout_2d
+    gen.layout_2d = True
+    try:
+        yield gen
+    finally:
+        gen.layout_2d = old
 
 
 def fold_weight_norm(module: nn.Module) -> nn.Module:

@@ -214,7 +214,7 @@ class AcousticModel:
         fsmn, rnn = self.sessions["postnet_fsmn"], self.sessions["postnet_rnn"]
         h = np.zeros((1, 1, info.postnet_lstm_units), np.float32)
         c = np.zeros_like(h)
-        for k, (win, a0, b0) in enumerate(context_windows(frames, total, chunk, info.postnet_left, info.postnet_right)):
+        for k, (win, a0, b0, _) in enumerate(context_windows(frames, total, chunk, info.postnet_left, info.postnet_right)):
             feats = fsmn.run({"dec": win[None]}, validate=k == 0)["feats"]
             res = rnn.run({"feats": np.ascontiguousarray(feats[:, a0:b0]), "dec": win[None, a0:b0], "h": h, "c": c},
                           validate=k == 0)
@@ -223,12 +223,13 @@ class AcousticModel:
 
 
 def context_windows(stream: Iterator[np.ndarray], total: int, chunk: int, left: int, right: int,
-                    first_chunk: int | None = None) -> Iterator[tuple[np.ndarray, int, int]]:
+                    first_chunk: int | None = None) -> Iterator[tuple[np.ndarray, int, int, bool]]:
     """Cut a stream of frame blocks ([n, C] arrays, ``total`` rows in all) into windows for chunked
     context-dependent networks. Yields (window, a, b): the network runs on ``window`` and the rows
     [a, b) of its output are the next chunk. A window holds up to ``left`` rows before the chunk and
     ``right`` after it, so with the network's exact receptive field the chunks concatenate to the
-    whole-sequence output. Rows older than ``left`` are dropped, so memory stays bounded.
+    whole-sequence output. Rows older than ``left`` are dropped, so memory stays bounded. The fourth
+    element is True for the last window.
     """
     if chunk < 1:
         raise InvalidInputError(f"chunk size must be >= 1 frame, got {chunk}")
@@ -252,7 +253,7 @@ def context_windows(stream: Iterator[np.ndarray], total: int, chunk: int, left: 
             parts = []
         assert buf is not None
         ws = max(0, done - left)
-        yield buf[ws - buf_start:need - buf_start], done - ws, b - ws
+        yield buf[ws - buf_start:need - buf_start], done - ws, b - ws, b == total
         done = b
         size = chunk
         drop = max(0, done - left) - buf_start

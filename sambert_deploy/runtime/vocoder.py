@@ -28,10 +28,10 @@ class Vocoder:
         return self.session.run({"mel": np.ascontiguousarray(mel.T[None], np.float32)})["audio"].reshape(-1)
 
     def stream(self, mels: Iterator[np.ndarray], total: int, chunk: int = 64,
-               first_chunk: int | None = None) -> Iterator[np.ndarray]:
-        """mel blocks ([n, num_mels], ``total`` frames in all) -> audio blocks (f32, ``hop`` samples a frame)."""
+               first_chunk: int | None = None) -> Iterator[tuple[np.ndarray, bool]]:
+        """mel blocks ([n, num_mels], ``total`` frames in all) -> (audio block f32, is_last) pairs."""
         hop = self.info.hop
-        for k, (win, a, b) in enumerate(context_windows(mels, total, chunk, self.info.context_left,
+        for k, (win, a, b, last) in enumerate(context_windows(mels, total, chunk, self.info.context_left,
                                                         self.info.context_right, first_chunk)):
             audio = self.session.run({"mel": np.ascontiguousarray(win.T[None], np.float32)}, validate=k == 0)["audio"]
-            yield audio[0, 0, a * hop:b * hop]
+            yield audio[0, 0, a * hop:b * hop], last

@@ -1,0 +1,274 @@
+"""The embeddable API: text or symbol lines in, a generator of :class:`AudioChunk` out.
+
+Layers: sentences (front end, or symbol lines split at prosodic breaks when longer than
+``max_units``) -> :class:`~.acoustic.AcousticModel` (decoder steps -> postnet chunks) ->
+:class:`~.vocoder.Vocoder` (context-window chunks) -> chunks yielded as soon as each is ready.
+Nothing is normalized per chunk: the concatenated stream equals the one-shot output.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..symbols import SPECIALS, encode_symbols
+from .acoustic import AcousticModel
+from .backends import BackendOptions, select_backend
+from .manifest import Manifest, VoiceManifest, read_manifest
+from .vocoder import Vocoder
+
+log = logging.getLogger(__name__)
+
+BREAK_PRIORITY = ("#4", "#3", "#2", "#1")
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """A piece of the stream. ``samples`` float32 mono in (-1, 1)."""
+
+    samples: np.ndarray
+    sample_rate: int
+    sentence: int  # index of the sentence this chunk belongs to
+    offset: int  # first sample's index in the whole stream
+    sentence_offset: int  # first sample's index inside its sentence
+    final: bool  # last chunk of its sentence
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+    def int16(self) -> np.ndarray:
+        """PCM16 the way ModelScope converts (x * 32768, cast), clipped so +1.0 cannot wrap."""
+        return np.clip(self.samples * 32768.0, -32768, 32767).astype(np.int16)
+
+
+@dataclass
+class StreamOptions:
+    """Chunking and synthesis options. Defaults measured by ``scripts/benchmark.py`` (README)."""
+
+    postnet_chunk: int = 48  # mel frames per postnet chunk
+    vocoder_chunk: int = 96  # mel frames per vocoder chunk
+    first_chunk: int = 24  # first vocoder chunk of each sentence: smaller, for first-audio latency
+    max_units: int | None = 300  # split longer symbol lines at prosodic breaks; None: never split
+    kv_block: int = 64  # decoder memory keys/values computed this many steps at a time
+    duration_scale: float = 1.0  # > 1 slower speech, < 1 faster
+
+    def validate(self) -> None:
+        for name in ("postnet_chunk", "vocoder_chunk", "first_chunk", "kv_block"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_units is not None and self.max_units < 2:
+            raise InvalidInputError(f"max_units must be >= 2 or None (no splitting), got {self.max_units}")
+        if not self.duration_scale > 0:
+            raise InvalidInputError(f"duration_scale must be > 0, got {self.duration_scale}")
+
+
+@dataclass
+class StreamStats:
+    """Filled while a stream runs (read it after the generator is exhausted)."""
+
+    sentences: int = 0
+    units: int = 0
+    frames: int = 0
+    samples: int = 0
+    first_audio_s: float | None = None
+    total_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def audio_s(self) -> float:
+        return self.samples / 16000 if self.samples else 0.0
+
+
+def split_units(units: list[str], max_units: int | None) -> list[list[str]]:
+    """Split an over-long unit list at its strongest prosodic break before ``max_units`` (each piece
+    ends with its break unit); lines within the limit stay whole, as the reference synthesizes them."""
+    if max_units is None or len(units) <= max_units:
+        return [units]
+    pieces: list[list[str]] = []
+    start = 0
+    while len(units) - start > max_units:
+        window = units[start:start + max_units]
+        cut = None
+        for level in BREAK_PRIORITY:
+            idx = [i for i, u in enumerate(window) if u.strip("{}").split("$")[0] == level and i > 0]
+            if idx:
+                cut = idx[-1] + 1
+                break
+        if cut is None:
+            cut = max_units  # no break at all: cut at the limit
+        pieces.append(units[start:start + cut])
+        start += cut
+    if start < len(units):
+        pieces.append(units[start:])
+    return pieces
+
+
+def _normalize_name(value: str, prefix: str) -> str:
+    return value if value.startswith(prefix) else prefix + value
+
+
+class Synthesizer:
+    """Streams speech from an exported bundle.
+
+    ``backend``: ``auto`` (best present, fallbacks logged), ``cuda`` or ``cpu``; ``strict`` raises
+    :class:`BackendUnavailableError` instead of falling back. ``am_backend``/``voc_backend`` place the
+    stages separately (e.g. the acoustic model on the GPU, the vocoder on the CPU for small GPUs).
+    """
+
+    def __init__(self, bundle: str | Path | Manifest, voice: str | None = None, backend: str = "auto",
+                 strict: bool = False, threads: int = 0, options: StreamOptions | None = None,
+                 am_backend: str | None = None, voc_backend: str | None = None):
+        self.manifest = bundle if isinstance(bundle, Manifest) else read_manifest(bundle)
+        self.options = options or StreamOptions()
+        self.options.validate()
+        self.backend_options = BackendOptions(threads=threads)
+        self.am_backend = select_backend(am_backend or backend, strict)
+        self.voc_backend = select_backend(voc_backend or backend, strict)
+        log.info("backends: acoustic model on %s, vocoder on %s", self.am_backend, self.voc_backend)
+        self.default_voice = self.manifest.voice(voice).name
+        self._models: dict[str, tuple[AcousticModel, Vocoder]] = {}
+        self._frontend = None
+        self.last_stats = StreamStats()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def close(self) -> None:
+        for am, voc in self._models.values():
+            am.close()
+            voc.close()
+        self._models.clear()
+
+    def __enter__(self) -> Synthesizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def sample_rate(self) -> int:
+        return self.manifest.sample_rate
+
+    def voices(self) -> list[str]:
+        return list(self.manifest.voices)
+
+    def _voice(self, name: str | None) -> VoiceManifest:
+        key = name or self.default_voice
+        if key not in self.manifest.voices:
+            raise InvalidInputError(f"unknown voice '{key}'; valid voices: {', '.join(self.manifest.voices)}")
+        return self.manifest.voices[key]
+
+    def _models_for(self, vm: VoiceManifest) -> tuple[AcousticModel, Vocoder]:
+        if vm.name not in self._models:
+            self._models[vm.name] = (AcousticModel(self.manifest, vm, self.am_backend, self.backend_options),
+                                     Vocoder(self.manifest, vm, self.voc_backend, self.backend_options))
+        return self._models[vm.name]
+
+    # -- input ----------------------------------------------------------------------------------
+    def _check_emotion(self, vm: VoiceManifest, emotion: str | None) -> str | None:
+        if emotion is None:
+            return None
+        name = _normalize_name(emotion, "emotion_")
+        if name not in vm.emotions:
+            valid = ", ".join(e.removeprefix("emotion_") for e in vm.emotions)
+            raise InvalidInputError(f"unknown emotion '{emotion}' for voice '{vm.name}'; valid emotions: {valid}")
+        return name
+
+    def _check_speaker(self, vm: VoiceManifest, speaker: str | None) -> str | None:
+        if speaker is not None and speaker not in vm.speakers:
+            raise InvalidInputError(f"unknown speaker '{speaker}' for voice '{vm.name}'; valid speakers: "
+                                    f"{', '.join(vm.speakers)}")
+        return speaker
+
+    def symbol_lines(self, text: str | None, symbols: str | Iterable[str] | None, vm: VoiceManifest,
+                     emotion: str | None, speaker: str | None) -> list[str]:
+        """The sentences to synthesize, as ttsfrd symbol strings (``<n>\\t`` prefixes accepted and dropped)."""
+        if (text is None) == (symbols is None):
+            raise InvalidInputError("give exactly one of text or symbols")
+        if text is not None:
+            lines = self._front_end(vm).sentences(text, emotion=emotion, speaker=speaker)
+        else:
+            raw = symbols.splitlines() if isinstance(symbols, str) else list(symbols or [])
+            lines = []
+            for line in raw:
+                line = line.split("\t", 1)[1] if "\t" in line else line
+                if line.strip():
+                    lines.append(line.strip())
+            if emotion or speaker:
+                lines = [self._override(line, emotion, speaker) for line in lines]
+        if not lines:
+            raise InvalidInputError("nothing to synthesize: the input has no speakable text or symbol units")
+        return lines
+
+    @staticmethod
+    def _override(line: str, emotion: str | None, speaker: str | None) -> str:
+        out = []
+        for unit in line.split():
+            f = unit.strip("{}").split("$")
+            if len(f) == 6:
+                if emotion and f[4] not in ("emotion_none", *SPECIALS):
+                    f[4] = emotion
+                if speaker:
+                    f[5] = speaker
+                unit = "{" + "$".join(f) + "}"
+            out.append(unit)
+        return " ".join(out)
+
+    def _front_end(self, vm: VoiceManifest):  # noqa: ANN202 - frontend type imported lazily
+        from ..frontend import FrontEnd, FrontEndOptions
+
+        if self._frontend is None:
+            self._frontend = FrontEnd(FrontEndOptions(speaker=vm.speakers[0], speakers=vm.speakers))
+        return self._frontend
+
+    # -- streaming ------------------------------------------------------------------------------
+    def stream(self, text: str | None = None, *, symbols: str | Iterable[str] | None = None, voice: str | None = None,
+               emotion: str | None = None, speaker: str | None = None) -> Iterator[AudioChunk]:
+        """Yield audio chunks as soon as each is ready. Input is validated before the first chunk."""
+        vm = self._voice(voice)
+        emotion = self._check_emotion(vm, emotion)
+        speaker = self._check_speaker(vm, speaker)
+        lines = self.symbol_lines(text, symbols, vm, emotion, speaker)
+        pieces = [p for line in lines for p in split_units(line.split(), self.options.max_units)]
+        encoded = [encode_symbols(" ".join(p), vm.inventories) for p in pieces]  # all errors before any audio
+        return self._stream(vm, encoded)
+
+    def _stream(self, vm: VoiceManifest, encoded: list) -> Iterator[AudioChunk]:  # noqa: ANN001
+        am, voc = self._models_for(vm)
+        o = self.options
+        stats = StreamStats()
+        self.last_stats = stats
+        t0 = time.perf_counter()
+        offset = 0
+        for idx, units in enumerate(encoded):
+            plan = am.plan(units, duration_scale=o.duration_scale)
+            stats.sentences += 1
+            stats.units += units.num_units
+            stats.frames += plan.valid_frames
+            if plan.valid_frames == 0:
+                log.warning("sentence %d produced no frames (all durations round to 0)", idx)
+                continue
+            mels = am.postnet(am.decode(plan, o.kv_block), plan.valid_frames, o.postnet_chunk)
+            s_off = 0
+            for audio, last in voc.stream(mels, plan.valid_frames, o.vocoder_chunk, o.first_chunk):
+                yield self._chunk(audio, idx, offset, s_off, last, stats, t0)
+                offset += len(audio)
+                s_off += len(audio)
+        stats.samples = offset
+        stats.total_s = time.perf_counter() - t0
+
+    def _chunk(self, samples: np.ndarray, idx: int, offset: int, s_off: int, final: bool, stats: StreamStats,
+               t0: float) -> AudioChunk:
+        if stats.first_audio_s is None:
+            stats.first_audio_s = time.perf_counter() - t0
+        return AudioChunk(np.ascontiguousarray(samples, np.float32), self.sample_rate, idx, offset, s_off, final)
+
+    def synthesize(self, text: str | None = None, **kw: object) -> np.ndarray:
+        """Whole audio (float32) of a stream, concatenated."""
+        chunks = [c.samples for c in self.stream(text, **kw)]  # type: ignore[arg-type]
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
