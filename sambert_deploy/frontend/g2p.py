@@ -148,6 +148,24 @@ def _raw_pinyin(word: str) -> list[str]:
     return out
 
 
+# Phrase-table readings corrected for modern usage: 咱 is zan2 (咱家 za2 is archaic); 朴 outside a
+# leading surname is pu3 (纯朴, 朴素); 卡 'stuck' in 卡住/卡在 is qia3.
+_WORD_FIX = {"卡住": ("qia3", None), "卡在": ("qia3", None)}
+
+
+def _fix_phrase(word: str, pys: list[str]) -> list[str]:
+    for k, c in enumerate(word):
+        if c == "咱" and pys[k].startswith("za") and pys[k] != "zan2":
+            pys[k] = "zan2"
+        elif c == "朴" and k > 0 and pys[k] == "piao2":
+            pys[k] = "pu3"
+    for w, (first, _) in _WORD_FIX.items():
+        i = word.find(w)
+        if i >= 0 and first:
+            pys[i] = first
+    return pys
+
+
 # Defaults for characters read alone or inside words the phrase table lacks, where pypinyin's first
 # reading is a surname or literary reading (朴 piao2, 什 shen2 without 么, 咱 za2).
 _CHAR_DEFAULT = {
@@ -237,7 +255,7 @@ def is_han(ch: str) -> bool:
 
 def word_pinyin(word: str, pos: str, prev: Word | None, nxt: tuple[str, str] | None) -> list[str]:
     """Pinyin (base + tone digit, '' for no reading) of one jieba word, with polyphones resolved by context."""
-    pys = _raw_pinyin(word)
+    pys = _fix_phrase(word, _raw_pinyin(word))
     if len(word) == 1:
         c = word
         if (
