@@ -461,42 +461,87 @@ class HybridAttentionDecoder(nn.Module):
                 keep_attention: bool = True) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """Reference-style AR loop: memory [1, M, d_mem] -> ([1, M, r*num_mels], x_attns, h_attns).
 
-        Like the reference, keys/values of every past step are kept and a band mask over all of
-        them is built at each step, and every attention map is returned as [H, M, M]; that is
-        exactly the cost profile the exported step graphs remove.
+        With ``keep_attention`` (the default, as the reference) keys/values of every past step are
+        concatenated and a band mask over all of them is built at each step, and every attention map
+        is returned as [H, M, M]: the reference's cost profile, which the exported step graphs remove.
+        Without it, the same attention runs on preallocated caches restricted to the band (the parity
+        gate's torch side; results agree to float reassociation).
         """
+        if not keep_attention:
+            return self._forward_banded(memory, x_band, h_band), [], []
         b, m, _ = memory.shape
         mem_kv = [blk.pnca_attn.memory_kv(memory) for blk in self.pnca]
-        k_cache: list[list[Tensor]] = [[] for _ in self.pnca]
-        v_cache: list[list[Tensor]] = [[] for _ in self.pnca]
+        k_cache: list[Tensor | None] = [None] * len(self.pnca)
+        v_cache: list[Tensor | None] = [None] * len(self.pnca)
         x_rows: list[list[Tensor]] = [[] for _ in self.pnca]
         h_rows: list[list[Tensor]] = [[] for _ in self.pnca]
         prev = memory.new_zeros(b, 1, self.num_mels)
         outs = []
-        pos_h = torch.arange(m)
         for i in range(m):
             x = self.step_input(prev, memory[:, i:i + 1])
-            x_mask = (torch.arange(i + 1) < i - x_band).view(1, 1, 1, -1)
-            h_mask = ((pos_h < i) | (pos_h > i + h_band)).view(1, 1, 1, -1)
+            # As the reference's infer(): the full [M, M] band masks are rebuilt at every step and
+            # the step's rows sliced out; x keys/values grow by concatenation.
+            x_mask_full, h_mask_full = self.band_masks(m, x_band, h_band)
+            x_mask = x_mask_full[:, i:i + 1, :i + 1].unsqueeze(1)
+            h_mask = h_mask_full[:, i:i + 1, :].unsqueeze(1)
             for li, blk in enumerate(self.pnca):
                 att = blk.pnca_attn
                 q, k, v = att.qkv(x)
-                k_cache[li].append(k)
-                v_cache[li].append(v)
-                ctx_x, a_x = _attend(q, torch.cat(k_cache[li], 2), torch.cat(v_cache[li], 2), att.d_head, x_mask)
+                kc, vc = k_cache[li], v_cache[li]
+                kc = k if kc is None else torch.cat([kc, k], 2)
+                vc = v if vc is None else torch.cat([vc, v], 2)
+                k_cache[li], v_cache[li] = kc, vc
+                ctx_x, a_x = _attend(q, kc, vc, att.d_head, x_mask)
                 hk, hv = mem_kv[li]
                 ctx_h, a_h = _attend(q, hk, hv, att.d_head, h_mask)
                 x = blk.pos_ffn(att.combine(ctx_x, ctx_h, x))
-                if keep_attention:
-                    x_rows[li].append(F.pad(a_x, (0, m - i - 1)))
-                    h_rows[li].append(a_h)
+                x_rows[li].append(F.pad(a_x, (0, m - i - 1)))
+                h_rows[li].append(a_h)
             y = self.dec_out_proj(self.ln(x))
             outs.append(y)
             prev = y[..., -self.num_mels:]
-        x_attns = [torch.cat(rows, 2).reshape(-1, m, m) for rows in x_rows] if m and keep_attention else []
-        h_attns = [torch.cat(rows, 2).reshape(-1, m, m) for rows in h_rows] if m and keep_attention else []
+        x_attns = [torch.cat(rows, 2).reshape(-1, m, m) for rows in x_rows] if m else []
+        h_attns = [torch.cat(rows, 2).reshape(-1, m, m) for rows in h_rows] if m else []
         dec = torch.cat(outs, 1) if outs else memory.new_zeros(b, 0, self.r * self.num_mels)
         return dec, x_attns, h_attns
+
+    @staticmethod
+    def band_masks(m: int, x_band: int, h_band: int) -> tuple[Tensor, Tensor]:
+        """[1, M, M] True = masked: x keys j in [i - x_band, i], memory j in [i, i + h_band] per query i."""
+        rng = torch.arange(m)
+        x_start = torch.clamp_min(rng - x_band, 0)[None, None, :]
+        x_end = (rng + 1)[None, None, :]
+        h_start = rng[None, None, :]
+        h_end = torch.clamp_max(rng + h_band + 1, m + 1)[None, None, :]
+        col = rng[None, :, None]
+        x_mask = ~((x_start <= col) & (x_end > col)).transpose(1, 2)
+        h_mask = ~((h_start <= col) & (h_end > col)).transpose(1, 2)
+        return x_mask, h_mask
+
+    def _forward_banded(self, memory: Tensor, x_band: int, h_band: int) -> Tensor:
+        b, m, _ = memory.shape
+        mem_kv = [blk.pnca_attn.memory_kv(memory) for blk in self.pnca]
+        att0 = self.pnca[0].pnca_attn
+        k_cache = memory.new_zeros(len(self.pnca), b, att0.n_head, max(m, 1), att0.d_head)
+        v_cache = torch.zeros_like(k_cache)
+        prev = memory.new_zeros(b, 1, self.num_mels)
+        outs = []
+        for i in range(m):
+            x = self.step_input(prev, memory[:, i:i + 1])
+            lo, hi = max(0, i - x_band), min(m, i + h_band + 1)
+            for li, blk in enumerate(self.pnca):
+                att = blk.pnca_attn
+                q, k, v = att.qkv(x)
+                k_cache[li, :, :, i:i + 1] = k
+                v_cache[li, :, :, i:i + 1] = v
+                ctx_x, _ = _attend(q, k_cache[li, :, :, lo:i + 1], v_cache[li, :, :, lo:i + 1], att.d_head)
+                hk, hv = mem_kv[li]
+                ctx_h, _ = _attend(q, hk[:, :, i:hi], hv[:, :, i:hi], att.d_head)
+                x = blk.pos_ffn(att.combine(ctx_x, ctx_h, x))
+            y = self.dec_out_proj(self.ln(x))
+            outs.append(y)
+            prev = y[..., -self.num_mels:]
+        return torch.cat(outs, 1) if outs else memory.new_zeros(b, 0, self.r * self.num_mels)
 
 
 class MelPNCADecoder(nn.Module):

@@ -129,8 +129,9 @@ class Synthesizer:
         self.options = options or StreamOptions()
         self.options.validate()
         self.backend_options = BackendOptions(threads=threads)
-        self.am_backend = select_backend(am_backend or backend, strict)
-        self.voc_backend = select_backend(voc_backend or backend, strict)
+        chosen = select_backend(backend, strict) if not (am_backend and voc_backend) else "cpu"
+        self.am_backend = select_backend(am_backend, strict) if am_backend else chosen
+        self.voc_backend = select_backend(voc_backend, strict) if voc_backend else chosen
         log.info("backends: acoustic model on %s, vocoder on %s", self.am_backend, self.voc_backend)
         self.default_voice = self.manifest.voice(voice).name
         self._models: dict[str, tuple[AcousticModel, Vocoder]] = {}

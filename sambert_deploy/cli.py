@@ -1,0 +1,193 @@
+"""``sambert-deploy``: a thin click shell over the Python API.
+
+Every user mistake surfaces as one line on stderr and exit code 2 (no traceback); ``--debug`` shows
+tracebacks for bug reports.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .errors import SambertDeployError
+
+log = logging.getLogger("sambert_deploy")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("jieba",):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def handle_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            return fn(*args, **kw)
+        except SambertDeployError as e:
+            if ctx.find_root().params.get("debug"):
+                raise
+            first, *rest = str(e).splitlines() or [type(e).__name__]
+            click.echo(f"error: {first}", err=True)
+            for line in rest[:20]:
+                click.echo(f"  {line.strip()}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="sambert-deploy")
+def main(verbose: int, quiet: bool, debug: bool) -> None:
+    """Export KAN-TTS Sambert + HiFiGAN voices to ONNX and stream speech from them."""
+    _setup_logging(verbose, quiet)
+
+
+@main.command()
+@click.argument("model_dir", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
+@click.option("--voice", "voices", multiple=True, help="Voice(s) to export (default: the model's default voice).")
+@click.option("--all-voices", is_flag=True, help="Export every voice in voices/voices.json.")
+@click.option("--am", "am_path", type=click.Path(path_type=Path), help="Explicit AM folder or checkpoint (instead of MODEL_DIR).")
+@click.option("--voc", "voc_path", type=click.Path(path_type=Path), help="Explicit vocoder folder or checkpoint.")
+@click.option("--name", default="voice", show_default=True, help="Voice name for --am/--voc exports.")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(17, 23))
+@click.option("--force", is_flag=True, help="Overwrite an existing bundle.")
+@click.option("--no-check", is_flag=True, help="Skip the parity gate (not recommended).")
+@handle_errors
+def export(model_dir: Path | None, out: Path, voices: tuple[str, ...], all_voices: bool, am_path: Path | None,
+           voc_path: Path | None, name: str, opset: int, force: bool, no_check: bool) -> None:
+    """Export MODEL_DIR (a ModelScope model directory) to an ONNX bundle and prove parity with torch."""
+    from .errors import InvalidInputError
+    from .export.bundle import ExportOptions, export_model
+    from .models.loading import explicit_voice
+
+    explicit = None
+    if am_path or voc_path:
+        if not (am_path and voc_path) or model_dir:
+            raise InvalidInputError("explicit export needs both --am and --voc and no MODEL_DIR")
+        explicit = explicit_voice(am_path, voc_path, name=name)
+    elif model_dir is None:
+        raise InvalidInputError("give MODEL_DIR (a ModelScope model directory) or --am and --voc")
+    report = export_model(model_dir, out, list(voices) or None, all_voices,
+                          ExportOptions(opset=opset, force=force, check=not no_check), explicit=explicit)
+    click.echo(report.summary())
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("text", required=False)
+@click.option("--symbols-file", type=click.Path(path_type=Path), help="File of ttsfrd symbol lines ('<n>\\t<units>').")
+@click.option("-o", "--output", "out", required=True, help="Output .wav, or - for raw s16le PCM on stdout.")
+@click.option("--voice", help="Voice name (default: the bundle's first).")
+@click.option("--emotion", help="Emotion, e.g. happy (the *_emo voices).")
+@click.option("--speaker", help="Speaker token (default: the voice's first).")
+@click.option("--backend", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--strict", is_flag=True, help="Fail instead of falling back to another backend.")
+@click.option("--am-backend", type=click.Choice(["auto", "cuda", "cpu"]), help="Backend of the acoustic model only.")
+@click.option("--voc-backend", type=click.Choice(["auto", "cuda", "cpu"]), help="Backend of the vocoder only.")
+@click.option("--threads", default=0, type=click.IntRange(0, 256), help="CPU threads (0: all cores).")
+@click.option("--chunk", default=None, type=click.IntRange(1, 100000), help="Vocoder chunk in mel frames.")
+@click.option("--first-chunk", default=None, type=click.IntRange(1, 100000), help="First vocoder chunk of a sentence.")
+@click.option("--max-units", default=300, show_default=True, type=click.IntRange(0, 10**9),
+              help="Split longer sentences at prosodic breaks (0: never).")
+@click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(0.25, 4.0),
+              help="Speaking rate (2.0 twice as fast).")
+@handle_errors
+def synth(bundle: Path, text: str | None, symbols_file: Path | None, out: str, voice: str | None, emotion: str | None,
+          speaker: str | None, backend: str, strict: bool, am_backend: str | None, voc_backend: str | None,
+          threads: int, chunk: int | None, first_chunk: int | None, max_units: int, speed: float) -> None:
+    """Synthesize TEXT (or '-' for stdin, or --symbols-file) with BUNDLE into a WAV file or stdout."""
+    from .errors import InvalidInputError
+    from .runtime.sinks import write_stream
+    from .runtime.synthesizer import StreamOptions, Synthesizer
+
+    if (text is None) == (symbols_file is None):
+        raise InvalidInputError("give TEXT (or - for stdin) or --symbols-file, not both")
+    symbols = None
+    if symbols_file is not None:
+        try:
+            symbols = symbols_file.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidInputError(f"cannot read --symbols-file {symbols_file}: {e}") from None
+    elif text == "-":
+        text = sys.stdin.read()
+    opts = StreamOptions(max_units=max_units or None, duration_scale=1.0 / speed)
+    if chunk:
+        opts.vocoder_chunk = chunk
+    if first_chunk:
+        opts.first_chunk = first_chunk
+    with Synthesizer(bundle, voice=voice, backend=backend, strict=strict, threads=threads, options=opts,
+                     am_backend=am_backend, voc_backend=voc_backend) as syn:
+        t0 = time.perf_counter()
+        chunks = syn.stream(text, symbols=symbols, voice=voice, emotion=emotion, speaker=speaker)
+        n = write_stream(chunks, out, syn.sample_rate, progress=sys.stderr.isatty() and out != "-")
+        st = syn.last_stats
+        wall = time.perf_counter() - t0
+        audio_s = n / syn.sample_rate
+        log.info("%d sentence(s), %d units -> %.2f s audio in %.2f s (RTF %.3f, first audio %.0f ms) on %s/%s -> %s",
+                 st.sentences, st.units, audio_s, wall, wall / max(audio_s, 1e-9), (st.first_audio_s or 0) * 1e3,
+                 syn.am_backend, syn.voc_backend, out)
+
+
+@main.command()
+@click.argument("text")
+@click.option("--emotion", help="Emotion of the phone units (e.g. happy).")
+@click.option("--speaker", default="F7", show_default=True, help="Speaker token written into every unit.")
+@click.option("--lexicon", type=click.Path(path_type=Path), help="User lexicon file (word -> pinyin) overriding readings.")
+@click.option("--max-units", default=0, type=click.IntRange(0, 10**9), help="Split longer sentences (0: never).")
+@handle_errors
+def symbols(text: str, emotion: str | None, speaker: str, lexicon: Path | None, max_units: int) -> None:
+    """Print the ttsfrd symbol lines ('<n>\\t<units>') for TEXT; with '-', each stdin line is one input
+    and <n> is its line number."""
+    from .frontend import FrontEnd, FrontEndOptions
+
+    fe = FrontEnd(FrontEndOptions(emotion=emotion or "emotion_neutral", speaker=speaker,
+                                  lexicon_path=str(lexicon) if lexicon else None,
+                                  max_units_per_sentence=max_units or None))
+    out = sys.stdout
+    if text == "-":
+        for line in fe.lines_from_inputs(sys.stdin):
+            out.write(line + "\n")
+    else:
+        for line in fe.to_lines(text):
+            out.write(line + "\n")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@handle_errors
+def info(bundle: Path) -> None:
+    """Describe a bundle: voices, emotions, speakers, graphs, provenance."""
+    from .runtime.backends import available_backends
+    from .runtime.manifest import read_manifest
+
+    m = read_manifest(bundle)
+    click.echo(f"bundle {bundle}: schema {m.schema_version}, {m.model_type}, {m.sample_rate} Hz")
+    for v in m.voices.values():
+        click.echo(f"  voice {v.name}: vocoder {'causal' if v.vocoder.causal else 'non-causal'} "
+                   f"(context {v.vocoder.context_left}/{v.vocoder.context_right} frames), "
+                   f"speakers {', '.join(v.speakers)}")
+        click.echo(f"    emotions: {', '.join(e.removeprefix('emotion_') for e in v.emotions)}")
+        click.echo(f"    graphs: {', '.join(v.graphs)}")
+    click.echo(f"backends here: {', '.join(available_backends())}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
