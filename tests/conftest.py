@@ -58,3 +58,23 @@ def make_modelscope_dir(root: Path, src: Path, voices: tuple[str, ...] = ("zhibe
             if extra_ckpt is not None:
                 shutil.copy(src / srcsub / "ckpt" / "checkpoint_0.pth", d / "ckpt" / f"checkpoint_{extra_ckpt}.pth")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_modelscope_dir(tmp_path_factory.mktemp("ms") / "model", TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny bundles exported through the real exporter (with its parity gate): causal and non-causal."""
+    from sambert_deploy.export.bundle import ExportOptions, export_model
+
+    out = {}
+    for variant in ("causal", "noncausal"):
+        d = make_modelscope_dir(tmp_path_factory.mktemp(f"ms_{variant}") / "model", TINY, voc=f"voc_{variant}",
+                                voices=("tiny_emo",), extra_ckpt=None)
+        b = tmp_path_factory.mktemp(f"bundle_{variant}") / "bundle"
+        export_model(d, b, options=ExportOptions(gate_units=(1, 37)))
+        out[variant] = b
+    return out

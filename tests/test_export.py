@@ -1,0 +1,183 @@
+"""Export: bundle contents, graph audit, the parity gate (and that it can fail), CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from sambert_deploy.cli import main
+from sambert_deploy.errors import ExportValidationError
+from sambert_deploy.export import bundle as bundle_mod
+from sambert_deploy.export.bundle import ExportOptions, export_model
+from sambert_deploy.export.graphs import GRAPHS
+from sambert_deploy.runtime.manifest import read_manifest
+
+from .conftest import FULL, REPO, SEQS, TINY, make_modelscope_dir
+
+BLOCK_TORCH = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch.") or name.startswith("sambert_deploy.export") \\
+                or name.startswith("sambert_deploy.models"):
+            raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def test_every_registered_graph_is_exported_and_described(tiny_bundles: dict[str, Path]) -> None:
+    m = read_manifest(tiny_bundles["causal"])
+    v = m.voice(None)
+    assert set(v.graphs) == {g.name for g in GRAPHS}
+    assert m.schema_version == 1 and m.sample_rate == 16000
+    assert v.vocoder.hop == 200 and v.vocoder.causal and v.vocoder.context_right == 0 and v.vocoder.context_left > 0
+    assert v.acoustic.postnet_left == 2 * 6 and v.acoustic.postnet_right == 2 * 2  # tiny: filter 9, shift 2
+    assert v.speakers == ("F7", "M7") and "emotion_happy" in v.emotions
+    assert len(v.provenance["am_sha256"]) == 64
+    nc = read_manifest(tiny_bundles["noncausal"]).voice(None)
+    assert not nc.vocoder.causal and nc.vocoder.context_right > 0
+    for name in v.graphs:
+        proto = onnx.load(str(m.graph_path(v, name)), load_external_data=False)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert meta["graph"] == name and meta["model_type"] == "kantts-sambert-hifigan" and meta["hop"] == "200"
+        assert json.loads(meta["vocoder_context"]) == [v.vocoder.context_left, v.vocoder.context_right]
+
+
+def _fixture_script(bundle: Path, root: Path) -> str:
+    return BLOCK_TORCH + textwrap.dedent(f"""
+        import numpy as np
+        from sambert_deploy.runtime.pipeline import OneShot
+        from sambert_deploy.symbols import encode_symbols
+        variant = {"'causal'" if read_manifest(bundle).voice(None).vocoder.causal else "'noncausal'"}
+        worst = {{"mel": 0.0, "wav": 0.0}}
+        with OneShot({str(bundle)!r}) as rt:
+            for seq in {list(SEQS)!r}:
+                z = np.load({str(root)!r} + f"/{{seq}}.npz")
+                r = rt.run(str(z["symbol_sequence"]))
+                assert np.array_equal(r.reps, z["durations_rounded"][0]), seq
+                assert r.band == int(z["x_band_width"]), seq
+                assert r.mel.shape == z["mel"].shape and r.audio.shape == z[f"wav_voc_{{variant}}"].shape, seq
+                worst["mel"] = max(worst["mel"], float(np.abs(r.mel - z["mel"]).max()))
+                worst["wav"] = max(worst["wav"], float(np.abs(r.audio - z[f"wav_voc_{{variant}}"]).max()))
+        import sys
+        assert "torch" not in sys.modules
+        print(worst)
+        assert worst["mel"] <= 1e-4 and worst["wav"] <= 1e-4, worst
+    """)
+
+
+def _run_isolated(code: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout
+
+
+@pytest.mark.parametrize("variant", ["causal", "noncausal"])
+def test_tiny_fixtures_reproduced_without_torch(tiny_bundles: dict[str, Path], variant: str) -> None:
+    print(_run_isolated(_fixture_script(tiny_bundles[variant], TINY)))
+
+
+@pytest.mark.slow
+def test_full_fixtures_export_via_cli_and_reproduce_without_torch(tmp_path: Path) -> None:
+    if not FULL.is_dir():
+        pytest.skip(f"full fixtures not at {FULL}")
+    for variant in ("causal", "noncausal"):
+        d = make_modelscope_dir(tmp_path / f"m_{variant}", FULL, voc=f"voc_{variant}", voices=("full_emo",),
+                                extra_ckpt=None)
+        b = tmp_path / f"b_{variant}"
+        res = CliRunner().invoke(main, ["-q", "export", str(d), "-o", str(b)])
+        assert res.exit_code == 0, res.output
+        assert "811u" in res.output
+        print(res.output)
+        print(_run_isolated(_fixture_script(b, FULL)))
+
+
+def test_gate_catches_a_broken_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = bundle_mod.export_graph
+
+    def broken(spec, model, path, meta, opset=None, seed=0):  # noqa: ANN001, ANN202
+        res = original(spec, model, path, meta, opset, seed)
+        if spec.name == "vocoder":
+            proto = onnx.load(str(path))
+            init = max(proto.graph.initializer, key=lambda i: len(i.raw_data))
+            arr = onnx.numpy_helper.to_array(init) * np.float32(1.05)
+            init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+            onnx.save(proto, str(path))
+        return res
+
+    monkeypatch.setattr(bundle_mod, "export_graph", broken)
+    d = make_modelscope_dir(tmp_path / "m", TINY, voices=("v",), extra_ckpt=None)
+    with pytest.raises(ExportValidationError) as e:
+        export_model(d, tmp_path / "b", options=ExportOptions(gate_units=(3,)))
+    assert any(f.startswith("vocoder.audio") for f in e.value.failures), e.value.failures
+    assert "vocoder.audio" in str(e.value)
+
+
+def test_gate_collects_pipeline_failures(tiny_bundles: dict[str, Path]) -> None:
+    """Compare a bundle against a different torch model: the pipeline gate lists every case."""
+    import torch
+
+    from sambert_deploy.models.loading import load_hifigan, load_sambert
+
+    am, _ = load_sambert(TINY / "am/config.yaml", TINY / "am/ckpt/checkpoint_0.pth")
+    gen = load_hifigan(TINY / "voc_causal/config.yaml", TINY / "voc_causal/ckpt/checkpoint_0.pth")
+    with torch.no_grad():
+        am.mel_postnet.fc.bias += 0.01
+    m = read_manifest(tiny_bundles["causal"])
+    _, failures = bundle_mod.pipeline_gate(m, m.default_voice, am, gen, (1, 5))
+    assert len(failures) >= 2 and all("mel" in f or "wav" in f for f in failures), failures
+
+
+def test_export_all_voices(tiny_model_dir: Path, tmp_path: Path) -> None:
+    rep = export_model(tiny_model_dir, tmp_path / "b", all_voices=True, options=ExportOptions(check=False))
+    m = read_manifest(rep.bundle)
+    assert list(m.voices) == ["zhibei_emo", "zhiyan_emo"] and m.default_voice == "zhibei_emo"
+
+
+def _cli(args: list[str]) -> tuple[int, str]:
+    res = CliRunner().invoke(main, args)
+    return res.exit_code, res.output
+
+
+def test_export_cli_bad_inputs(tiny_model_dir: Path, tmp_path: Path) -> None:
+    code, out = _cli(["export", str(tmp_path / "nope"), "-o", str(tmp_path / "b")])
+    assert code == 2 and "is not a directory" in out and "Traceback" not in out and len(out.strip().splitlines()) == 1
+    code, out = _cli(["export", str(tiny_model_dir), "-o", str(tmp_path / "b"), "--voice", "zhida"])
+    assert code == 2 and "unknown voice 'zhida'" in out and "zhibei_emo" in out
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x.txt").write_text("x")
+    code, out = _cli(["export", str(tiny_model_dir), "-o", str(busy)])
+    assert code == 2 and "--force" in out and len(out.strip().splitlines()) == 1
+    f = tmp_path / "file"
+    f.write_text("x")
+    code, out = _cli(["export", str(tiny_model_dir), "-o", str(f / "sub")])
+    assert code == 2 and ("writable" in out or "not a directory" in out), out
+    code, out = _cli(["export", "-o", str(tmp_path / "b")])
+    assert code == 2 and "MODEL_DIR" in out
+
+
+def test_export_cli_unwritable(tiny_model_dir: Path) -> None:
+    # /proc refuses new folders even for root, so this holds wherever the suite runs.
+    code, out = _cli(["export", str(tiny_model_dir), "-o", "/proc/sambert-deploy-test/b"])
+    assert code == 2 and "not writable" in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_export_force_overwrites_bundle(tiny_model_dir: Path, tmp_path: Path) -> None:
+    b = tmp_path / "b"
+    code, _ = _cli(["export", str(tiny_model_dir), "-o", str(b), "--no-check"])
+    assert code == 0
+    code, out = _cli(["export", str(tiny_model_dir), "-o", str(b), "--no-check"])
+    assert code == 2 and "--force" in out
+    code, _ = _cli(["export", str(tiny_model_dir), "-o", str(b), "--no-check", "--force"])
+    assert code == 0

@@ -1,0 +1,255 @@
+"""Streaming runtime: stream == one-shot, bounded windows, input errors, torch-free runtime."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sambert_deploy.cli import main
+from sambert_deploy.errors import BackendUnavailableError, BundleError, InvalidInputError
+from sambert_deploy.runtime.acoustic import context_windows
+from sambert_deploy.runtime.backends import select_backend
+from sambert_deploy.runtime.manifest import read_manifest
+from sambert_deploy.runtime.pipeline import OneShot
+from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer, split_units
+
+from .conftest import REPO, TINY
+
+PKG = REPO / "sambert_deploy"
+
+
+def _units(n: int, seed: int = 0) -> str:
+    z = np.load(TINY / "io_seq1_medium.npz")
+    base = str(z["symbol_sequence"]).split()
+    rng = np.random.default_rng(seed)
+    start = int(rng.integers(0, len(base)))
+    return " ".join((base[start:] + base * (n // len(base) + 1))[:n])
+
+
+# -- windows -------------------------------------------------------------------------------------
+
+def _moving_sum(x: np.ndarray, left: int, right: int) -> np.ndarray:
+    """A network with an exact receptive field: y[t] = sum x[t-left .. t+right] (zero outside)."""
+    pad = np.concatenate([np.zeros((left, x.shape[1])), x, np.zeros((right, x.shape[1]))])
+    c = np.cumsum(np.concatenate([np.zeros((1, x.shape[1])), pad]), axis=0)
+    return c[left + right + 1:] - c[:-(left + right + 1)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(total=st.integers(1, 120), chunk=st.integers(1, 50), first=st.one_of(st.none(), st.integers(1, 30)),
+       left=st.integers(0, 20), right=st.integers(0, 20), block=st.integers(1, 9))
+def test_context_windows_reproduce_whole_sequence(total: int, chunk: int, first: int | None, left: int, right: int,
+                                                  block: int) -> None:
+    x = np.random.default_rng(total).standard_normal((total, 2))
+    stream = (x[i:i + block] for i in range(0, total, block))
+    whole = _moving_sum(x, left, right)
+    parts, lasts = [], []
+    for win, a, b, last in context_windows(stream, total, chunk, left, right, first):
+        assert win.shape[0] <= left + max(chunk, first or 0) + right  # bounded
+        parts.append(_moving_sum(win, left, right)[a:b])
+        lasts.append(last)
+    got = np.concatenate(parts)
+    assert got.shape == whole.shape
+    np.testing.assert_allclose(got, whole, atol=1e-9)
+    assert lasts[-1] and not any(lasts[:-1])
+
+
+# -- stream == one-shot ----------------------------------------------------------------------------
+
+CHUNKS = [StreamOptions(postnet_chunk=1, vocoder_chunk=1, first_chunk=1),
+          StreamOptions(postnet_chunk=3, vocoder_chunk=4, first_chunk=2),
+          StreamOptions(postnet_chunk=7, vocoder_chunk=13, first_chunk=5),
+          StreamOptions(),
+          StreamOptions(postnet_chunk=10_000, vocoder_chunk=10_000, first_chunk=10_000)]
+
+
+@pytest.mark.parametrize("variant", ["causal", "noncausal"])
+@pytest.mark.parametrize("n_units", [1, 2, 9, 40])
+def test_stream_equals_one_shot(tiny_bundles: dict[str, Path], variant: str, n_units: int) -> None:
+    sym = _units(n_units, n_units)
+    with OneShot(tiny_bundles[variant]) as rt:
+        ref = rt.run(sym)
+    frames = ref.mel.shape[0]
+    # Chunk sizes on the frame count's boundaries too: exactly one chunk, and divisors of it.
+    extra = [StreamOptions(postnet_chunk=max(1, frames), vocoder_chunk=max(1, frames), first_chunk=max(1, frames))]
+    if frames >= 4 and frames % 2 == 0:
+        extra.append(StreamOptions(postnet_chunk=frames // 2, vocoder_chunk=frames // 2, first_chunk=frames // 2))
+    for opts in CHUNKS + extra:
+        with Synthesizer(tiny_bundles[variant], backend="cpu", options=opts) as syn:
+            chunks = list(syn.stream(symbols=sym))
+        audio = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, np.float32)
+        assert audio.shape == ref.audio.shape, (opts, audio.shape, ref.audio.shape)
+        if audio.size:
+            assert float(np.abs(audio - ref.audio).max()) <= 1e-5, opts
+            assert [c.offset for c in chunks] == list(np.cumsum([0] + [len(c.samples) for c in chunks[:-1]]))
+            assert chunks[-1].final and sum(c.final for c in chunks) == 1
+
+
+def test_sentences_split_and_concatenate(tiny_bundles: dict[str, Path]) -> None:
+    lines = [_units(12, 1), _units(20, 2)]
+    with Synthesizer(tiny_bundles["causal"], backend="cpu") as syn, OneShot(tiny_bundles["causal"]) as rt:
+        chunks = list(syn.stream(symbols="\n".join(f"{i}\t{line}" for i, line in enumerate(lines))))
+        refs = [rt.run(line).audio for line in lines]
+    assert {c.sentence for c in chunks} == {0, 1}
+    got = np.concatenate([c.samples for c in chunks])
+    np.testing.assert_allclose(got, np.concatenate(refs), atol=1e-5)
+    assert sum(c.final for c in chunks) == 2
+
+
+def test_split_units_at_breaks() -> None:
+    line = _units(100, 3).split()
+    pieces = split_units(line, 30)
+    assert sum(pieces, []) == line and all(len(p) <= 30 for p in pieces)
+    assert all(p[-1].startswith("{#") for p in pieces[:-1])
+    assert split_units(line, None) == [line] and split_units(line, 500) == [line]
+
+
+def test_long_input_is_split_by_default(tiny_bundles: dict[str, Path]) -> None:
+    sym = _units(700, 4)
+    with Synthesizer(tiny_bundles["causal"], backend="cpu") as syn:
+        n = sum(len(c.samples) for c in syn.stream(symbols=sym))
+        assert syn.last_stats.sentences >= 3 and n > 0
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=StreamOptions(max_units=None)) as syn:
+        list(syn.stream(symbols=sym))
+        assert syn.last_stats.sentences == 1
+
+
+def test_text_input_uses_front_end(tiny_bundles: dict[str, Path]) -> None:
+    with Synthesizer(tiny_bundles["causal"], backend="cpu") as syn:
+        audio = syn.synthesize("你好，欢迎使用。", speaker="M7", emotion="happy")
+    assert audio.dtype == np.float32 and audio.size > 0 and np.abs(audio).max() < 1
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+def test_input_errors(tiny_bundles: dict[str, Path]) -> None:
+    with Synthesizer(tiny_bundles["causal"], backend="cpu") as syn:
+        with pytest.raises(InvalidInputError, match="nothing to synthesize"):
+            syn.stream(symbols="")
+        with pytest.raises(InvalidInputError, match="nothing to synthesize"):
+            syn.stream("")
+        with pytest.raises(InvalidInputError, match=r"unknown voice 'x'.*tiny_emo"):
+            syn.stream(symbols=_units(3), voice="x")
+        with pytest.raises(InvalidInputError, match=r"unknown emotion 'grumpy'.*happy.*sad"):
+            syn.stream(symbols=_units(3), emotion="grumpy")
+        with pytest.raises(InvalidInputError, match=r"unknown speaker 'Q9'.*F7, M7"):
+            syn.stream(symbols=_units(3), speaker="Q9")
+        bad = _units(5).split()
+        bad[3] = "{zz_c$tone1$s_begin$word_begin$emotion_neutral$F7}"
+        with pytest.raises(InvalidInputError, match=r"unit 3 .*sy symbol 'zz_c'"):
+            syn.stream(symbols=" ".join(bad))
+        with pytest.raises(InvalidInputError, match=r"unit 0 .*6"):
+            syn.stream(symbols="{a_c$tone1}")
+    with pytest.raises(InvalidInputError, match="vocoder_chunk must be >= 1"):
+        Synthesizer(tiny_bundles["causal"], options=StreamOptions(vocoder_chunk=0))
+
+
+def test_bundle_errors(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundles["causal"], b)
+    man = json.loads((b / "manifest.json").read_text())
+    (b / "manifest.json").write_text(json.dumps({**man, "schema_version": 99}))
+    with pytest.raises(BundleError, match="schema_version 99 is not supported"):
+        read_manifest(b)
+    (b / "manifest.json").write_text(json.dumps({**man, "model_type": "vits"}))
+    with pytest.raises(BundleError, match="model_type 'vits'"):
+        read_manifest(b)
+    (b / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="corrupted"):
+        read_manifest(b)
+    (b / "manifest.json").write_text(json.dumps(man))
+    g = b / "voices/tiny_emo/vocoder.onnx"
+    g.write_bytes(g.read_bytes()[:1000])
+    with pytest.raises(BundleError, match="does not match its sha256"):
+        read_manifest(b)
+    with pytest.raises(BundleError, match="not a bundle directory"):
+        read_manifest(tmp_path / "none")
+
+
+def test_backend_selection() -> None:
+    assert select_backend("cpu") == "cpu"
+    assert select_backend("auto") in ("cuda", "cpu")
+    with pytest.raises(InvalidInputError, match="backend 'tpu' is unknown"):
+        select_backend("tpu")
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert select_backend("cuda") == "cpu"  # falls back, logged
+        with pytest.raises(BackendUnavailableError, match="onnxruntime-gpu"):
+            select_backend("cuda", strict=True)
+
+
+def test_backend_checks_inputs(tiny_bundles: dict[str, Path]) -> None:
+    from sambert_deploy.runtime.backends import OrtBackend
+
+    m = read_manifest(tiny_bundles["causal"])
+    with OrtBackend(m.graph_path(m.voice(None), "vocoder")) as be:
+        with pytest.raises(InvalidInputError, match="input 'mel' has dtype float64"):
+            be.run({"mel": np.zeros((1, 20, 5))})
+        with pytest.raises(InvalidInputError, match="axis 1 is 3, expected 20"):
+            be.run({"mel": np.zeros((1, 3, 5), np.float32)})
+        with pytest.raises(InvalidInputError, match="missing"):
+            be.run({})
+        assert be.run({"mel": np.zeros((1, 20, 5), np.float32)})["audio"].shape == (1, 1, 1000)
+
+
+def test_synth_cli(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+    import soundfile as sf
+
+    sym = tmp_path / "s.txt"
+    sym.write_text(f"0\t{_units(30)}\n1\t{_units(10, 5)}\n")
+    out = tmp_path / "o.wav"
+    r = CliRunner().invoke(main, ["-q", "synth", str(tiny_bundles["causal"]), "--symbols-file", str(sym), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    data, sr = sf.read(out, dtype="int16")
+    assert sr == 16000 and data.size > 0
+    r = CliRunner().invoke(main, ["-q", "synth", str(tiny_bundles["causal"]), "--symbols-file", str(sym), "-o", "-"])
+    assert r.exit_code == 0 and len(r.stdout_bytes) == 2 * data.size
+    for args, words in (
+        (["--emotion", "grumpy"], "unknown emotion"), (["--voice", "nope"], "unknown voice"),
+        (["--backend", "cuda", "--strict"], "not available"),
+    ):
+        if "cuda" in args:
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                continue
+        r = CliRunner().invoke(main, ["synth", str(tiny_bundles["causal"]), "--symbols-file", str(sym), "-o",
+                                      str(out), *args])
+        assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, r.output
+        assert len([ln for ln in r.output.splitlines() if ln.startswith("error")]) == 1
+    r = CliRunner().invoke(main, ["synth", str(tmp_path), "你好", "-o", str(out)])
+    assert r.exit_code == 2 and "manifest.json is missing" in r.output
+
+
+# -- torch-free runtime ------------------------------------------------------------------------------
+
+FORBIDDEN = ("torch", "sambert_deploy.export", "sambert_deploy.models", "sambert_deploy.calibration", "onnx")
+
+
+@pytest.mark.parametrize("sub", ["runtime", "frontend"])
+def test_runtime_and_frontend_import_nothing_from_torch_or_export(sub: str) -> None:
+    for py in (PKG / sub).rglob("*.py"):
+        tree = ast.parse(py.read_text(), str(py))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                if node.level:  # relative: resolve against the package
+                    base = ["sambert_deploy", sub, *py.relative_to(PKG / sub).parts[:-1]]
+                    base = base[: len(base) - (node.level - 1)]
+                    mod = ".".join(base + ([mod] if mod else []))
+                names = [mod]
+            for n in names:
+                assert not any(n == f or n.startswith(f + ".") for f in FORBIDDEN), f"{py}: imports {n}"
