@@ -42,8 +42,22 @@ def _tokenizer() -> Any:
 
 
 def segment(text: str) -> list[tuple[str, str]]:
-    """Split a run of Han characters into (word, part-of-speech) pairs (jieba tag set)."""
-    return [(p.word, p.flag) for p in _tokenizer().cut(text, HMM=True)]
+    """Split a run of Han characters into (word, part-of-speech) pairs (jieba tag set).
+
+    One repair: after an adverbially used adjective (jieba ``ad``: 坚决, 认真, 努力) a following word that
+    starts with 地 is the structural particle + a verb that jieba glued together (地试, 地学); it is cut
+    into 地 (``uv``) and the rest, re-segmented.
+    """
+    tok = _tokenizer()
+    out = [(p.word, p.flag) for p in tok.cut(text, HMM=True)]
+    k = 1
+    while k < len(out):
+        w, _ = out[k]
+        if len(w) > 1 and w[0] == "地" and out[k - 1][1] == "ad":
+            rest = [(p.word, p.flag) for p in tok.cut(w[1:], HMM=True)]
+            out[k : k + 1] = [("地", "uv"), *rest]
+        k += 1
+    return out
 
 
 @dataclass
@@ -149,8 +163,27 @@ def _raw_pinyin(word: str) -> list[str]:
 
 
 # Phrase-table readings corrected for modern usage: 咱 is zan2 (咱家 za2 is archaic); 朴 outside a
-# leading surname is pu3 (纯朴, 朴素); 卡 'stuck' in 卡住/卡在 is qia3.
-_WORD_FIX = {"卡住": ("qia3", None), "卡在": ("qia3", None)}
+# leading surname is pu3 (纯朴, 朴素); 卡 'stuck' in 卡住/卡在 is qia3. Word-level fixes: substring ->
+# readings (None keeps the syllable), applied wherever the substring occurs in a jieba word.
+_WORD_FIX: dict[str, tuple[str | None, ...]] = {
+    "卡住": ("qia3", None),
+    "卡在": ("qia3", None),
+    # 藏 zang4 'store, deposit' in resource nouns (Xiandai Hanyu Cidian: 宝藏, 矿藏); cang2 is the verb
+    "油藏": (None, "zang4"),
+    "气藏": (None, "zang4"),
+    "矿藏": (None, "zang4"),
+    "宝藏": (None, "zang4"),
+    # 血 xie3 in colloquial words for the substance itself (XHC: 血 xiě '用于口语', 血块子, 鸡血);
+    # the learned compounds (血液, 血管, 血压, 鲜血, 贫血) keep xue4 from the phrase table
+    "血丝": ("xie3", None),
+    "血块": ("xie3", None),
+    "血印": ("xie3", None),
+    "血泡": ("xie3", None),
+    "血道子": ("xie3", None, None),
+    "鸡血": (None, "xie3"),
+    "猪血": (None, "xie3"),
+    "鸭血": (None, "xie3"),
+}
 
 
 def _fix_phrase(word: str, pys: list[str]) -> list[str]:
@@ -159,10 +192,14 @@ def _fix_phrase(word: str, pys: list[str]) -> list[str]:
             pys[k] = "zan2"
         elif c == "朴" and k > 0 and pys[k] == "piao2":
             pys[k] = "pu3"
-    for w, (first, _) in _WORD_FIX.items():
+        elif c == "蛤" and word[k + 1 : k + 2] != "蟆" and pys[k] == "ha2":
+            pys[k] = "ge2"  # 蛤 ha2 only in 蛤蟆 'toad'; the clams (文蛤, 花蛤, 毛蛤, 蛤蜊) are ge2
+    for w, fix in _WORD_FIX.items():
         i = word.find(w)
-        if i >= 0 and first:
-            pys[i] = first
+        if i >= 0:
+            for k, r in enumerate(fix):
+                if r:
+                    pys[i + k] = r
     return pys
 
 
@@ -173,19 +210,20 @@ _CHAR_DEFAULT = {
     "什": "shi2",
     "咱": "zan2",
     "剥": "bo1",
-    "蛤": "ha2",
+    "蛤": "ge2",
     "伽": "jia1",
     "厦": "sha4",
 }
 
 
-# Single-character words whose pypinyin default reading is the rarer one in running text.
+# Single-character words whose pypinyin default reading is the rarer one in running text (血 standing
+# alone as a word is the colloquial xie3: 流了点儿血, 一滴血; XHC '多单用').
 _SINGLE_DEFAULT = {
     "长": "chang2", "得": "de5", "地": "di4", "着": "zhe5", "了": "le5", "还": "hai2", "只": "zhi3",
     "哪": "na3", "那": "na4", "么": "me5", "咱": "zan2", "便": "bian4", "给": "gei3", "都": "dou1",
     "和": "he2", "吗": "ma5", "呢": "ne5", "吧": "ba5", "啊": "a5", "呀": "ya5", "的": "de5", "嘛": "ma5",
     "过": "guo4", "没": "mei2", "为": "wei4", "曾": "ceng2", "似": "si4", "薄": "bao2", "露": "lu4",
-    "削": "xiao1", "血": "xue4", "壳": "ke2", "塞": "sai1", "尽": "jin4", "传": "chuan2",
+    "削": "xiao1", "血": "xie3", "壳": "ke2", "塞": "sai1", "尽": "jin4", "传": "chuan2",
     "率": "lv4", "个": "ge5", "觉": "jue2", "更": "geng4", "转": "zhuan3", "看": "kan4", "说": "shuo1", "大": "da4",
     "将": "jiang1", "正": "zheng4", "应": "ying1", "处": "chu4", "分": "fen1", "当": "dang1", "几": "ji3",
     "种": "zhong3", "干": "gan4", "发": "fa1", "兴": "xing1", "数": "shu4", "少": "shao3", "差": "cha4",
@@ -274,6 +312,8 @@ def word_pinyin(word: str, pos: str, prev: Word | None, nxt: tuple[str, str] | N
             key = (c, pos[:n])
             if key in _BY_POS:
                 return [_BY_POS[key]]
+        if c == "长" and nxt is not None and nxt[0] == "得":
+            return ["zhang3"]  # 长得 (长得很快, 长得漂亮): 'grow', with a complement of degree
         if c == "得":
             return ["de5" if prev is not None and prev.pos[:1] in ("v", "a") else "de2"]
         if c == "为" and pos.startswith("p") and prev is not None and prev.pos[:1] in ("n", "v"):
@@ -281,6 +321,13 @@ def word_pinyin(word: str, pos: str, prev: Word | None, nxt: tuple[str, str] | N
         if c in _SINGLE_DEFAULT:
             return [_SINGLE_DEFAULT[c]]
         return pys
+    if pos.startswith("nr") and 2 <= len(word) <= 3 and word[0] in _SURNAMES:
+        # in a given name 长 is chang2 (长春, 长生, 长江 as names); zhang3 'elder' is not a name character
+        pys = [
+            ("chang2" if c == "长" and k > 0 else p) for k, (c, p) in enumerate(zip(word, pys, strict=False))
+        ]
+    if len(word) >= 3 and word[-1] == "地" and (pos.startswith("z") or word[0] == word[1]):
+        pys[-1] = "de5"  # adverbial 地 fused by jieba into a descriptive word (轻轻地, 默默地, 慢慢悠悠地)
     if len(word) == 2 and word[0] == word[1] and pos.startswith("v") and not _single(word[0]).endswith("3"):
         # verb reduplication AA (查查, 看看) is neutral; third-tone verbs (想想) keep 3 and take sandhi
         return [_single(word[0]), _single(word[0])[:-1] + "5"]

@@ -25,7 +25,13 @@ CASES = [
     # polyphones in context
     ("银行", "yin2 hang2"), ("行走", "xing2 zou3"), ("音乐", "yin1 yue4"), ("快乐", "kuai4 le4"), ("长大", "zhang3 da4"),
     ("长度", "chang2 du4"), ("重要", "zhong4 yao4"), ("重新", "chong2 xin1"), ("我去银行取钱", "wo3 qu4 yin2 hang2 qu3 qian2"),
-    ("银行卡", "yin2 hang2 ka3"), ("音乐会", "yin1 yue4 hui4"),
+    ("银行卡", "yin2 hang2 ka3"), ("音乐会", "yin1 yue4 hui4"), ("长得漂亮", "zhang3 de5 piao4 liang5"),
+    ("王长生来了", "wang2 chang2 sheng1 lai2 le5"), ("花蛤", "hua1 ge2"), ("癞蛤蟆", "lai4 ha2 ma5"),
+    ("矿藏丰富", "kuang4 zang4 feng1 fu4"), ("藏起来", "cang2 qi3 lai2"), ("一滴血", "yi4 di1 xie3"),
+    ("血管", "xue4 guan3"), ("鸡血", "ji1 xie3"), ("伤口有血块", "shang1 kou2 you2 xie3 kuai4"),
+    # adverbial 地 (jieba fuses it into 轻轻地 or glues it to the verb after 'ad' adjectives)
+    ("轻轻地放", "qing1 qing1 de5 fang4"), ("认真地说", "ren4 zhen1 de5 shuo1"), ("努力地学习", "nu3 li4 de5 xue2 xi2"),
+    ("这地方", "zhe4 di4 fang1"),
     # erhua
     ("一点儿", "yi4 dianr3"), ("哪儿", "nar3"), ("女儿", "nv3 er2"), ("儿子", "er2 zi5"),
     # neutral tone
