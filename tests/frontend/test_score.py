@@ -24,6 +24,6 @@ def test_dev_set_scores() -> None:
     )  # fmt: skip
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["sentences"] == 300
-    assert res["phones"] >= 0.997  # issue target 0.999: see the closing note for the gap
+    assert res["phones"] >= 0.999
     assert res["phones_tone"] >= 0.97
     assert res["boundary_f1"] >= 0.85
