@@ -250,6 +250,10 @@ _MEASURE_AFTER_NUMERAL = {
     "重": "chong2",
     "把": "ba3",
 }
+# 不 is neutral only in V不C words lexicalized as single words (dictionary headwords with an idiomatic
+# sense); productive potential complements (看不见, 受不了) and A不A questions (是不是) keep 不 with its
+# own sandhi (bu2 before a fourth tone, else bu4), as the human labels and ttsfrd's surface tones do.
+_BU_NEUTRAL = set("对不起 看不起 了不起 差不多 怪不得 舍不得 巴不得 恨不得 犯不着 用不着".split())
 _NUMERAL_CHARS = set("零〇一二两三四五六七八九十百千万亿几多半")
 
 # Words whose last syllable is neutral in standard speech but which pypinyin's phrase table gives a full
@@ -331,8 +335,8 @@ def word_pinyin(word: str, pos: str, prev: Word | None, nxt: tuple[str, str] | N
     if len(word) == 2 and word[0] == word[1] and pos.startswith("v") and not _single(word[0]).endswith("3"):
         # verb reduplication AA (查查, 看看) is neutral; third-tone verbs (想想) keep 3 and take sandhi
         return [_single(word[0]), _single(word[0])[:-1] + "5"]
-    if len(word) == 3 and word[1] == "不" and pos[:1] in ("v", "a", "l", "i"):
-        pys[1] = "bu5"  # potential complement V不C (看不起, 来不及): 不 is unstressed
+    if word in _BU_NEUTRAL:
+        pys[1] = "bu5"
     if "个" in word[1:] and word[word.index("个", 1) - 1] in _NUMERAL_CHARS | set("这那哪每各整半上下"):
         k = word.index("个", 1)
         pys[k] = "ge5"  # classifier 个 is unstressed (一个, 这个, 上个月)

@@ -22,6 +22,7 @@ CASES = [
     ("你好", "ni2 hao3"), ("很好", "hen2 hao3"), ("一个", "yi2 ge5"), ("一样", "yi2 yang4"), ("不对", "bu2 dui4"),
     ("不要", "bu2 yao4"), ("展览馆", "zhan2 lan2 guan3"), ("小老虎", "xiao3 lao2 hu3"), ("一百", "yi4 bai3"),
     ("第一", "di4 yi1"), ("统一", "tong3 yi1"), ("十一", "shi2 yi1"), ("看一看", "kan4 yi5 kan4"), ("不好", "bu4 hao3"),
+    ("是不是", "shi4 bu2 shi4"), ("看不见", "kan4 bu2 jian4"), ("对不起", "dui4 bu5 qi3"), ("看不起", "kan4 bu5 qi3"),
     # polyphones in context
     ("银行", "yin2 hang2"), ("行走", "xing2 zou3"), ("音乐", "yin1 yue4"), ("快乐", "kuai4 le4"), ("长大", "zhang3 da4"),
     ("长度", "chang2 du4"), ("重要", "zhong4 yao4"), ("重新", "chong2 xin1"), ("我去银行取钱", "wo3 qu4 yin2 hang2 qu3 qian2"),
