@@ -71,3 +71,8 @@ def test_phone_table(py: str, phones: tuple[str, str]) -> None:
 def test_mixed_chinese_english_digits(fe: FrontEnd) -> None:
     out = fe.pinyin("我用iPhone买了3个NBA球衣")
     assert out == ["wo3 yong4 #1 iPhone #1 mai3 le5 #1 san1 ge5 #1 NBA #1 qiu2 yi1 #4"]
+
+
+def test_monosyllabic_prepositions_and_adverbs_stand_alone(fe: FrontEnd) -> None:
+    assert fe.pinyin("大楼被拆除") == ["da4 lou2 #1 bei4 #1 chai1 chu2 #4"]
+    assert fe.pinyin("老师在教室上课") == ["lao3 shi1 #1 zai4 #1 jiao4 shi4 #1 shang4 ke4 #4"]
