@@ -40,19 +40,22 @@ class Inventories:
     emo_category: tuple[str, ...]
     speaker: tuple[str, ...]
     has_mask: bool = True
-    _index: dict[str, dict[str, int]] = field(default_factory=dict, compare=False, repr=False)
+    _index: dict[str, dict[str, int]] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in STREAMS:
-            object.__setattr__(self, "_index", self._index)
             self._index[name] = {s: i for i, s in enumerate(getattr(self, name))}
 
     @classmethod
     def build(cls, speaker_list: list[str] | tuple[str, ...], has_mask: bool = True) -> Inventories:
         specials = SPECIALS if has_mask else SPECIALS[:-1]
         base = _base_lists()
-        lists = {k: tuple(base[k]) + specials for k in STREAMS if k != "speaker"}
-        return cls(speaker=tuple(speaker_list) + specials, has_mask=has_mask, **lists)
+        def full(k: str) -> tuple[str, ...]:
+            return tuple(base[k]) + specials
+
+        return cls(sy=full("sy"), tone=full("tone"), syllable_flag=full("syllable_flag"),
+                   word_segment=full("word_segment"), emo_category=full("emo_category"),
+                   speaker=tuple(speaker_list) + specials, has_mask=has_mask)
 
     def index(self, stream: str) -> dict[str, int]:
         return self._index[stream]
@@ -76,7 +79,9 @@ class Inventories:
 
     @classmethod
     def from_json(cls, d: dict[str, list[str]], has_mask: bool = True) -> Inventories:
-        return cls(**{name: tuple(d[name]) for name in STREAMS}, has_mask=has_mask)
+        return cls(sy=tuple(d["sy"]), tone=tuple(d["tone"]), syllable_flag=tuple(d["syllable_flag"]),
+                   word_segment=tuple(d["word_segment"]), emo_category=tuple(d["emo_category"]),
+                   speaker=tuple(d["speaker"]), has_mask=has_mask)
 
 
 @dataclass(frozen=True)

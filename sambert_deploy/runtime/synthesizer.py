@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -135,7 +136,7 @@ class Synthesizer:
         log.info("backends: acoustic model on %s, vocoder on %s", self.am_backend, self.voc_backend)
         self.default_voice = self.manifest.voice(voice).name
         self._models: dict[str, tuple[AcousticModel, Vocoder]] = {}
-        self._frontend = None
+        self._frontend: Any = None  # FrontEnd, imported lazily (jieba loads its dictionary on first use)
         self.last_stats = StreamStats()
 
     # -- lifecycle ------------------------------------------------------------------------------
