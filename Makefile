@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` (the main job on the embedded default) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint install clean bench
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[export,dev,serve]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py --out demo_out
+
+lint: $(STAMP)
+	$(BIN)/ruff check sambert_deploy tests scripts
+	$(BIN)/mypy sambert_deploy/runtime sambert_deploy/frontend sambert_deploy/symbols.py sambert_deploy/errors.py
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python scripts/benchmark.py
+
+clean:
+	rm -rf demo_out .pytest_cache .ruff_cache .mypy_cache
