@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -90,8 +90,14 @@ class AcousticModel:
                  options: BackendOptions | None = None):
         self.voice = voice
         self.info = voice.acoustic
+        # The acoustic graphs are chains of small ops run step by step: intra-op threads only add
+        # synchronisation (measured: RTF 0.36 -> 0.25 at 300 units on 2 cores with one thread here),
+        # and the core they would take is the vocoder's.
+        am_options = replace(options or BackendOptions(), threads=1,
+                             extra_session_options={"session.intra_op.allow_spinning": "0",
+                                                    **(options.extra_session_options if options else {})})
         self.sessions: dict[str, Backend] = {
-            g: make_backend(backend, manifest.graph_path(voice, g), options).open() for g in AM_GRAPHS}
+            g: make_backend(backend, manifest.graph_path(voice, g), am_options).open() for g in AM_GRAPHS}
         self.inv_timescales = dur_inv_timescales(self.info.projection_units)
 
     def close(self) -> None:
