@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 
 from sambert_deploy.cli import main
 from sambert_deploy.errors import BackendUnavailableError, BundleError, InvalidInputError
+from sambert_deploy.frontend import split_units
 from sambert_deploy.runtime.acoustic import context_windows
 from sambert_deploy.runtime.backends import select_backend
 from sambert_deploy.runtime.manifest import read_manifest
 from sambert_deploy.runtime.pipeline import OneShot
-from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer, split_units
+from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
 
 from .conftest import REPO, TINY
 
@@ -106,9 +107,12 @@ def test_sentences_split_and_concatenate(tiny_bundles: dict[str, Path]) -> None:
 def test_split_units_at_breaks() -> None:
     line = _units(100, 3).split()
     pieces = split_units(line, 30)
-    assert sum(pieces, []) == line and all(len(p) <= 30 for p in pieces)
-    assert all(p[-1].startswith("{#") for p in pieces[:-1])
-    assert split_units(line, None) == [line] and split_units(line, 500) == [line]
+    flat = sum(pieces, [])
+    assert len(flat) == len(line) and all(len(p) <= 30 for p in pieces)
+    # Each piece ends at a break, which becomes the sentence end (#4) as ttsfrd writes it.
+    assert all(p[-1].startswith("{#4$") for p in pieces[:-1])
+    assert [u for u in flat if not u.startswith("{#")] == [u for u in line if not u.startswith("{#")]
+    assert split_units(line, 500) == [line]
 
 
 def test_long_input_is_split_by_default(tiny_bundles: dict[str, Path]) -> None:

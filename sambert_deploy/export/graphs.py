@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.hifigan import Generator, export_layout_2d
-from ..models.sambert import KanTtsSAMBERT, _merge_heads, sinusoid_table
+from ..models.sambert import KanTtsSAMBERT, _attend, _merge_heads, sinusoid_table
 from ..runtime.manifest import TensorSpec
 
 MASK_VALUE = -1e9  # additive mask; exp() underflows to exactly 0 like the reference's -inf fill
@@ -116,19 +116,13 @@ class DecoderStepGraph(nn.Module):
             q, k, v = att.qkv(x)  # [1,H,1,dh]
             kk = torch.cat([x_k[li:li + 1], k], dim=2)
             vv = torch.cat([x_v[li:li + 1], v], dim=2)
-            ctx_x, _ = _attend_bias(q, kk, vv, att.d_head, x_bias)
-            ctx_h, _ = _attend_bias(q, h_k[li:li + 1], h_v[li:li + 1], att.d_head, h_bias)
+            ctx_x, _ = _attend(q, kk, vv, att.d_head, bias=x_bias)
+            ctx_h, _ = _attend(q, h_k[li:li + 1], h_v[li:li + 1], att.d_head, bias=h_bias)
             x = blk.pos_ffn(att.fc_x(_merge_heads(ctx_x)) + att.fc_h(_merge_heads(ctx_h)) + x)
             new_k.append(kk[0, :, 1:])
             new_v.append(vv[0, :, 1:])
         frames = self.dec.dec_out_proj(self.dec.ln(x))
         return frames, torch.stack(new_k), torch.stack(new_v)
-
-
-def _attend_bias(q: Tensor, k: Tensor, v: Tensor, d_head: int, bias: Tensor) -> tuple[Tensor, Tensor]:
-    scores = torch.matmul(q, k.transpose(-1, -2)) / float(np.power(d_head, 0.5)) + bias
-    attn = torch.softmax(scores, dim=-1)
-    return torch.matmul(attn, v), attn
 
 
 class PostnetFsmnGraph(nn.Module):

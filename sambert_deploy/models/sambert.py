@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..runtime.acoustic import dur_inv_timescales, position_table
+
 LN_EPS = 1e-6
 
 
@@ -85,17 +87,9 @@ class SambertConfig:
 
 
 def sinusoid_table(n_position: int, d: int) -> Tensor:
-    """Encoder position table [1, n, d] (KAN-TTS SinusoidalPositionEncoder, SPEC §c.3 item 3).
-
-    Positions are 1-based; computed in float64 then cast, as the reference does, so a regenerated
-    table for T > max_len equals the stored one on the shared rows.
-    """
-    half = d // 2
-    pos = np.arange(1, n_position + 1, dtype=np.float64)[:, None]
-    j = np.arange(half, dtype=np.float64)[None, :]
-    angle = pos / np.power(10000.0, j / (half - 1))
-    table = np.concatenate([np.sin(angle), np.cos(angle)], axis=1).astype(np.float32)
-    return torch.from_numpy(table)[None]
+    """Encoder position table [1, n, d] (SPEC §c.3 item 3), the runtime's float64-then-float32 table,
+    so a regenerated table for T > max_len equals the stored one on the shared rows."""
+    return torch.from_numpy(position_table(n_position, d))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,9 +126,13 @@ def _merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, t, h * dh)
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, d_head: int, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def _attend(q: Tensor, k: Tensor, v: Tensor, d_head: int, mask: Tensor | None = None,
+            bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Scaled dot-product attention; ``mask`` True = masked (reference style), ``bias`` additive (export style)."""
     # The reference divides by a numpy float temperature (d_head ** 0.5), not multiplies by its inverse.
     scores = torch.matmul(q, k.transpose(-1, -2)) / float(np.power(d_head, 0.5))
+    if bias is not None:
+        scores = scores + bias
     if mask is not None:
         scores = scores.masked_fill(mask, float("-inf"))
     attn = torch.softmax(scores, dim=-1)
@@ -351,9 +349,7 @@ class VarRnnARPredictor(nn.Module):
 class DurSinusoidalPositionEncoder(nn.Module):
     def __init__(self, depth: int):
         super().__init__()
-        i = np.arange(depth)
-        inv = np.power(10000.0, 2 * (i // 2) / depth).astype(np.float32)
-        self.inv_timescales = nn.Parameter(torch.from_numpy(inv), requires_grad=False)
+        self.inv_timescales = nn.Parameter(torch.from_numpy(dur_inv_timescales(depth)), requires_grad=False)
 
     def forward(self, positions: Tensor) -> Tensor:
         """positions float [B, Tp] (1-based in-unit index, 0 on padding) -> [B, Tp, depth]."""

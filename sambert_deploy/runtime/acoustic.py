@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInputError
 from ..symbols import EncodedUnits
-from .backends import Backend, BackendOptions, make_backend
+from .backends import Backend, BackendOptions, OrtCudaBackend, make_backend
 from .manifest import Manifest, VoiceManifest
 
 log = logging.getLogger(__name__)
@@ -165,14 +166,18 @@ class AcousticModel:
         xb = plan.band
         wx = max(xb, 1)
         wh = plan.band + 1
-        x_k = np.zeros((layers, heads, wx, dh), np.float32)
-        x_v = np.zeros_like(x_k)
+        x_k: Any = np.zeros((layers, heads, wx, dh), np.float32)
+        x_v: Any = np.zeros_like(x_k)
         prev = np.zeros((1, 1, n_mels), np.float32)
         mem_k = np.zeros((layers, heads, 0, dh), np.float32)
         mem_v = np.zeros_like(mem_k)
         buf_start = 0
         dec = self.sessions["decoder_step"]
         kv = self.sessions["memory_kv"]
+        on_gpu = isinstance(dec, OrtCudaBackend)
+        if isinstance(dec, OrtCudaBackend):  # the x window stays on the device between steps (I/O binding)
+            x_k, x_v = dec.to_device(x_k), dec.to_device(x_v)
+        on_device = frozenset({"x_k_out", "x_v_out"}) if on_gpu else frozenset()
         emitted = 0
         for i in range(m):
             need = min(m, i + wh)
@@ -180,9 +185,9 @@ class AcousticModel:
                 lo = buf_start + mem_k.shape[2]
                 hi = min(m, max(need, lo + kv_block))
                 res = kv.run({"memory": plan.memory[None, lo:hi]}, validate=lo == 0)
-                keep = i - buf_start
-                mem_k = np.concatenate([mem_k[:, :, keep:], res["mem_k"]], axis=2)
-                mem_v = np.concatenate([mem_v[:, :, keep:], res["mem_v"]], axis=2)
+                drop = i - buf_start
+                mem_k = np.concatenate([mem_k[:, :, drop:], res["mem_k"]], axis=2)
+                mem_v = np.concatenate([mem_v[:, :, drop:], res["mem_v"]], axis=2)
                 buf_start = i
             off = i - buf_start
             h_k = mem_k[:, :, off:off + wh]
@@ -197,9 +202,12 @@ class AcousticModel:
             x_bias = np.zeros(wx + 1, np.float32)
             first_valid = max(wx - xb, wx - i)
             x_bias[:first_valid] = MASK_VALUE
-            res = dec.run({"prev": prev, "memory_i": plan.memory[None, i:i + 1], "x_k": x_k, "x_v": x_v,
-                           "x_bias": x_bias, "h_k": np.ascontiguousarray(h_k), "h_v": np.ascontiguousarray(h_v),
-                           "h_bias": h_bias}, validate=i == 0)
+            feeds = {"prev": prev, "memory_i": plan.memory[None, i:i + 1], "x_k": x_k, "x_v": x_v,
+                     "x_bias": x_bias, "h_k": np.ascontiguousarray(h_k), "h_v": np.ascontiguousarray(h_v),
+                     "h_bias": h_bias}
+            if i == 0 and not on_gpu:
+                dec.check_inputs(feeds)
+            res = dec.run_keep(feeds, on_device)
             frames = res["frames"].reshape(r, n_mels)
             x_k, x_v = res["x_k_out"], res["x_v_out"]
             prev = frames[-1:][None]

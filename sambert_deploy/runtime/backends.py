@@ -119,6 +119,12 @@ class Backend(ABC):
             self.check_inputs(feeds)
         return self._run(feeds)
 
+    def run_keep(self, feeds: Mapping[str, Any], keep: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """Like ``run`` without validation, but outputs named in ``keep`` may stay on the device (an
+        opaque value to feed back as an input next time). Host backends return numpy for everything."""
+        self.open()
+        return self._run(feeds)
+
     @abstractmethod
     def _open(self) -> tuple[dict[str, InputMeta], list[str]]: ...
 
@@ -193,6 +199,26 @@ class OrtCudaBackend(OrtBackend):
                                            "cudnn_conv_algo_search": self.options.cudnn_conv_algo_search,
                                            "do_copy_in_default_stream": True}),
                 "CPUExecutionProvider"]
+
+    def to_device(self, a: np.ndarray) -> Any:
+        return _ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), "cuda", self.options.device_id)
+
+    def run_keep(self, feeds: Mapping[str, Any], keep: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """I/O binding: inputs that are OrtValues on the GPU are bound in place, outputs in ``keep`` stay
+        on the GPU, so the decoder's key/value window never crosses PCIe between steps."""
+        self.open()
+        ort = _ort()
+        binding = self.session.io_binding()
+        for name, v in feeds.items():
+            if isinstance(v, ort.OrtValue):
+                binding.bind_ortvalue_input(name, v)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(v))
+        for name in self._output_names:
+            binding.bind_output(name, "cuda" if name in keep else "cpu", self.options.device_id if name in keep else 0)
+        self.session.run_with_iobinding(binding)
+        outs = binding.get_outputs()
+        return {n: (o if n in keep else o.numpy()) for n, o in zip(self._output_names, outs, strict=True)}
 
     def _open(self) -> tuple[dict[str, InputMeta], list[str]]:
         meta = super()._open()

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..frontend import split_units
 from ..symbols import SPECIALS, encode_symbols
 from .acoustic import AcousticModel
 from .backends import BackendOptions, select_backend
@@ -27,9 +28,6 @@ from .manifest import Manifest, VoiceManifest, read_manifest
 from .vocoder import Vocoder
 
 log = logging.getLogger(__name__)
-
-BREAK_PRIORITY = ("#4", "#3", "#2", "#1")
-
 
 @dataclass(frozen=True)
 class AudioChunk:
@@ -88,30 +86,6 @@ class StreamStats:
     @property
     def audio_s(self) -> float:
         return self.samples / 16000 if self.samples else 0.0
-
-
-def split_units(units: list[str], max_units: int | None) -> list[list[str]]:
-    """Split an over-long unit list at its strongest prosodic break before ``max_units`` (each piece
-    ends with its break unit); lines within the limit stay whole, as the reference synthesizes them."""
-    if max_units is None or len(units) <= max_units:
-        return [units]
-    pieces: list[list[str]] = []
-    start = 0
-    while len(units) - start > max_units:
-        window = units[start:start + max_units]
-        cut = None
-        for level in BREAK_PRIORITY:
-            idx = [i for i, u in enumerate(window) if u.strip("{}").split("$")[0] == level and i > 0]
-            if idx:
-                cut = idx[-1] + 1
-                break
-        if cut is None:
-            cut = max_units  # no break at all: cut at the limit
-        pieces.append(units[start:start + cut])
-        start += cut
-    if start < len(units):
-        pieces.append(units[start:])
-    return pieces
 
 
 def _in_thread(it: Iterator[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]:
@@ -279,7 +253,8 @@ class Synthesizer:
         emotion = self._check_emotion(vm, emotion)
         speaker = self._check_speaker(vm, speaker)
         lines = self.symbol_lines(text, symbols, vm, emotion, speaker)
-        pieces = [p for line in lines for p in split_units(line.split(), self.options.max_units)]
+        limit = self.options.max_units
+        pieces = [p for line in lines for p in (split_units(line.split(), limit) if limit else [line.split()])]
         encoded = [encode_symbols(" ".join(p), vm.inventories) for p in pieces]  # all errors before any audio
         return self._stream(vm, encoded)
 
