@@ -31,10 +31,8 @@ from torch import Tensor, nn
 
 from ..models.hifigan import Generator, export_layout_2d
 from ..models.sambert import KanTtsSAMBERT, _attend, _merge_heads, sinusoid_table
+from ..runtime.acoustic import MASK_VALUE  # additive mask; exp() underflows to exactly 0 like -inf
 from ..runtime.manifest import TensorSpec
-
-MASK_VALUE = -1e9  # additive mask; exp() underflows to exactly 0 like the reference's -inf fill
-
 
 # ----------------------------------------------------------------------------------------------
 # Wrappers (shapes and dtypes in each docstring)

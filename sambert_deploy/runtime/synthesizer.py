@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +81,6 @@ class StreamStats:
     samples: int = 0
     first_audio_s: float | None = None
     total_s: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def audio_s(self) -> float:
-        return self.samples / 16000 if self.samples else 0.0
 
 
 def _in_thread(it: Iterator[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]:
