@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[export,dev,serve]'
+	$(BIN)/python -m pip install -q -e '.[export,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
