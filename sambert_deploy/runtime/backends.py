@@ -244,7 +244,7 @@ def available_backends() -> list[str]:
 def _unavailable_reason(kind: str) -> str:
     if kind == "cuda":
         return ("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu on a machine with an "
-                "NVIDIA GPU: pip install 'sambert-deploy[gpu]')")
+                "NVIDIA GPU: pip uninstall onnxruntime && pip install onnxruntime-gpu)")
     return f"unknown backend '{kind}'; choose one of {', '.join(BACKENDS)}"
 
 
