@@ -299,6 +299,17 @@ def split_units(units: list[str], max_units: int) -> list[list[str]]:
     return pieces
 
 
+def _position(prefix: str, i: int, n: int, single_item: bool) -> str:
+    """KAN-TTS position flag of item i of n: <prefix>_both / _begin / _end / _middle."""
+    if single_item:
+        return f"{prefix}_both"
+    if i == 0:
+        return f"{prefix}_begin"
+    if i == n - 1:
+        return f"{prefix}_end"
+    return f"{prefix}_middle"
+
+
 def format_line(index: int, units: list[str]) -> str:
     return f"{index}\t" + "".join(u + " " for u in units)
 
@@ -329,23 +340,9 @@ def _pw_units(group: list[Word], spk: str) -> list[str]:
     single = len(sylls) == 1
     out: list[str] = []
     for si, (phones, tone_name, emo) in enumerate(sylls):
-        if n_phones == 1:
-            wpos = "word_both"
-        elif si == 0:
-            wpos = "word_begin"
-        elif si == len(sylls) - 1:
-            wpos = "word_end"
-        else:
-            wpos = "word_middle"
+        wpos = _position("word", si, len(sylls), single_item=n_phones == 1)
         for pi, ph in enumerate(phones):
-            if len(phones) == 1:
-                spos = "s_both"
-            elif pi == 0:
-                spos = "s_begin"
-            elif pi == len(phones) - 1:
-                spos = "s_end"
-            else:
-                spos = "s_middle"
+            spos = _position("s", pi, len(phones), single_item=len(phones) == 1)
             wp = wpos
             if wp == "word_begin" and spos == "s_end" and single:
                 wp = "word_end"
