@@ -102,7 +102,9 @@ def export(model_dir: Path | None, out: Path, voices: tuple[str, ...], all_voice
 @click.option("--strict", is_flag=True, help="Fail instead of falling back to another backend.")
 @click.option("--am-backend", type=click.Choice(["auto", "cuda", "cpu"]), help="Backend of the acoustic model only.")
 @click.option("--voc-backend", type=click.Choice(["auto", "cuda", "cpu"]), help="Backend of the vocoder only.")
-@click.option("--threads", default=0, type=click.IntRange(0, 256), help="CPU threads (0: all cores).")
+@click.option("--threads", default=0, type=click.IntRange(0, 256), help="CPU thread budget (0: all cores).")
+@click.option("--vocoder-workers", default=None, type=click.IntRange(1, 64),
+              help="Vocoder chunks run at once (default: 2 on a multi-core CPU, 1 on a GPU).")
 @click.option("--chunk", default=None, type=click.IntRange(1, 100000), help="Vocoder chunk in mel frames.")
 @click.option("--first-chunk", default=None, type=click.IntRange(1, 100000), help="First vocoder chunk of a sentence.")
 @click.option("--max-units", default=300, show_default=True, type=click.IntRange(0, 10**9),
@@ -112,7 +114,8 @@ def export(model_dir: Path | None, out: Path, voices: tuple[str, ...], all_voice
 @handle_errors
 def synth(bundle: Path, text: str | None, symbols_file: Path | None, out: str, voice: str | None, emotion: str | None,
           speaker: str | None, backend: str, strict: bool, am_backend: str | None, voc_backend: str | None,
-          threads: int, chunk: int | None, first_chunk: int | None, max_units: int, speed: float) -> None:
+          threads: int, vocoder_workers: int | None, chunk: int | None, first_chunk: int | None, max_units: int,
+          speed: float) -> None:
     """Synthesize TEXT (or '-' for stdin, or --symbols-file) with BUNDLE into a WAV file or stdout."""
     from .errors import InvalidInputError
     from .runtime.sinks import write_stream
@@ -128,7 +131,7 @@ def synth(bundle: Path, text: str | None, symbols_file: Path | None, out: str, v
             raise InvalidInputError(f"cannot read --symbols-file {symbols_file}: {e}") from None
     elif text == "-":
         text = sys.stdin.read()
-    opts = StreamOptions(max_units=max_units or None, duration_scale=1.0 / speed)
+    opts = StreamOptions(max_units=max_units or None, duration_scale=1.0 / speed, vocoder_workers=vocoder_workers)
     if chunk:
         opts.vocoder_chunk = chunk
     if first_chunk:

@@ -64,8 +64,10 @@ def test_context_windows_reproduce_whole_sequence(total: int, chunk: int, first:
 
 # -- stream == one-shot ----------------------------------------------------------------------------
 
-CHUNKS = [StreamOptions(postnet_chunk=1, vocoder_chunk=1, first_chunk=1),
-          StreamOptions(postnet_chunk=3, vocoder_chunk=4, first_chunk=2),
+# Vocoder windows run one at a time and several at once (the CPU default): the same samples either way.
+CHUNKS = [StreamOptions(postnet_chunk=1, vocoder_chunk=1, first_chunk=1, vocoder_workers=3),
+          StreamOptions(postnet_chunk=3, vocoder_chunk=4, first_chunk=2, vocoder_workers=1),
+          StreamOptions(postnet_chunk=3, vocoder_chunk=4, first_chunk=2, vocoder_workers=2),
           StreamOptions(postnet_chunk=7, vocoder_chunk=13, first_chunk=5),
           StreamOptions(),
           StreamOptions(postnet_chunk=10_000, vocoder_chunk=10_000, first_chunk=10_000)]
@@ -153,6 +155,8 @@ def test_input_errors(tiny_bundles: dict[str, Path]) -> None:
             syn.stream(symbols="{a_c$tone1}")
     with pytest.raises(InvalidInputError, match="vocoder_chunk must be >= 1"):
         Synthesizer(tiny_bundles["causal"], options=StreamOptions(vocoder_chunk=0))
+    with pytest.raises(InvalidInputError, match="vocoder_workers must be >= 1"):
+        Synthesizer(tiny_bundles["causal"], options=StreamOptions(vocoder_workers=0))
 
 
 def test_bundle_errors(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
