@@ -181,3 +181,49 @@ def test_export_force_overwrites_bundle(tiny_model_dir: Path, tmp_path: Path) ->
     assert code == 2 and "--force" in out
     code, _ = _cli(["export", str(tiny_model_dir), "-o", str(b), "--no-check", "--force"])
     assert code == 0
+
+
+def _module_step(am, prev, memory_i, x_k, x_v, x_bias, h_k, h_v, h_bias):  # noqa: ANN001, ANN202
+    """The decoder step written with the model's own modules (what the slim step graph must equal)."""
+    import torch
+
+    from sambert_deploy.models.sambert import _attend, _merge_heads
+
+    dec = am.mel_decoder.mel_dec
+    x = dec.step_input(prev, memory_i)
+    ks, vs = [], []
+    for li, blk in enumerate(dec.pnca):
+        att = blk.pnca_attn
+        q, k, v = att.qkv(x)
+        kk, vv = torch.cat([x_k[li:li + 1], k], dim=2), torch.cat([x_v[li:li + 1], v], dim=2)
+        cx, _ = _attend(q, kk, vv, att.d_head, bias=x_bias)
+        ch, _ = _attend(q, h_k[li:li + 1], h_v[li:li + 1], att.d_head, bias=h_bias)
+        x = blk.pos_ffn(att.fc_x(_merge_heads(cx)) + att.fc_h(_merge_heads(ch)) + x)
+        ks.append(kk[0, :, 1:])
+        vs.append(vv[0, :, 1:])
+    return dec.dec_out_proj(dec.ln(x)), torch.stack(ks), torch.stack(vs)
+
+
+@pytest.mark.parametrize("which", ["tiny", "full"])
+def test_slim_decoder_step_equals_module_step(which: str) -> None:
+    """The decoder step graph is rewritten for fewer ONNX nodes; it must compute the module's step."""
+    import torch
+
+    from sambert_deploy.export.graphs import GRAPHS_BY_NAME
+    from sambert_deploy.models.loading import load_sambert
+
+    from .conftest import fixture_set
+
+    src = fixture_set(which)
+    am, _ = load_sambert(src / "am/config.yaml", src / "am/ckpt/checkpoint_0.pth")
+    spec = GRAPHS_BY_NAME["decoder_step"]
+    graph = spec.build(am).eval()
+    rng = np.random.default_rng(3)
+    for sizes in ({"x_window": 1, "h_window": 1}, {"x_window": 4, "h_window": 7}):
+        feeds = spec.make_inputs(am, sizes, rng)
+        args = [torch.from_numpy(feeds[t.name]) for t in spec.inputs]
+        with torch.no_grad():
+            got, want = graph(*args), _module_step(am, *args)
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == w.shape
+            assert float((g - w).abs().max()) <= 1e-5 * max(1.0, float(w.abs().max()))
