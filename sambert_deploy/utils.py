@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 
@@ -12,3 +13,23 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB.
+
+    Reads ``VmHWM`` (the high-water mark of the current address space) where /proc exists:
+    ``getrusage``'s ``ru_maxrss`` survives ``exec`` on Linux, so a child started by a big parent
+    (the demo's exporter has torch loaded) would report the parent's peak as its own.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource  # not on Windows, which has no /proc either
+
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024

@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from sambert_deploy.utils import peak_rss_mb
 
 SEED_TEXT = ("一个开源的语音合成工具，把声学模型和声码器从训练检查点导出成小而快的部署版本。"
              "我们先把文字转换成音素，再逐步生成梅尔频谱，最后用声码器一块一块地合成音频。")
@@ -54,7 +55,7 @@ def run_ours(bundle: str, voice: str, n: int, backend: str, threads: int) -> dic
         gpu_peak = _gpu_peak_mb()
     audio = samples / 16000
     return {"first": first, "total": total, "audio": audio, "rtf": total / audio,
-            "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gpu": gpu_peak}
+            "rss": peak_rss_mb(), "gpu": gpu_peak}
 
 
 def run_torch(model_dir: str, voice: str, n: int, threads: int, device: str) -> dict:
@@ -87,7 +88,7 @@ def run_torch(model_dir: str, voice: str, n: int, threads: int, device: str) -> 
     audio = len(wav) / 16000
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     return {"first": total, "total": total, "audio": audio, "rtf": total / audio,
-            "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gpu": gpu}
+            "rss": peak_rss_mb(), "gpu": gpu}
 
 
 def _gpu_peak_mb() -> float | None:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from sambert_deploy.utils import peak_rss_mb
 
 TEXT = ("今天是二零二六年十一月二十四日，气温十二度，北风三级。"
         "一个开源的语音合成工具，把声学模型和声码器从训练检查点导出成小而快的部署版本，"
@@ -46,7 +47,7 @@ def synth_stage(bundle: Path, out_dir: Path) -> dict:
             results[voice] = {"backend": f"{syn.am_backend}/{syn.voc_backend}", "chars": len(TEXT),
                               "sentences": st.sentences, "units": st.units, "audio_s": n / syn.sample_rate,
                               "wall_s": wall, "rtf": wall / (n / syn.sample_rate), "first_audio_ms": st.first_audio_s * 1e3}
-    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["peak_rss_mb"] = peak_rss_mb()
     assert "torch" not in sys.modules
     return results
 
