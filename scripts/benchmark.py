@@ -8,6 +8,7 @@ runs in a fresh process so peak RSS is its own. The baseline is skipped above ``
 (its [M, M] attention maps alone would need the memory printed instead).
 
     python scripts/benchmark.py [--bundle demo_out/bundle] [--sizes 15 100 300 1000 3000] [--gpu]
+    python scripts/benchmark.py --sweep --sizes 100 1200   # chunk size x vocoder workers, runtime only
 """
 
 from __future__ import annotations
@@ -36,12 +37,15 @@ def units_line(n: int) -> str:
     return " ".join(out)
 
 
-def run_ours(bundle: str, voice: str, n: int, backend: str, threads: int) -> dict:
-    from sambert_deploy.runtime.synthesizer import Synthesizer
+def run_ours(bundle: str, voice: str, n: int, backend: str, threads: int, chunk: int = 0, workers: int = 0) -> dict:
+    from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
 
     line = units_line(n)
     gpu_peak = None
-    with Synthesizer(bundle, voice=voice, backend=backend, strict=True, threads=threads) as syn:
+    opts = StreamOptions(vocoder_workers=workers or None)
+    if chunk:
+        opts.vocoder_chunk = chunk
+    with Synthesizer(bundle, voice=voice, backend=backend, strict=True, threads=threads, options=opts) as syn:
         syn.synthesize(symbols=units_line(8))  # session warm-up outside the timing
         t0 = time.perf_counter()
         first = None
@@ -121,12 +125,16 @@ def main() -> None:
     ap.add_argument("--baseline-max", type=int, default=1200, help="largest input the torch baseline runs")
     ap.add_argument("--gpu", action="store_true", help="also CUDA EP and torch on CUDA")
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--sweep", action="store_true",
+                    help="no baseline: the runtime alone for each --vocoder-chunks x --workers (how the defaults were chosen)")
+    ap.add_argument("--vocoder-chunks", type=int, nargs="+", default=[64, 128, 256, 512])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         kind, *rest = a.child
         if kind == "ours":
-            res = run_ours(rest[0], rest[1], int(rest[2]), rest[3], int(rest[4]))
+            res = run_ours(rest[0], rest[1], int(rest[2]), rest[3], *map(int, rest[4:]))
         else:
             res = run_torch(rest[0], rest[1], int(rest[2]), int(rest[3]), rest[4])
         print(json.dumps(res))
@@ -134,6 +142,9 @@ def main() -> None:
     if not Path(a.bundle, "manifest.json").is_file():
         sys.exit(f"no bundle at {a.bundle}: run `make demo` first (or pass --bundle/--model-dir)")
     backends = ["cpu"] + (["cuda"] if a.gpu else [])
+    if a.sweep:
+        sweep(a, backends)
+        return
     print(f"threads {a.threads}; bundle {a.bundle}; voice {a.voice}; baseline = torch rebuild, reference decoder loop, "
           "whole utterance", flush=True)
     hdr = ("| units | backend | audio s | ours first audio s | ours RTF | ours peak RSS MB | torch first audio s | "
@@ -151,6 +162,21 @@ def main() -> None:
                 gb = 2 * 12 * 8 * steps * steps * 4 / 2**30
                 base = {"error": f"skipped (> --baseline-max; attention maps alone ~{gb:.0f} GB)"}
             print(_row(n, be, ours, base), flush=True)
+
+
+def sweep(a: argparse.Namespace, backends: list[str]) -> None:
+    print(f"threads {a.threads}; bundle {a.bundle}; voice {a.voice}; runtime only, first vocoder chunk 24")
+    print("| units | backend | vocoder chunk | vocoder workers | first audio s | RTF | peak RSS MB |")
+    print("|---" * 7 + "|")
+    for n in a.sizes:
+        for be in backends:
+            for chunk in a.vocoder_chunks:
+                for w in a.workers:
+                    r = child("ours", a.bundle, a.voice, str(n), be, str(a.threads), str(chunk), str(w),
+                              timeout=a.timeout)
+                    cells = ([f"{r['first']:.3f}", f"{r['rtf']:.3f}", f"{r['rss']:.0f}"] if r and "error" not in r
+                             else ["-", "-", (r or {}).get("error", "failed")])
+                    print("| " + " | ".join([str(n), be, str(chunk), str(w), *cells]) + " |", flush=True)
 
 
 def _row(n: int, be: str, o: dict | None, b: dict | None) -> str:
