@@ -95,6 +95,57 @@ def test_stream_equals_one_shot(tiny_bundles: dict[str, Path], variant: str, n_u
             assert chunks[-1].final and sum(c.final for c in chunks) == 1
 
 
+def _vocoder_threads_alive() -> list[str]:
+    import threading
+    import time
+
+    for _ in range(100):  # threads wind down asynchronously; give them up to 5 s
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("sambert-vocoder")]
+        if not alive:
+            return []
+        time.sleep(0.05)
+    return alive
+
+
+def test_parallel_vocoder_stops_cleanly(tiny_bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows run several at once: a consumer that stops early, and an error in a window, leave no
+    thread behind and the error reaches the caller."""
+    from sambert_deploy.runtime.vocoder import Vocoder
+
+    sym = _units(40, 5)
+    opts = StreamOptions(vocoder_chunk=2, first_chunk=1, vocoder_workers=3)
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=opts) as syn:
+        stream = syn.stream(symbols=sym)
+        first = next(stream)
+        assert first.samples.size and not first.final
+        stream.close()
+        assert _vocoder_threads_alive() == []
+
+        calls = {"n": 0}
+        real = Vocoder._run
+
+        def failing(self: Vocoder, mel: np.ndarray, validate: bool) -> np.ndarray:
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise RuntimeError("window 4 failed")
+            return real(self, mel, validate)
+
+        monkeypatch.setattr(Vocoder, "_run", failing)
+        with pytest.raises(RuntimeError, match="window 4 failed"):
+            list(syn.stream(symbols=sym))
+        assert _vocoder_threads_alive() == []
+
+
+@pytest.mark.parametrize(("threads", "workers", "want"), [
+    (1, None, (1, 1)), (2, None, (2, 1)), (8, None, (2, 6)), (4, 1, (1, 3)), (16, 4, (4, 12))])
+def test_vocoder_thread_budget(tiny_bundles: dict[str, Path], threads: int, workers: int | None,
+                               want: tuple[int, int]) -> None:
+    """``threads`` is the CPU budget: acoustic thread + W windows sharing one pool of T threads."""
+    syn = Synthesizer(tiny_bundles["causal"], backend="cpu", threads=threads,
+                      options=StreamOptions(vocoder_workers=workers))
+    assert (syn.vocoder_workers, syn.vocoder_options.threads) == want
+
+
 def test_sentences_split_and_concatenate(tiny_bundles: dict[str, Path]) -> None:
     lines = [_units(12, 1), _units(20, 2)]
     with Synthesizer(tiny_bundles["causal"], backend="cpu") as syn, OneShot(tiny_bundles["causal"]) as rt:

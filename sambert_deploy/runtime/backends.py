@@ -31,6 +31,15 @@ _ORT_TO_NUMPY = {
 BACKENDS = ("auto", "cuda", "cpu")
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, e.g. under taskset or a
+    container's cpuset), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class InputMeta:
     name: str
@@ -159,7 +168,7 @@ class OrtBackend(Backend):
         so.graph_optimization_level = level
         # Explicit threads: ORT's default spins one thread per logical core, which on a 2-core box
         # with hyper-threads or beside a server's other sessions oversubscribes badly.
-        so.intra_op_num_threads = self.options.threads or max(1, (os.cpu_count() or 1))
+        so.intra_op_num_threads = self.options.threads or available_cpus()
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3

@@ -9,7 +9,6 @@ Nothing is normalized per chunk: the concatenated stream equals the one-shot out
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -24,7 +23,7 @@ from ..errors import InvalidInputError
 from ..frontend import split_units
 from ..symbols import SPECIALS, encode_symbols
 from .acoustic import AcousticModel
-from .backends import BackendOptions, select_backend
+from .backends import BackendOptions, available_cpus, select_backend
 from .manifest import Manifest, VoiceManifest, read_manifest
 from .vocoder import Vocoder
 
@@ -89,7 +88,7 @@ def _in_thread(it: Iterator[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]
     """Run a producer iterator in a worker thread with a bounded queue (memory stays bounded).
 
     ONNX Runtime releases the GIL while a graph runs, so the acoustic model's single-threaded
-    step loop overlaps the vocoder's multi-threaded convolutions.
+    step loop overlaps the vocoder's windows.
     """
     q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -155,18 +154,20 @@ class Synthesizer:
         self.last_stats = StreamStats()
 
     def _vocoder_threads(self, threads: int) -> tuple[int, BackendOptions]:
-        """How many vocoder windows run at once, and with how many intra-op threads each.
+        """How many vocoder windows run at once, and the vocoder session's intra-op pool size.
 
-        ``threads`` (0: every core) is the CPU budget. The acoustic model takes one core in its
-        worker thread; on the rest, two single-threaded vocoder windows at once beat one window
-        on every thread (1200 units on 2 cores: RTF 0.253 -> 0.172). On a GPU: one stream.
+        ``threads`` (0: every CPU this process may use) is the CPU budget. The acoustic model takes
+        one thread (its worker). Windows running at once on one ORT session share its intra-op pool,
+        each calling thread joining in, so W windows with a pool of T threads keep T - 1 + W threads
+        busy: T = budget - W (at least 1) fills the budget. Two windows at once is the measured default on 2 cores
+        (1200 units: RTF 0.205 -> 0.146, README); on a GPU the vocoder runs one window at a time.
         """
-        budget = threads or os.cpu_count() or 1
+        budget = threads or available_cpus()
         workers = self.options.vocoder_workers
         if workers is None:
             workers = 2 if self.voc_backend == "cpu" and budget >= 2 else 1
-        if self.voc_backend == "cpu" and workers > 1:
-            threads = max(1, (budget - 1) // workers)
+        if self.voc_backend == "cpu":
+            threads = max(1, budget - workers)
         return workers, replace(self.backend_options, threads=threads)
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections import deque
+import queue
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -37,10 +38,10 @@ class Vocoder:
                workers: int = 1) -> Iterator[tuple[np.ndarray, bool]]:
         """mel blocks ([n, num_mels], ``total`` frames in all) -> (audio block f32, is_last) pairs.
 
-        ``workers`` > 1 runs that many windows at once. Each window carries its whole context, so
-        windows are independent and the output is the same as with one worker; on CPU this is how
-        the vocoder uses a second core (ORT's intra-op threads scale poorly on its small convolutions:
-        measured 1.31x for 2 threads on 2 cores, against ~2x for two single-threaded windows).
+        ``workers`` > 1 runs up to that many windows at once. Each window carries its whole context,
+        so windows are independent and the output is the same as with one worker; on CPU this is how
+        the vocoder uses a second core (ORT's intra-op threads scale poorly on these convolutions:
+        2 threads run a 291-frame window only 1.31x faster than one).
         """
         hop = self.info.hop
         windows = context_windows(mels, total, chunk, self.info.context_left, self.info.context_right, first_chunk)
@@ -48,15 +49,44 @@ class Vocoder:
             for k, (win, a, b, last) in enumerate(windows):
                 yield self._run(win, k == 0)[a * hop:b * hop], last
             return
-        pending: deque[tuple[Future[np.ndarray], int, int, bool]] = deque()
-        with ThreadPoolExecutor(workers, thread_name_prefix="sambert-vocoder") as pool:
-            for k, (win, a, b, last) in enumerate(windows):
-                pending.append((pool.submit(self._run, win, k == 0), a, b, last))
-                # Wait on the oldest window when all workers are busy, and on a sentence's first
-                # window at once (first-audio latency), otherwise go on reading mel frames.
-                while pending and (len(pending) >= workers or k == 0 or pending[0][0].done()):
-                    fut, a0, b0, last0 = pending.popleft()
-                    yield fut.result()[a0 * hop:b0 * hop], last0
-            while pending:
-                fut, a0, b0, last0 = pending.popleft()
-                yield fut.result()[a0 * hop:b0 * hop], last0
+        yield from self._parallel(windows, workers)
+
+    def _parallel(self, windows: Iterator[tuple[np.ndarray, int, int, bool]],
+                  workers: int) -> Iterator[tuple[np.ndarray, bool]]:
+        """A feeder thread reads windows (it waits on the acoustic model) and submits them while
+        fewer than ``workers`` are in flight; this generator hands each result on, in order, as soon
+        as it is ready, so a finished window never waits for the next one's mel frames."""
+        hop = self.info.hop
+        slots = threading.Semaphore(workers)  # windows submitted and not yet handed on
+        order: queue.Queue[tuple[Future[np.ndarray], int, int, bool] | BaseException | None] = queue.Queue()
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="sambert-vocoder")
+
+        def feed() -> None:
+            try:
+                for k, (win, a, b, last) in enumerate(windows):
+                    while not slots.acquire(timeout=0.1):
+                        if stop.is_set():
+                            return
+                    if stop.is_set():
+                        return
+                    order.put((pool.submit(self._run, win, k == 0), a, b, last))
+                order.put(None)
+            except BaseException as e:  # the acoustic model's errors too; raised in the consumer
+                order.put(e)
+
+        feeder = threading.Thread(target=feed, name="sambert-vocoder-feed", daemon=True)
+        feeder.start()
+        try:
+            while (item := order.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                fut, a, b, last = item
+                audio = fut.result()
+                slots.release()
+                yield audio[a * hop:b * hop], last
+        finally:
+            stop.set()
+            # Running windows finish (bounded: at most ``workers``); a feeder still waiting on mel
+            # frames sees ``stop`` when they come and exits without submitting more.
+            pool.shutdown(wait=True, cancel_futures=True)
