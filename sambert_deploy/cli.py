@@ -102,7 +102,7 @@ def export(model_dir: Path | None, out: Path, voices: tuple[str, ...], all_voice
 @click.option("--strict", is_flag=True, help="Fail instead of falling back to another backend.")
 @click.option("--am-backend", type=click.Choice(["auto", "cuda", "cpu"]), help="Backend of the acoustic model only.")
 @click.option("--voc-backend", type=click.Choice(["auto", "cuda", "cpu"]), help="Backend of the vocoder only.")
-@click.option("--threads", default=0, type=click.IntRange(0, 256), help="CPU thread budget (0: all cores).")
+@click.option("--threads", default=0, type=click.IntRange(0, 256), help="CPU thread budget (0: every CPU this process may use).")
 @click.option("--vocoder-workers", default=None, type=click.IntRange(1, 64),
               help="Vocoder chunks run at once (default: 2 on a multi-core CPU, 1 on a GPU).")
 @click.option("--chunk", default=None, type=click.IntRange(1, 100000), help="Vocoder chunk in mel frames.")

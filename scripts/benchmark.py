@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from sambert_deploy.runtime.backends import available_cpus
 from sambert_deploy.utils import peak_rss_mb
 
 SEED_TEXT = ("一个开源的语音合成工具，把声学模型和声码器从训练检查点导出成小而快的部署版本。"
@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--model-dir", default="demo_out/model")
     ap.add_argument("--voice", default="demo_emo")
     ap.add_argument("--sizes", type=int, nargs="+", default=[15, 100, 300, 1000, 3000])
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", type=int, default=available_cpus())
     ap.add_argument("--baseline-max", type=int, default=1200, help="largest input the torch baseline runs")
     ap.add_argument("--gpu", action="store_true", help="also CUDA EP and torch on CUDA")
     ap.add_argument("--timeout", type=float, default=1800)

@@ -160,7 +160,7 @@ class Synthesizer:
         one thread (its worker). Windows running at once on one ORT session share its intra-op pool,
         each calling thread joining in, so W windows with a pool of T threads keep T - 1 + W threads
         busy: T = budget - W (at least 1) fills the budget. Two windows at once is the measured default on 2 cores
-        (1200 units: RTF 0.205 -> 0.146, README); on a GPU the vocoder runs one window at a time.
+        (1200 units: RTF 0.188 -> 0.135, README); on a GPU the vocoder runs one window at a time.
         """
         budget = threads or available_cpus()
         workers = self.options.vocoder_workers
