@@ -136,6 +136,34 @@ def test_parallel_vocoder_stops_cleanly(tiny_bundles: dict[str, Path], monkeypat
         assert _vocoder_threads_alive() == []
 
 
+def test_acoustic_worker_may_finalize_its_own_generator() -> None:
+    """The garbage collector can finalize the worker generator from inside its own thread (an
+    exception's traceback kept it in a cycle); that must not try to join the current thread."""
+    import threading
+
+    from sambert_deploy.runtime.synthesizer import _in_thread
+
+    seen: dict[str, object] = {}
+    suspended, done = threading.Event(), threading.Event()
+
+    def produce():  # noqa: ANN202
+        yield np.zeros(1)
+        suspended.wait(5)  # the consumer is out of the generator (suspended at its yield)
+        try:
+            seen["gen"].close()  # type: ignore[attr-defined]
+        except BaseException as e:  # noqa: BLE001 - recorded for the assert
+            seen["error"] = e
+        done.set()
+        yield np.ones(1)
+
+    gen = _in_thread(produce())
+    seen["gen"] = gen
+    assert next(gen).tolist() == [0.0]
+    suspended.set()
+    assert done.wait(5)
+    assert "error" not in seen, seen.get("error")
+
+
 @pytest.mark.parametrize(("threads", "workers", "want"), [
     (1, None, (1, 1)), (2, None, (2, 1)), (8, None, (2, 6)), (4, 1, (1, 3)), (16, 4, (4, 12))])
 def test_vocoder_thread_budget(tiny_bundles: dict[str, Path], threads: int, workers: int | None,

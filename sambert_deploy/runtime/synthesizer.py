@@ -121,7 +121,10 @@ def _in_thread(it: Iterator[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]
             yield val  # type: ignore[misc]
     finally:
         stop.set()
-        t.join(timeout=5)
+        # A generator left in a reference cycle (an exception's traceback holds its frame) is
+        # finalized by the garbage collector in whichever thread runs it, the worker included.
+        if threading.current_thread() is not t:
+            t.join(timeout=5)
 
 
 def _normalize_name(value: str, prefix: str) -> str:

@@ -74,6 +74,12 @@ class Vocoder:
                 order.put(None)
             except BaseException as e:  # the acoustic model's errors too; raised in the consumer
                 order.put(e)
+            finally:
+                # Only this thread may close the window generator (it may be inside it); closing
+                # it here stops the acoustic worker now, not whenever the collector gets to it.
+                close = getattr(windows, "close", None)
+                if close is not None:
+                    close()
 
         feeder = threading.Thread(target=feed, name="sambert-vocoder-feed", daemon=True)
         feeder.start()
