@@ -162,8 +162,9 @@ class Synthesizer:
         ``threads`` (0: every CPU this process may use) is the CPU budget. The acoustic model takes
         one thread (its worker). Windows running at once on one ORT session share its intra-op pool,
         each calling thread joining in, so W windows with a pool of T threads keep T - 1 + W threads
-        busy: T = budget - W (at least 1) fills the budget. Two windows at once is the measured default on 2 cores
-        (1200 units: RTF 0.188 -> 0.135, README); on a GPU the vocoder runs one window at a time.
+        busy: T = budget - W (at least 1) fills the budget. Two windows at once is the measured
+        default on 2 cores (1200 units: RTF 0.188 -> 0.135, README); on a GPU the vocoder runs one
+        window at a time.
         """
         budget = threads or available_cpus()
         workers = self.options.vocoder_workers
