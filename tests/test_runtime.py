@@ -100,7 +100,7 @@ def _vocoder_threads_alive() -> list[str]:
     import time
 
     for _ in range(100):  # threads wind down asynchronously; give them up to 5 s
-        alive = [t.name for t in threading.enumerate() if t.name.startswith("sambert-vocoder")]
+        alive = [t.name for t in threading.enumerate() if t.name.startswith(("sambert-vocoder", "sambert-acoustic"))]
         if not alive:
             return []
         time.sleep(0.05)
@@ -174,15 +174,35 @@ def test_vocoder_thread_budget(tiny_bundles: dict[str, Path], threads: int, work
     assert (syn.vocoder_workers, syn.vocoder_options.threads) == want
 
 
-def test_sentences_split_and_concatenate(tiny_bundles: dict[str, Path]) -> None:
-    lines = [_units(12, 1), _units(20, 2)]
-    with Synthesizer(tiny_bundles["causal"], backend="cpu") as syn, OneShot(tiny_bundles["causal"]) as rt:
+@pytest.mark.parametrize("opts", [
+    StreamOptions(),
+    StreamOptions(pipelined=False, vocoder_workers=1),
+    StreamOptions(postnet_chunk=2, vocoder_chunk=3, first_chunk=1, vocoder_workers=3)])
+def test_sentences_split_and_concatenate(tiny_bundles: dict[str, Path], opts: StreamOptions) -> None:
+    """Sentences share one acoustic stream (the model runs ahead into the next sentence while the
+    vocoder finishes this one); each sentence's audio still equals its own one-shot audio."""
+    lines = [_units(12, 1), _units(1, 5), _units(20, 2), _units(7, 3)]
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=opts) as syn, \
+            OneShot(tiny_bundles["causal"]) as rt:
         chunks = list(syn.stream(symbols="\n".join(f"{i}\t{line}" for i, line in enumerate(lines))))
         refs = [rt.run(line).audio for line in lines]
-    assert {c.sentence for c in chunks} == {0, 1}
-    got = np.concatenate([c.samples for c in chunks])
-    np.testing.assert_allclose(got, np.concatenate(refs), atol=1e-5)
-    assert sum(c.final for c in chunks) == 2
+        assert syn.last_stats.sentences == 4 and syn.last_stats.samples == sum(len(r) for r in refs)
+    assert [c.sentence for c in chunks] == sorted(c.sentence for c in chunks)
+    for i, ref in enumerate(refs):
+        mine = [c for c in chunks if c.sentence == i]
+        assert [c.sentence_offset for c in mine] == list(np.cumsum([0] + [len(c.samples) for c in mine[:-1]]))
+        assert mine[-1].final and sum(c.final for c in mine) == 1
+        got = np.concatenate([c.samples for c in mine])
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert _vocoder_threads_alive() == []
+
+
+def test_sentence_without_frames_is_skipped(tiny_bundles: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=StreamOptions(duration_scale=1e-4)) as syn:
+        chunks = list(syn.stream(symbols="\n".join([_units(5, 1), _units(6, 2)])))
+        assert chunks == [] and syn.last_stats.sentences == 2 and syn.last_stats.frames == 0
+    assert "produced no frames" in caplog.text
 
 
 def test_split_units_at_breaks() -> None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from .manifest import Manifest, VoiceManifest, read_manifest
 from .vocoder import Vocoder
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class AudioChunk:
@@ -84,29 +85,33 @@ class StreamStats:
     total_s: float = 0.0
 
 
-def _in_thread(it: Iterator[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]:
+def _in_thread(it: Iterator[T], depth: int = 8) -> Iterator[T]:
     """Run a producer iterator in a worker thread with a bounded queue (memory stays bounded).
 
     ONNX Runtime releases the GIL while a graph runs, so the acoustic model's single-threaded
     step loop overlaps the vocoder's windows.
     """
-    q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
+
+    def put(kind: str, val: object) -> bool:
+        """Wait for room, unless the consumer has gone (then never block: the thread must end)."""
+        while not stop.is_set():
+            try:
+                q.put((kind, val), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def work() -> None:
         try:
             for item in it:
-                while not stop.is_set():
-                    try:
-                        q.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put("item", item):
                     return
-            q.put(("done", None))
+            put("done", None)
         except BaseException as e:  # handed to the consumer, raised there
-            q.put(("error", e))
+            put("error", e)
 
     t = threading.Thread(target=work, name="sambert-acoustic", daemon=True)
     t.start()
@@ -118,13 +123,32 @@ def _in_thread(it: Iterator[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]
             if kind == "error":
                 assert isinstance(val, BaseException)
                 raise val
-            yield val  # type: ignore[misc]
+            yield val
     finally:
         stop.set()
         # A generator left in a reference cycle (an exception's traceback holds its frame) is
         # finalized by the garbage collector in whichever thread runs it, the worker included.
         if threading.current_thread() is not t:
             t.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class _SentenceStart:
+    """Marks where a sentence's mel blocks begin in the acoustic model's output stream."""
+
+    index: int
+    frames: int
+
+
+def _take_frames(items: Iterator[_SentenceStart | np.ndarray], total: int) -> Iterator[np.ndarray]:
+    """The next ``total`` frames of mel blocks from a stream shared by all sentences."""
+    got = 0
+    while got < total:
+        block = next(items, None)
+        if not isinstance(block, np.ndarray):
+            raise RuntimeError(f"acoustic stream ended after {got} of {total} frames of a sentence")
+        got += block.shape[0]
+        yield block
 
 
 def _normalize_name(value: str, prefix: str) -> str:
@@ -282,7 +306,27 @@ class Synthesizer:
         stats = StreamStats()
         self.last_stats = stats
         t0 = time.perf_counter()
+        # One producer for all sentences: in the worker thread the acoustic model goes on to the next
+        # sentence while the vocoder finishes this one's last windows (its queue bounds how far ahead).
+        items: Iterator[_SentenceStart | np.ndarray] = self._acoustic(am, encoded, stats)
+        if o.pipelined:
+            items = _in_thread(items)
         offset = 0
+        for head in items:
+            assert isinstance(head, _SentenceStart)
+            s_off = 0
+            for audio, last in voc.stream(_take_frames(items, head.frames), head.frames, o.vocoder_chunk,
+                                          o.first_chunk, self.vocoder_workers):
+                yield self._chunk(audio, head.index, offset, s_off, last, stats, t0)
+                offset += len(audio)
+                s_off += len(audio)
+        stats.samples = offset
+        stats.total_s = time.perf_counter() - t0
+
+    def _acoustic(self, am: AcousticModel, encoded: list, stats: StreamStats  # noqa: ANN001
+                  ) -> Iterator[_SentenceStart | np.ndarray]:
+        """Each sentence as a :class:`_SentenceStart` followed by its mel blocks (postnet output)."""
+        o = self.options
         for idx, units in enumerate(encoded):
             plan = am.plan(units, duration_scale=o.duration_scale)
             stats.sentences += 1
@@ -291,17 +335,8 @@ class Synthesizer:
             if plan.valid_frames == 0:
                 log.warning("sentence %d produced no frames (all durations round to 0)", idx)
                 continue
-            mels = am.postnet(am.decode(plan, o.kv_block), plan.valid_frames, o.postnet_chunk)
-            if o.pipelined:
-                mels = _in_thread(mels)
-            s_off = 0
-            for audio, last in voc.stream(mels, plan.valid_frames, o.vocoder_chunk, o.first_chunk,
-                                          self.vocoder_workers):
-                yield self._chunk(audio, idx, offset, s_off, last, stats, t0)
-                offset += len(audio)
-                s_off += len(audio)
-        stats.samples = offset
-        stats.total_s = time.perf_counter() - t0
+            yield _SentenceStart(idx, plan.valid_frames)
+            yield from am.postnet(am.decode(plan, o.kv_block), plan.valid_frames, o.postnet_chunk)
 
     def _chunk(self, samples: np.ndarray, idx: int, offset: int, s_off: int, final: bool, stats: StreamStats,
                t0: float) -> AudioChunk:
