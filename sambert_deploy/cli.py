@@ -138,6 +138,8 @@ def synth(bundle: Path, text: str | None, symbols_file: Path | None, out: str, v
         opts.first_chunk = first_chunk
     with Synthesizer(bundle, voice=voice, backend=backend, strict=strict, threads=threads, options=opts,
                      am_backend=am_backend, voc_backend=voc_backend) as syn:
+        log.info("loaded in %.2f s (sessions%s)", syn.load(voice, text=text is not None),
+                 " and front-end dictionaries" if text is not None else "")
         t0 = time.perf_counter()
         chunks = syn.stream(text, symbols=symbols, voice=voice, emotion=emotion, speaker=speaker)
         n = write_stream(chunks, out, syn.sample_rate, progress=sys.stderr.isatty() and out != "-")

@@ -198,6 +198,17 @@ def test_sentences_split_and_concatenate(tiny_bundles: dict[str, Path], opts: St
     assert _vocoder_threads_alive() == []
 
 
+def test_load_opens_sessions_and_front_end(tiny_bundles: dict[str, Path]) -> None:
+    """``load`` does the one-time work up front, so a CLI's timings are synthesis only."""
+    with Synthesizer(tiny_bundles["causal"], backend="cpu") as syn:
+        assert syn.load(text=False) >= 0.0
+        assert list(syn._models) == [syn.default_voice] and syn._frontend is None
+        syn.load()
+        assert syn._frontend is not None
+        with pytest.raises(InvalidInputError, match="unknown voice 'nope'"):
+            syn.load("nope")
+
+
 def test_sentence_without_frames_is_skipped(tiny_bundles: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=StreamOptions(duration_scale=1e-4)) as syn:
         chunks = list(syn.stream(symbols="\n".join([_units(5, 1), _units(6, 2)])))
