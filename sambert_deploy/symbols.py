@@ -1,4 +1,8 @@
-"""Symbol inventories of the KAN-TTS PinYin linguistic units (SPEC §e.3), torch-free.
+"""Linguistic units and the symbol inventories of the KAN-TTS PinYin units (SPEC §e.3), torch-free.
+
+A :class:`Unit` is one ``{sy$tone$syllable_flag$word_segment$emotion$speaker}`` of a ttsfrd line. Between the
+front end and the encoder units stay typed; the string form exists only at the edges (the ``symbols`` CLI
+and ``--symbols-file``), through :func:`parse_units` and :func:`format_units`.
 
 Each stream's id list is its base list followed by the specials ``_`` (pad), ``~`` (eos) and
 ``@[MASK]``; the id of a symbol is its index. ``has_mask: false`` models drop the last entry, which
@@ -8,14 +12,84 @@ does not move the ids of real symbols. The speaker list is per voice (``linguist
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .errors import InvalidInputError
+
 PAD, EOS, MASK = "_", "~", "@[MASK]"
 SPECIALS = (PAD, EOS, MASK)
 STREAMS = ("sy", "tone", "syllable_flag", "word_segment", "emo_category", "speaker")
+UNIT_FORMAT = "{sy$tone$syllable_flag$word_segment$emotion$speaker}"
+_BREAKS = {"#1": 1, "#2": 2, "#3": 3, "#4": 4}
+_LINE_INDEX_RE = re.compile(r"^\s*\d+\t")
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One linguistic unit: a phone (or a break ``#1``..``#4``) with its five annotation fields."""
+
+    sy: str  # without the '@' prefix, e.g. 'n_c', '#1'
+    tone: str  # 'tone2', 'tone_none'
+    syllable_flag: str
+    word_segment: str
+    emotion: str  # 'emotion_neutral'; 'emotion_none' on breaks
+    speaker: str
+
+    @classmethod
+    def parse(cls, text: str, pos: int = 0) -> Unit:
+        """``'{a$b$c$d$e$f}'`` -> Unit; ``pos`` (the unit's position in its line) only names it in errors."""
+        parts = text.strip().strip("{}").split("$")
+        if len(parts) != 6:
+            raise InvalidInputError(f"unit {pos} '{text}' has {len(parts)} fields; expected 6: {UNIT_FORMAT}")
+        return cls(*parts)
+
+    def __str__(self) -> str:
+        return f"{{{self.sy}${self.tone}${self.syllable_flag}${self.word_segment}${self.emotion}${self.speaker}}}"
+
+    @property
+    def break_level(self) -> int | None:
+        """1..4 for the prosodic breaks '#1'..'#4', None for a phone."""
+        return _BREAKS.get(self.sy)
+
+    @property
+    def is_break(self) -> bool:
+        return self.sy in _BREAKS
+
+    def fields(self) -> tuple[str, str, str, str, str, str]:
+        """The six fields in stream order (:data:`STREAMS`)."""
+        return (self.sy, self.tone, self.syllable_flag, self.word_segment, self.emotion, self.speaker)
+
+
+def parse_units(line: str) -> list[Unit]:
+    """One symbol line -> its units. A leading ``<n>\\t`` (ttsfrd line index) is dropped; a blank line -> []."""
+    body = _LINE_INDEX_RE.sub("", line, count=1)
+    return [Unit.parse(tok, pos) for pos, tok in enumerate(body.split())]
+
+
+def format_units(units: Sequence[Unit]) -> str:
+    """Units joined by one space (the inverse of :func:`parse_units` without the index)."""
+    return " ".join(str(u) for u in units)
+
+
+def with_voice(units: Sequence[Unit], emotion: str | None, speaker: str | None) -> list[Unit]:
+    """A per-call override: ``emotion`` replaces the emotion of phone units (breaks keep 'emotion_none'),
+    ``speaker`` the speaker of every unit; None leaves that field as it is. Names are not checked here:
+    resolve them first with :meth:`Inventories.resolve_emotion` / :meth:`Inventories.resolve_speaker`.
+    """
+    out: list[Unit] = []
+    for u in units:
+        changes: dict[str, str] = {}
+        if emotion is not None and u.emotion != "emotion_none" and u.emotion not in SPECIALS:
+            changes["emotion"] = emotion
+        if speaker is not None:
+            changes["speaker"] = speaker
+        out.append(replace(u, **changes) if changes else u)
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -74,6 +148,37 @@ class Inventories:
     def speakers(self) -> tuple[str, ...]:
         return tuple(s for s in self.speaker if s not in SPECIALS)
 
+    # The one rule for emotion and speaker names, whatever they come from (API, CLI, inline markup).
+
+    def resolve_emotion(self, name: str) -> str:
+        """'Happy', 'emotion_happy', ' HAPPY ' -> 'emotion_happy' (case-insensitive, prefix optional).
+
+        Raises :class:`InvalidInputError` listing the valid names when the voice has no such emotion.
+        """
+        valid = self.emotions
+        if isinstance(name, str):
+            n = name.strip().lower()
+            full = n if n.startswith("emotion_") else "emotion_" + n
+            if full in valid:
+                return full
+        names = ", ".join(v.removeprefix("emotion_") for v in valid)
+        raise InvalidInputError(f"unknown emotion {name!r} for this voice; valid emotions: {names}")
+
+    def resolve_speaker(self, name: str) -> str:
+        """A speaker name, case-insensitive and stripped -> the voice's token for it ('f7' -> 'F7').
+
+        Raises :class:`InvalidInputError` listing the valid speakers when the voice has no such speaker.
+        """
+        valid = self.speakers
+        if isinstance(name, str):
+            if name in valid:
+                return name
+            n = name.strip().casefold()
+            for s in valid:
+                if s.casefold() == n:
+                    return s
+        raise InvalidInputError(f"unknown speaker {name!r} for this voice; valid speakers: {', '.join(valid)}")
+
     def to_json(self) -> dict[str, list[str]]:
         return {name: list(getattr(self, name)) for name in STREAMS}
 
@@ -100,31 +205,30 @@ class EncodedUnits:
         return int(self.ling.shape[0])
 
 
-def encode_symbols(symbols: str, inv: Inventories) -> EncodedUnits:
-    """Encode a ttsfrd symbol string (SPEC §e.1) into id streams.
+def encode_units(units: Sequence[Unit], inv: Inventories) -> EncodedUnits:
+    """Encode one sentence's units into id streams.
 
     Unlike the reference, which silently drops an unknown sy symbol (desynchronising the streams), an
-    unknown symbol in any field is an error naming the symbol and the unit's position.
+    unknown symbol in any field is an error naming the stream, the symbol and the unit's position.
     """
     import numpy as np
 
-    from .errors import InvalidInputError
-
-    units = symbols.split()
     if not units:
-        raise InvalidInputError("symbol sequence is empty; give at least one {sy$tone$flag$segment$emotion$speaker} unit")
+        raise InvalidInputError(f"symbol sequence is empty; give at least one {UNIT_FORMAT} unit")
+    index = [inv.index(stream) for stream in STREAMS]
     rows = np.empty((len(units), 6), dtype=np.int64)
     for pos, unit in enumerate(units):
-        parts = unit.strip("{}").split("$")
-        if len(parts) != 6:
-            raise InvalidInputError(
-                f"unit {pos} '{unit}' has {len(parts)} fields; expected 6: {{sy$tone$syllable_flag$word_segment$emotion$speaker}}")
-        for k, (stream, value) in enumerate(zip(STREAMS, parts, strict=True)):
-            key = "@" + value if stream == "sy" else value
-            idx = inv.index(stream).get(key)
+        for k, value in enumerate(unit.fields()):
+            idx = index[k].get("@" + value if k == 0 else value)
             if idx is None or value in SPECIALS:
+                stream = STREAMS[k]
                 valid = inv.speakers if stream == "speaker" else None
                 extra = f" (valid: {', '.join(valid)})" if valid else ""
                 raise InvalidInputError(f"unit {pos} '{unit}': {stream} symbol '{value}' is not in the voice's inventory{extra}")
             rows[pos, k] = idx
     return EncodedUnits(ling=rows[:, :4].copy(), emotion=rows[:, 4].copy(), speaker=rows[:, 5].copy())
+
+
+def encode_symbols(symbols: str, inv: Inventories) -> EncodedUnits:
+    """Encode a ttsfrd symbol string (SPEC §e.1; a leading line index is accepted) into id streams."""
+    return encode_units(parse_units(symbols), inv)
