@@ -20,6 +20,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sambert_deploy.frontend import FrontEnd
+    from sambert_deploy.symbols import Unit
 
 DEFAULT = Path(__file__).resolve().parents[1] / ".." / "shared" / "kantts" / "frontend" / "dev_pairs.jsonl"
 
@@ -30,22 +35,20 @@ class Parsed:
     boundaries: set[int]  # index of the syllable a (non-final) break follows
 
 
-def parse_symbols(line: str) -> Parsed:
+def parse_symbols(units: list[Unit]) -> Parsed:
     """Units -> syllables (grouped by s_begin..s_end / s_both) and break positions."""
     sylls: list[tuple[tuple[str, ...], str]] = []
     bounds: set[int] = set()
     cur: list[str] = []
     tone = ""
-    units = line.split()
     for k, u in enumerate(units):
-        f = u.strip("{}").split("$")
-        if f[0].startswith("#"):
+        if u.is_break:
             if k != len(units) - 1 and sylls:
                 bounds.add(len(sylls) - 1)
             continue
-        cur.append(f[0])
-        tone = f[1]
-        if f[2] in ("s_end", "s_both"):
+        cur.append(u.sy)
+        tone = u.tone
+        if u.syllable_flag in ("s_end", "s_both"):
             sylls.append((tuple(cur), tone))
             cur = []
     return Parsed(sylls, bounds)
@@ -77,15 +80,16 @@ def align(ref: list[tuple[str, ...]], hyp: list[tuple[str, ...]]) -> list[tuple[
     return pairs[::-1]
 
 
-def score(rows: list[dict], fe: object, show: int = 0) -> dict[str, float]:
+def score(rows: list[dict], fe: FrontEnd, show: int = 0) -> dict[str, float]:
+    from sambert_deploy.symbols import parse_units
+
     n_ref = ph_ok = tone_ok = 0
     tp = n_hyp_b = n_ref_b = 0
     shown = 0
     t0 = time.perf_counter()
     for r in rows:
-        hyp_lines = fe.sentences(r["text"])  # type: ignore[attr-defined]
-        hyp = parse_symbols(" ".join(hyp_lines))
-        ref = parse_symbols(r["symbols"])
+        hyp = parse_symbols([u for sent in fe.units(r["text"]) for u in sent])
+        ref = parse_symbols(parse_units(r["symbols"]))
         pairs = align([p for p, _ in ref.syllables], [p for p, _ in hyp.syllables])
         n_ref += len(ref.syllables)
         h2r = {j: i for i, j in pairs}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sambert_deploy.models.loading import load_hifigan, load_sambert
-from sambert_deploy.symbols import encode_symbols
+from sambert_deploy.symbols import Unit, encode_units, parse_units
 
 from .conftest import AM_KEYS, SEQS, fixture_set
 
@@ -27,7 +27,7 @@ def _one_thread():
 def _run(root: Path, seq: str):
     am, inv = load_sambert(root / "am/config.yaml", root / "am/ckpt/checkpoint_0.pth")
     z = np.load(root / f"{seq}.npz")
-    enc = encode_symbols(str(z["symbol_sequence"]), inv)
+    enc = encode_units(parse_units(str(z["symbol_sequence"])), inv)
     return am, z, enc, am(torch.from_numpy(enc.ling)[None], torch.from_numpy(enc.emotion)[None],
                           torch.from_numpy(enc.speaker)[None])
 
@@ -75,8 +75,7 @@ def test_vocoder_wavs(set_name: str, variant: str) -> None:
 def test_am_single_unit_and_longer_than_max_len() -> None:
     root = fixture_set("tiny")
     am, inv = load_sambert(root / "am/config.yaml", root / "am/ckpt/checkpoint_0.pth")
-    unit = "{n_c$tone2$s_begin$word_begin$emotion_neutral$F7}"
-    one = encode_symbols(unit, inv)
+    one = encode_units([Unit("n_c", "tone2", "s_begin", "word_begin", "emotion_neutral", "F7")], inv)
     out = am(torch.from_numpy(one.ling)[None], torch.from_numpy(one.emotion)[None], torch.from_numpy(one.speaker)[None])
     valid = int(out["LR_length_rounded"][0])
     assert out["postnet_outputs"].shape[1] % 3 == 0 and out["postnet_outputs"].shape[1] >= valid
@@ -84,9 +83,9 @@ def test_am_single_unit_and_longer_than_max_len() -> None:
 
     # 900 units > max_len 800: the position table is regenerated at that length, as the reference does.
     z = np.load(root / "io_seq1_medium.npz")
-    base = str(z["symbol_sequence"]).split()
+    base = parse_units(str(z["symbol_sequence"]))
     units = (base * 10)[:900]
-    enc = encode_symbols(" ".join(units), inv)
+    enc = encode_units(units, inv)
     assert enc.num_units == 900 > am.cfg.max_len
     out = am(torch.from_numpy(enc.ling)[None], torch.from_numpy(enc.emotion)[None], torch.from_numpy(enc.speaker)[None])
     assert torch.isfinite(out["postnet_outputs"]).all()

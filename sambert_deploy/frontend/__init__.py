@@ -13,12 +13,14 @@ from .frontend import FrontEnd, FrontEndOptions, format_line, split_units
 from .lexicon import Lexicon
 from .normalize import normalize
 from .prosody import ProsodyOptions
+from .reader import SentenceReader
 
 __all__ = [
     "FrontEnd",
     "FrontEndOptions",
     "Lexicon",
     "ProsodyOptions",
+    "SentenceReader",
     "format_line",
     "normalize",
     "split_units",

@@ -1,9 +1,10 @@
-"""The front end: text -> ttsfrd symbol lines (SPEC §e.1, shared/kantts/frontend/README.md).
+"""The front end: text -> ttsfrd units (SPEC §e.1, shared/kantts/frontend/README.md).
 
-Stages: emotion markup -> normalization -> sentence split -> per sentence: tokens (Han runs, Latin words,
+Stages: blocks of whole sentences (:class:`.reader.SentenceReader`, also for a whole text) -> per block:
+emotion markup -> normalization -> sentence split -> per sentence: tokens (Han runs, Latin words,
 punctuation) -> jieba words -> pinyin (polyphones, neutral tone, erhua) -> 一/不 and third-tone sandhi ->
-prosodic words -> units ``{sy$tone$syllable_flag$word_segment$emotion$speaker}`` with a break unit after
-every prosodic word (#1, or #3 at ，、；：, #4 at the sentence end).
+prosodic words -> :class:`~sambert_deploy.symbols.Unit` s with a break unit after every prosodic word (#1,
+or #3 at ，、；：, #4 at the sentence end).
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 from ..errors import InvalidInputError
-from ..symbols import Inventories
+from ..symbols import Inventories, Unit, format_units
 from . import english, g2p, normalize, sandhi, split
 from .g2p import Word
 from .lexicon import Lexicon
 from .phones import split_tone, syllable_phones
 from .prosody import ProsodyOptions, group_prosodic_words
+from .reader import SentenceReader
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +54,10 @@ class FrontEndOptions:
     emotion: default emotion of phone units ('emotion_neutral' or a short name such as 'happy').
     speaker: speaker token written into every unit (ttsfrd writes 'F7'; the voice's speaker_list must hold it).
     lexicon_path: optional user lexicon (see :mod:`.lexicon`) overriding segmentation and pinyin.
-    max_units_per_sentence: split longer sentences at ，/、 breaks (then at #1) into several lines.
-    speakers: the valid speaker tokens; None accepts any token without whitespace, '$', '{' or '}'.
+    max_units_per_sentence: split longer sentences into several lines of at most this many units (see
+        :func:`split_units`).
+    speakers: the valid speaker tokens (matched case-insensitively, as :meth:`Inventories.resolve_speaker`
+        does); None accepts any token without whitespace, '$', '{' or '}'.
     """
 
     emotion: str = "emotion_neutral"
@@ -71,13 +75,16 @@ class _Phrase:
 
 
 class FrontEnd:
-    """Chinese (+ English) text -> ttsfrd symbol strings. Thread-safe after construction (no per-call state)."""
+    """Chinese (+ English) text -> ttsfrd units. Thread-safe after construction: per-text state (the current
+    emotion, the text buffer) lives in a :class:`SentenceReader`.
+    """
 
     def __init__(self, options: FrontEndOptions | None = None):
         self.options = options or FrontEndOptions()
         self._inv = Inventories.build(["F7"])
         self._emotions = self._inv.emotions
-        self.emotion = split.resolve_emotion(self.options.emotion, self._emotions)
+        self._speaker_inv = Inventories.build(self.options.speakers) if self.options.speakers is not None else None
+        self.emotion = self._inv.resolve_emotion(self.options.emotion)
         self.speaker = self._check_speaker(self.options.speaker)
         mx = self.options.max_units_per_sentence
         if mx is not None and (not isinstance(mx, int) or mx < 4):
@@ -91,13 +98,11 @@ class FrontEnd:
         return self._emotions
 
     def _check_speaker(self, speaker: str) -> str:
-        valid = self.options.speakers
         if not isinstance(speaker, str):
             raise InvalidInputError(f"speaker must be a string, got {type(speaker).__name__}")
-        if valid is not None:
-            if speaker not in valid:
-                raise InvalidInputError(f"unknown speaker {speaker!r}; valid speakers: {', '.join(valid)}")
-        elif not _SPEAKER_RE.match(speaker):
+        if self._speaker_inv is not None:
+            return self._speaker_inv.resolve_speaker(speaker)
+        if not _SPEAKER_RE.match(speaker):
             raise InvalidInputError(
                 f"invalid speaker token {speaker!r}: it must be non-empty without spaces, '$', '{{' or '}}'"
             )
@@ -105,24 +110,32 @@ class FrontEnd:
 
     # --- public API -----------------------------------------------------------------------------------------
 
-    def units(self, text: str, *, emotion: str | None = None, speaker: str | None = None) -> list[list[str]]:
-        """Per sentence, the list of unit strings ``{sy$tone$flag$segment$emotion$speaker}``."""
+    def reader(self, *, emotion: str | None = None, speaker: str | None = None) -> SentenceReader:
+        """An incremental front end for text that arrives in pieces (see :class:`SentenceReader`).
+
+        ``emotion``/``speaker`` as for :meth:`units`; they are checked here, before any text.
+        """
+        emo = self._inv.resolve_emotion(emotion) if emotion is not None else self.emotion
+        spk = self._check_speaker(speaker) if speaker is not None else self.speaker
+        return SentenceReader(self, emo, spk)
+
+    def units(self, text: str, *, emotion: str | None = None, speaker: str | None = None) -> list[list[Unit]]:
+        """Per sentence (or piece of at most ``max_units_per_sentence`` units), its units; [] if nothing is
+        speakable. The same code path as :meth:`reader`, fed the whole text at once.
+        """
         if not isinstance(text, str):
             raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
-        emo = split.resolve_emotion(emotion, self._emotions) if emotion is not None else self.emotion
-        spk = self._check_speaker(speaker) if speaker is not None else self.speaker
-        marked, table = split.parse_markup(text, emo, self._emotions)
-        state = [emo]
-        out: list[list[str]] = []
-        for sent in split.split_sentences(normalize.normalize(marked)):
-            units = self._sentence_units(sent, table, state, spk)
-            if units:
-                out.extend(self._limit_length(units))
+        rd = self.reader(emotion=emotion, speaker=speaker)
+        rd.feed(text)
+        rd.finish()
+        out: list[list[Unit]] = []
+        while (sent := rd.next_sentence()) is not None:
+            out.append(sent)
         return out
 
     def sentences(self, text: str, *, emotion: str | None = None, speaker: str | None = None) -> list[str]:
         """One symbol string per sentence (units joined by one space, no index); [] if nothing is speakable."""
-        return [" ".join(u) for u in self.units(text, emotion=emotion, speaker=speaker)]
+        return [format_units(u) for u in self.units(text, emotion=emotion, speaker=speaker)]
 
     def to_lines(self, text: str, *, emotion: str | None = None, speaker: str | None = None) -> list[str]:
         """ttsfrd lines ``<n>\\t<unit> <unit> ... <unit> `` (every unit followed by one space), n from 0."""
@@ -145,6 +158,18 @@ class FrontEnd:
 
     # --- internals ------------------------------------------------------------------------------------------
 
+    def _block_units(self, block: str, default_emotion: str, spk: str, state: list[str]) -> list[list[Unit]]:
+        """Units of one block of whole sentences. ``state[0]`` is the current emotion, carried from block to
+        block by the caller's reader; ``default_emotion`` is what ``[/emotion]`` returns to.
+        """
+        marked, table = split.parse_markup(block, default_emotion, self._inv)
+        out: list[list[Unit]] = []
+        for sent in split.split_sentences(normalize.normalize(marked)):
+            units = self._sentence_units(sent, table, state, spk)
+            if units:
+                out.extend(self._limit_length(units))
+        return out
+
     def _analyze_sentence(
         self, sent: str, table: list[str], state: list[str]
     ) -> list[tuple[list[list[Word]], int]]:
@@ -163,8 +188,8 @@ class FrontEnd:
             out.append((groups, ph.level))
         return out
 
-    def _sentence_units(self, sent: str, table: list[str], state: list[str], spk: str) -> list[str]:
-        units: list[str] = []
+    def _sentence_units(self, sent: str, table: list[str], state: list[str], spk: str) -> list[Unit]:
+        units: list[Unit] = []
         for groups, level in self._analyze_sentence(sent, table, state):
             for gi, g in enumerate(groups):
                 pw_units = _pw_units(g, spk)
@@ -183,7 +208,7 @@ class FrontEnd:
         """
         if not isinstance(text, str):
             raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
-        marked, table = split.parse_markup(text, self.emotion, self._emotions)
+        marked, table = split.parse_markup(text, self.emotion, self._inv)
         state = [self.emotion]
         out = []
         for sent in split.split_sentences(normalize.normalize(marked)):
@@ -263,40 +288,56 @@ class FrontEnd:
                 out.append(Word(w, pos, pys, emotion))
         return out
 
-    def _limit_length(self, units: list[str]) -> list[list[str]]:
+    def _limit_length(self, units: list[Unit]) -> list[list[Unit]]:
         mx = self.options.max_units_per_sentence
         if mx is None or len(units) <= mx:
             return [units]
         return split_units(units, mx)
 
 
-def split_units(units: list[str], max_units: int) -> list[list[str]]:
-    """Split one sentence's units into pieces of at most ``max_units`` at break units, preferring #3 over #1.
+def split_units(units: list[Unit], max_units: int) -> list[list[Unit]]:
+    """Split one sentence's units into pieces of at most ``max_units`` units (``max_units`` >= 1).
 
-    The break that ends a piece becomes #4 (each piece is a ttsfrd sentence). A single prosodic word longer
-    than the limit stays whole.
+    A piece ends at the strongest break within the limit (#3, then #2, then #1); that break becomes #4, as
+    each piece is a ttsfrd sentence of its own. Where no break lies within the limit (a prosodic word longer
+    than the limit, or a line with no breaks at all), the piece is cut anyway at the last word boundary
+    within the limit, else at the last syllable boundary, else after exactly ``max_units`` units; such a
+    cut adds no break. The pieces concatenate back to ``units`` but for the #-levels rewritten to #4.
     """
-    pieces: list[list[str]] = []
-    rest = units
-    while len(rest) > max_units:
+    if not isinstance(max_units, int) or max_units < 1:
+        raise InvalidInputError(f"max_units must be an integer >= 1, got {max_units!r}")
+    pieces: list[list[Unit]] = []
+    start, n = 0, len(units)
+    while n - start > max_units:
+        window = range(start, start + max_units)
         cut = -1
-        for level in ("#3", "#2", "#1"):
-            cands = [i for i, u in enumerate(rest[:max_units]) if u.startswith("{" + level + "$")]
-            if cands:
-                cut = cands[-1]
+        for level in (3, 2, 1):
+            cut = next((i for i in reversed(window) if units[i].break_level == level), -1)
+            if cut >= 0:
                 break
-        if cut < 0:
-            nxt = [i for i, u in enumerate(rest) if u.startswith("{#")]
-            cut = nxt[0]
-            if cut == len(rest) - 1:
-                break
-        piece = rest[: cut + 1]
-        piece[-1] = piece[-1].replace(piece[-1][1:3], "#4", 1)
+        if cut >= 0:
+            piece = units[start : cut + 1]
+            piece[-1] = replace(piece[-1], sy="#4")
+        else:
+            # cut after unit i where unit i+1 starts a word, else a syllable, else after max_units units
+            end = start + max_units
+            cut = next((i for i in range(end - 1, start - 1, -1) if _starts_word(units[i + 1])), -1)
+            if cut < 0:
+                cut = next((i for i in range(end - 1, start - 1, -1) if _starts_syllable(units[i + 1])), end - 1)
+            piece = units[start : cut + 1]
         pieces.append(piece)
-        rest = rest[cut + 1 :]
-    if rest:
-        pieces.append(rest)
+        start = cut + 1
+    if start < n:
+        pieces.append(units[start:])
     return pieces
+
+
+def _starts_word(u: Unit) -> bool:
+    return u.is_break or u.word_segment in ("word_begin", "word_both")
+
+
+def _starts_syllable(u: Unit) -> bool:
+    return u.is_break or u.syllable_flag in ("s_begin", "s_both")
 
 
 def _position(prefix: str, i: int, n: int, single_item: bool) -> str:
@@ -310,15 +351,16 @@ def _position(prefix: str, i: int, n: int, single_item: bool) -> str:
     return f"{prefix}_middle"
 
 
-def format_line(index: int, units: list[str]) -> str:
-    return f"{index}\t" + "".join(u + " " for u in units)
+def format_line(index: int, units: Sequence[Unit]) -> str:
+    """One ttsfrd line: ``<index>\\t`` then every unit followed by one space."""
+    return f"{index}\t" + "".join(f"{u} " for u in units)
 
 
-def _break_unit(level: int, spk: str) -> str:
-    return f"{{#{level}$tone_none$s_none$word_none$emotion_none${spk}}}"
+def _break_unit(level: int, spk: str) -> Unit:
+    return Unit(f"#{level}", "tone_none", "s_none", "word_none", "emotion_none", spk)
 
 
-def _pw_units(group: list[Word], spk: str) -> list[str]:
+def _pw_units(group: list[Word], spk: str) -> list[Unit]:
     """Units of one prosodic word with the KAN-TTS position rules (Syllable.GetPhoneMeta)."""
     sylls: list[tuple[list[str], str, str]] = []  # phones, tone, emotion
     for w in group:
@@ -338,7 +380,7 @@ def _pw_units(group: list[Word], spk: str) -> list[str]:
         return []
     n_phones = sum(len(p) for p, _, _ in sylls)
     single = len(sylls) == 1
-    out: list[str] = []
+    out: list[Unit] = []
     for si, (phones, tone_name, emo) in enumerate(sylls):
         wpos = _position("word", si, len(sylls), single_item=n_phones == 1)
         for pi, ph in enumerate(phones):
@@ -350,5 +392,5 @@ def _pw_units(group: list[Word], spk: str) -> list[str]:
                 wp = "word_middle"
             elif wp == "word_end" and spos not in ("s_end", "s_both"):
                 wp = "word_middle"
-            out.append(f"{{{ph}${tone_name}${spos}${wp}${emo}${spk}}}")
+            out.append(Unit(ph, tone_name, spos, wp, emo, spk))
     return out

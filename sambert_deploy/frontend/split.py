@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from ..errors import InvalidInputError
+from ..symbols import Inventories
 
 SENTINEL_BASE = 0xE000
 SENTINEL_RE = re.compile("[\ue000-\ue0ff]")
@@ -21,10 +22,11 @@ SENTENCE_END = "。！？!?"
 _CLOSERS = "”’」』）)》】\"'"
 
 
-def parse_markup(text: str, default_emotion: str, valid: tuple[str, ...]) -> tuple[str, list[str]]:
+def parse_markup(text: str, default_emotion: str, inv: Inventories) -> tuple[str, list[str]]:
     """Replace emotion markers by sentinels; return the text and the emotion of each sentinel index.
 
-    Unknown emotion names raise :class:`InvalidInputError` listing the valid names.
+    Names go through :meth:`Inventories.resolve_emotion` (the rule of the ``emotion`` argument); an unknown
+    one raises :class:`InvalidInputError` listing the valid names.
     """
     emotions: list[str] = []
 
@@ -33,7 +35,7 @@ def parse_markup(text: str, default_emotion: str, valid: tuple[str, ...]) -> tup
         if closing or not name:
             emo = default_emotion
         else:
-            emo = resolve_emotion(name, valid)
+            emo = inv.resolve_emotion(name)
         if emo in emotions:
             k = emotions.index(emo)
         else:
@@ -46,16 +48,6 @@ def parse_markup(text: str, default_emotion: str, valid: tuple[str, ...]) -> tup
     # drop any sentinel-range characters the user typed, so they cannot alias a marker
     text = SENTINEL_RE.sub("", text)
     return _MARKUP_RE.sub(repl, text), emotions
-
-
-def resolve_emotion(name: str, valid: tuple[str, ...]) -> str:
-    """'happy' or 'emotion_happy' -> 'emotion_happy' if in ``valid``; else InvalidInputError naming them."""
-    n = name.strip().lower()
-    full = n if n.startswith("emotion_") else "emotion_" + n
-    if full not in valid:
-        names = ", ".join(v.removeprefix("emotion_") for v in valid)
-        raise InvalidInputError(f"unknown emotion {name!r}; valid emotions: {names}")
-    return full
 
 
 def split_sentences(text: str) -> list[str]:

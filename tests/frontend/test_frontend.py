@@ -9,7 +9,7 @@ import pytest
 
 from sambert_deploy.errors import InvalidInputError
 from sambert_deploy.frontend import FrontEnd, FrontEndOptions, split_units
-from sambert_deploy.symbols import Inventories
+from sambert_deploy.symbols import Inventories, Unit, parse_units
 
 
 @pytest.fixture(scope="module")
@@ -214,10 +214,10 @@ def test_max_units_splits_at_commas() -> None:
 
 
 def test_split_units_prefers_level3() -> None:
-    a = ["{a_c$tone1$s_begin$word_begin$emotion_neutral$F7}"] * 3
-    units = a + [brk(1)] + a + [brk(3)] + a + [brk(4)]
+    a = [Unit.parse("{a_c$tone1$s_begin$word_begin$emotion_neutral$F7}")] * 3
+    units = a + parse_units(brk(1)) + a + parse_units(brk(3)) + a + parse_units(brk(4))
     pieces = split_units(units, 9)
-    assert [len(p) for p in pieces] == [8, 4] and pieces[0][-1] == brk(4)
+    assert [len(p) for p in pieces] == [8, 4] and str(pieces[0][-1]) == brk(4)
 
 
 def test_lines_from_inputs_uses_line_numbers(fe: FrontEnd) -> None:
