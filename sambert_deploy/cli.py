@@ -9,10 +9,9 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -75,6 +74,9 @@ def export(model_dir: Path | None, out: Path, voices: tuple[str, ...], all_voice
            voc_path: Path | None, name: str, opset: int, force: bool, no_check: bool) -> None:
     """Export MODEL_DIR (a ModelScope model directory) to an ONNX bundle and prove parity with torch."""
     from .errors import InvalidInputError
+    from .export import require_export_extra
+
+    require_export_extra()  # before importing torch: a missing extra is named, not a ModuleNotFoundError
     from .export.bundle import ExportOptions, export_model
     from .models.loading import explicit_voice
 
@@ -93,18 +95,17 @@ def export(model_dir: Path | None, out: Path, voices: tuple[str, ...], all_voice
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("text", required=False)
-@click.option("--symbols-file", type=click.Path(path_type=Path), help="File of ttsfrd symbol lines ('<n>\\t<units>').")
+@click.option("--symbols-file", help="File of ttsfrd symbol lines ('<n>\\t<units>'), or - for stdin.")
 @click.option("-o", "--output", "out", required=True, help="Output .wav, or - for raw s16le PCM on stdout.")
 @click.option("--voice", help="Voice name (default: the bundle's first).")
-@click.option("--emotion", help="Emotion, e.g. happy (the *_emo voices).")
+@click.option("--emotion", help="Emotion, e.g. happy (the *_emo voices); any case.")
 @click.option("--speaker", help="Speaker token (default: the voice's first).")
+@click.option("--lexicon", type=click.Path(path_type=Path), help="User lexicon file (word -> pinyin) for the front end.")
 @click.option("--backend", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option("--strict", is_flag=True, help="Fail instead of falling back to another backend.")
 @click.option("--am-backend", type=click.Choice(["auto", "cuda", "cpu"]), help="Backend of the acoustic model only.")
 @click.option("--voc-backend", type=click.Choice(["auto", "cuda", "cpu"]), help="Backend of the vocoder only.")
 @click.option("--threads", default=0, type=click.IntRange(0, 256), help="CPU thread budget (0: every CPU this process may use).")
-@click.option("--vocoder-workers", default=None, type=click.IntRange(1, 64),
-              help="Vocoder chunks run at once (default: 2 on a multi-core CPU, 1 on a GPU).")
 @click.option("--chunk", default=None, type=click.IntRange(1, 100000), help="Vocoder chunk in mel frames.")
 @click.option("--first-chunk", default=None, type=click.IntRange(1, 100000), help="First vocoder chunk of a sentence.")
 @click.option("--max-units", default=300, show_default=True, type=click.IntRange(0, 10**9),
@@ -112,43 +113,72 @@ def export(model_dir: Path | None, out: Path, voices: tuple[str, ...], all_voice
 @click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(0.25, 4.0),
               help="Speaking rate (2.0 twice as fast).")
 @handle_errors
-def synth(bundle: Path, text: str | None, symbols_file: Path | None, out: str, voice: str | None, emotion: str | None,
-          speaker: str | None, backend: str, strict: bool, am_backend: str | None, voc_backend: str | None,
-          threads: int, vocoder_workers: int | None, chunk: int | None, first_chunk: int | None, max_units: int,
+def synth(bundle: Path, text: str | None, symbols_file: str | None, out: str, voice: str | None, emotion: str | None,
+          speaker: str | None, lexicon: Path | None, backend: str, strict: bool, am_backend: str | None,
+          voc_backend: str | None, threads: int, chunk: int | None, first_chunk: int | None, max_units: int,
           speed: float) -> None:
-    """Synthesize TEXT (or '-' for stdin, or --symbols-file) with BUNDLE into a WAV file or stdout."""
+    """Synthesize TEXT (or '-' for stdin, or --symbols-file) with BUNDLE into a WAV file or stdout.
+
+    Stdin is read as it arrives: each sentence is spoken as soon as it is complete. Text that
+    begins with '-' goes after '--':  sambert-deploy synth BUNDLE -o out.wav -- "-5度"
+    """
     from .errors import InvalidInputError
     from .runtime.sinks import write_stream
-    from .runtime.synthesizer import StreamOptions, Synthesizer
+    from .runtime.synthesizer import SpeechOptions, StreamOptions, Synthesizer
 
     if (text is None) == (symbols_file is None):
         raise InvalidInputError("give TEXT (or - for stdin) or --symbols-file, not both")
-    symbols = None
-    if symbols_file is not None:
+    if out == "-" and (text == "-" or symbols_file == "-") and sys.stdout.isatty() and sys.stdin.isatty():
+        log.info("reading text from the terminal; end it with Ctrl-D")
+    source: Any = None
+    if symbols_file == "-":
+        source = _stdin_lines()
+    elif symbols_file is not None:
         try:
-            symbols = symbols_file.read_text("utf-8")
+            source = Path(symbols_file).read_text("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise InvalidInputError(f"cannot read --symbols-file {symbols_file}: {e}") from None
     elif text == "-":
-        text = sys.stdin.read()
-    opts = StreamOptions(max_units=max_units or None, duration_scale=1.0 / speed, vocoder_workers=vocoder_workers)
-    if chunk:
-        opts.vocoder_chunk = chunk
-    if first_chunk:
-        opts.first_chunk = first_chunk
-    with Synthesizer(bundle, voice=voice, backend=backend, strict=strict, threads=threads, options=opts,
+        text = None
+        source = _stdin_lines()
+    stream_opts = StreamOptions(max_units=max_units or None,
+                                **{k: v for k, v in (("vocoder_chunk", chunk), ("first_chunk", first_chunk)) if v})
+    call = SpeechOptions(voice=voice, emotion=emotion, speaker=speaker, speed=speed, lexicon=lexicon)
+    with Synthesizer(bundle, voice=voice, backend=backend, strict=strict, threads=threads, options=stream_opts,
                      am_backend=am_backend, voc_backend=voc_backend) as syn:
-        log.info("loaded in %.2f s (sessions%s)", syn.load(voice, text=text is not None),
-                 " and front-end dictionaries" if text is not None else "")
-        t0 = time.perf_counter()
-        chunks = syn.stream(text, symbols=symbols, voice=voice, emotion=emotion, speaker=speaker)
-        n = write_stream(chunks, out, syn.sample_rate, progress=sys.stderr.isatty() and out != "-")
-        st = syn.last_stats
-        wall = time.perf_counter() - t0
+        is_text = symbols_file is None
+        log.info("loaded in %.2f s (sessions%s)", syn.load(voice, text=is_text),
+                 " and front-end dictionaries" if is_text else "")
+        if is_text:
+            stream = syn.stream(text if text is not None else source, options=call)
+        else:
+            stream = syn.stream(symbols=source, options=call)
+        with stream:
+            try:
+                n = write_stream(stream, out, syn.sample_rate, progress=sys.stderr.isatty() and out != "-")
+            except BrokenPipeError:
+                _quiet_broken_pipe()
+            st = stream.info
         audio_s = n / syn.sample_rate
+        am_b, voc_b = syn.backends().get(st.voice, (syn.am_backend, syn.voc_backend))
         log.info("%d sentence(s), %d units -> %.2f s audio in %.2f s (RTF %.3f, first audio %.0f ms) on %s/%s -> %s",
-                 st.sentences, st.units, audio_s, wall, wall / max(audio_s, 1e-9), (st.first_audio_s or 0) * 1e3,
-                 syn.am_backend, syn.voc_backend, out)
+                 st.sentences, st.units, audio_s, st.elapsed_s, st.elapsed_s / max(audio_s, 1e-9),
+                 (st.first_audio_s or 0) * 1e3, am_b, voc_b, out)
+
+
+def _stdin_lines() -> Any:
+    """Stdin as it arrives, line by line (iterating a text stream returns each line when it is complete)."""
+    return iter(sys.stdin.readline, "")
+
+
+def _quiet_broken_pipe() -> NoReturn:
+    """The reader of our stdout went away (``| head``): stop quietly, like any Unix filter. Python would
+    otherwise print a second BrokenPipeError when it flushes stdout at exit."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a filter killed by the broken pipe
 
 
 @main.command()

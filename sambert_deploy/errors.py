@@ -61,3 +61,16 @@ class MissingExtraError(SambertDeployError):
         super().__init__(
             f"'{module}' is not installed; it is needed here. Install it with: pip install 'sambert-deploy[{extra}]'"
         )
+
+
+class BackendClosedError(SambertDeployError):
+    """A backend (or the Synthesizer owning it) was used after ``close()``; it never reopens silently."""
+
+
+class SynthesizerClosedError(SambertDeployError):
+    """The Synthesizer was closed before or while a stream ran; the stream ends with this error."""
+
+
+class StreamCancelledError(SambertDeployError):
+    """Raised inside a cancelled stream's work to stop it between (or during) graph calls. A cancelled
+    :class:`~sambert_deploy.runtime.stream.Stream` itself just ends; callers never see this error."""

@@ -10,7 +10,6 @@ not grow with the sentence beyond the per-unit/per-step tables (a few hundred by
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,7 +17,8 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..symbols import EncodedUnits
-from .backends import Backend, BackendOptions, OrtCudaBackend, make_backend
+from .backends import Backend, BackendOptions, CancelToken, OrtCudaBackend, make_backend
+from .chunking import WindowCutter
 from .manifest import Manifest, VoiceManifest
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,13 @@ class AcousticModel:
         am_options = replace(options or BackendOptions(), threads=1,
                              extra_session_options={"session.intra_op.allow_spinning": "0",
                                                     **(options.extra_session_options if options else {})})
-        self.sessions: dict[str, Backend] = {
-            g: make_backend(backend, manifest.graph_path(voice, g), am_options).open() for g in AM_GRAPHS}
+        self.sessions: dict[str, Backend] = {}
+        try:
+            for g in AM_GRAPHS:
+                self.sessions[g] = make_backend(backend, manifest.graph_path(voice, g), am_options).open()
+        except BaseException:
+            self.close()
+            raise
         self.inv_timescales = dur_inv_timescales(self.info.projection_units)
 
     def close(self) -> None:
@@ -106,7 +111,8 @@ class AcousticModel:
             s.close()
 
     # -- sentence level -------------------------------------------------------------------------
-    def plan(self, units: EncodedUnits, durations: np.ndarray | None = None, duration_scale: float = 1.0) -> SentencePlan:
+    def plan(self, units: EncodedUnits, durations: np.ndarray | None = None, duration_scale: float = 1.0,
+             token: CancelToken | None = None) -> SentencePlan:
         """Encoder + autoregressive durations + memory. ``durations`` (unrounded, one per unit) forces
         the durations instead of predicting them (used by the parity gate when a rounding flips)."""
         info = self.info
@@ -118,10 +124,10 @@ class AcousticModel:
         enc = self.sessions["encoder"].run({
             "ling": units.ling[None].astype(np.int64, copy=False), "emotion": units.emotion[None].astype(np.int64, copy=False),
             "speaker": units.speaker[None].astype(np.int64, copy=False),
-            "position_enc": position_table(u, info.embedding_dim)})
+            "position_enc": position_table(u, info.embedding_dim)}, token=token)
         cond = enc["dur_cond"]
         if durations is None:
-            logd = self._durations(cond)
+            logd = self._durations(cond, token)
             d = np.exp(logd) - np.float32(1.0)
         else:
             if durations.shape != (u,):
@@ -141,7 +147,7 @@ class AcousticModel:
         return SentencePlan(u, logd, d, reps, band, int(reps.sum()), np.ascontiguousarray(memory, np.float32),
                             enc["pitch"][0], enc["energy"][0])
 
-    def _durations(self, cond: np.ndarray) -> np.ndarray:
+    def _durations(self, cond: np.ndarray, token: CancelToken | None = None) -> np.ndarray:
         sess = self.sessions["dur_step"]
         units = self.info.dur_lstm_units
         h = np.zeros((self.info.dur_lstm_layers, 1, units), np.float32)
@@ -149,128 +155,117 @@ class AcousticModel:
         y = np.zeros((1, 1, 1), np.float32)
         out = np.empty(cond.shape[1], np.float32)
         for t in range(cond.shape[1]):
-            res = sess.run({"y_prev": y, "cond": cond[:, t:t + 1], "h": h, "c": c}, validate=t == 0)
+            res = sess.run({"y_prev": y, "cond": cond[:, t:t + 1], "h": h, "c": c}, validate=t == 0, token=token)
             y, h, c = res["log_dur"], res["h_out"], res["c_out"]
             out[t] = y[0, 0, 0]
         return out
 
-    # -- decoder --------------------------------------------------------------------------------
-    def decode(self, plan: SentencePlan, kv_block: int = 64) -> Iterator[np.ndarray]:
-        """Yield the valid decoder frames ([n, num_mels], n <= r) step by step."""
-        info = self.info
-        r, n_mels = info.outputs_per_step, info.num_mels
-        layers, heads, dh = info.decoder_layers, info.decoder_heads, info.decoder_head_dim
-        m = plan.num_steps
-        if m == 0:
-            return
-        xb = plan.band
-        wx = max(xb, 1)
-        wh = plan.band + 1
-        x_k: Any = np.zeros((layers, heads, wx, dh), np.float32)
+    def sentence(self, plan: SentencePlan, postnet_chunk: int = 48, kv_block: int = 64) -> SentenceAcoustic:
+        """The decoder and postnet state of one sentence, advanced one mel block at a time."""
+        return SentenceAcoustic(self, plan, postnet_chunk, kv_block)
+
+
+class SentenceAcoustic:
+    """Decoder steps and chunked postnet of one sentence, as explicit state (no generator, no thread):
+    each :meth:`next_block` runs the decoder steps the next postnet chunk needs, then that chunk.
+
+    Decoder: one ``decoder_step`` call per r-frame step with a fixed-size x-attention window and
+    memory window (keys/values of the memory computed ``kv_block`` steps at a time), so nothing grows
+    with the sentence. Postnet: each chunk's window reaches ``postnet_left`` frames back and
+    ``postnet_right`` ahead, exactly the frames the FSMN sees in a whole-sentence pass, so the output
+    is the same; the LSTM state is carried between chunks.
+    """
+
+    def __init__(self, am: AcousticModel, plan: SentencePlan, postnet_chunk: int = 48, kv_block: int = 64):
+        info = am.info
+        self.am, self.plan, self.kv_block = am, plan, kv_block
+        self.r, self.n_mels = info.outputs_per_step, info.num_mels
+        self._layers, self._heads, self._dh = info.decoder_layers, info.decoder_heads, info.decoder_head_dim
+        self._xb = plan.band
+        self._wx = max(plan.band, 1)
+        self._wh = plan.band + 1
+        dec = am.sessions["decoder_step"]
+        self._on_gpu = isinstance(dec, OrtCudaBackend)
+        x_k: Any = np.zeros((self._layers, self._heads, self._wx, self._dh), np.float32)
         x_v: Any = np.zeros_like(x_k)
-        prev = np.zeros((1, 1, n_mels), np.float32)
-        mem_k = np.zeros((layers, heads, 0, dh), np.float32)
-        mem_v = np.zeros_like(mem_k)
-        buf_start = 0
-        dec = self.sessions["decoder_step"]
-        kv = self.sessions["memory_kv"]
-        on_gpu = isinstance(dec, OrtCudaBackend)
         if isinstance(dec, OrtCudaBackend):  # the x window stays on the device between steps (I/O binding)
             x_k, x_v = dec.to_device(x_k), dec.to_device(x_v)
-        on_device = frozenset({"x_k_out", "x_v_out"}) if on_gpu else frozenset()
-        emitted = 0
-        for i in range(m):
-            need = min(m, i + wh)
-            if buf_start + mem_k.shape[2] < need:
-                lo = buf_start + mem_k.shape[2]
-                hi = min(m, max(need, lo + kv_block))
-                res = kv.run({"memory": plan.memory[None, lo:hi]}, validate=lo == 0)
-                drop = i - buf_start
-                mem_k = np.concatenate([mem_k[:, :, drop:], res["mem_k"]], axis=2)
-                mem_v = np.concatenate([mem_v[:, :, drop:], res["mem_v"]], axis=2)
-                buf_start = i
-            off = i - buf_start
-            h_k = mem_k[:, :, off:off + wh]
-            h_v = mem_v[:, :, off:off + wh]
-            h_bias = np.zeros(wh, np.float32)
-            if h_k.shape[2] < wh:  # the memory ends inside the look-ahead window
-                short = wh - h_k.shape[2]
-                pad = np.zeros((layers, heads, short, dh), np.float32)
-                h_k = np.concatenate([h_k, pad], axis=2)
-                h_v = np.concatenate([h_v, pad], axis=2)
-                h_bias[wh - short:] = MASK_VALUE
-            x_bias = np.zeros(wx + 1, np.float32)
-            first_valid = max(wx - xb, wx - i)
-            x_bias[:first_valid] = MASK_VALUE
-            feeds = {"prev": prev, "memory_i": plan.memory[None, i:i + 1], "x_k": x_k, "x_v": x_v,
-                     "x_bias": x_bias, "h_k": np.ascontiguousarray(h_k), "h_v": np.ascontiguousarray(h_v),
-                     "h_bias": h_bias}
-            if i == 0 and not on_gpu:
-                dec.check_inputs(feeds)
-            res = dec.run_keep(feeds, on_device)
-            frames = res["frames"].reshape(r, n_mels)
-            x_k, x_v = res["x_k_out"], res["x_v_out"]
-            prev = frames[-1:][None]
-            take = min(r, plan.valid_frames - emitted)
-            if take > 0:
-                yield frames[:take]
-                emitted += take
+        self._x_k, self._x_v = x_k, x_v
+        self._keep = frozenset({"x_k_out", "x_v_out"}) if self._on_gpu else frozenset()
+        self._prev = np.zeros((1, 1, self.n_mels), np.float32)
+        self._mem_k = np.zeros((self._layers, self._heads, 0, self._dh), np.float32)
+        self._mem_v = np.zeros_like(self._mem_k)
+        self._buf_start = 0
+        self._step_index = 0
+        self._decoded = 0
+        self._cutter = WindowCutter(plan.valid_frames, postnet_chunk, info.postnet_left, info.postnet_right)
+        self._h = np.zeros((1, 1, info.postnet_lstm_units), np.float32)
+        self._c = np.zeros_like(self._h)
+        self._blocks = 0
+        self.emitted = 0  # mel frames returned so far
 
-    # -- postnet --------------------------------------------------------------------------------
-    def postnet(self, frames: Iterator[np.ndarray], total: int, chunk: int = 48) -> Iterator[np.ndarray]:
-        """Postnet over a stream of decoder frames (``total`` valid frames in all) -> mel chunks [n, num_mels].
+    @property
+    def total(self) -> int:
+        return self.plan.valid_frames
 
-        Each chunk's window reaches ``postnet_left`` frames back and ``postnet_right`` ahead: exactly
-        the frames the FSMN sees in a whole-sentence pass, so the output is the same; the LSTM state is
-        carried between chunks.
-        """
-        info = self.info
-        fsmn, rnn = self.sessions["postnet_fsmn"], self.sessions["postnet_rnn"]
-        h = np.zeros((1, 1, info.postnet_lstm_units), np.float32)
-        c = np.zeros_like(h)
-        for k, (win, a0, b0, _) in enumerate(context_windows(frames, total, chunk, info.postnet_left, info.postnet_right)):
-            feats = fsmn.run({"dec": win[None]}, validate=k == 0)["feats"]
-            res = rnn.run({"feats": np.ascontiguousarray(feats[:, a0:b0]), "dec": win[None, a0:b0], "h": h, "c": c},
-                          validate=k == 0)
-            h, c = res["h_out"], res["c_out"]
-            yield res["mel"][0]
+    @property
+    def finished(self) -> bool:
+        return self.emitted >= self.plan.valid_frames
 
+    def next_block(self, token: CancelToken | None = None) -> np.ndarray:
+        """The next postnet chunk of mel frames, f32 [n, num_mels]; call only while not ``finished``."""
+        while (win := self._cutter.pop()) is None:
+            self._cutter.push(self.decode_step(token))
+        fsmn, rnn = self.am.sessions["postnet_fsmn"], self.am.sessions["postnet_rnn"]
+        first = self._blocks == 0
+        feats = fsmn.run({"dec": win.frames[None]}, validate=first, token=token)["feats"]
+        res = rnn.run({"feats": np.ascontiguousarray(feats[:, win.a:win.b]), "dec": win.frames[None, win.a:win.b],
+                       "h": self._h, "c": self._c}, validate=first, token=token)
+        self._h, self._c = res["h_out"], res["c_out"]
+        self._blocks += 1
+        mel = res["mel"][0]
+        self.emitted += mel.shape[0]
+        return mel
 
-def context_windows(stream: Iterator[np.ndarray], total: int, chunk: int, left: int, right: int,
-                    first_chunk: int | None = None) -> Iterator[tuple[np.ndarray, int, int, bool]]:
-    """Cut a stream of frame blocks ([n, C] arrays, ``total`` rows in all) into windows for chunked
-    context-dependent networks. Yields (window, a, b): the network runs on ``window`` and the rows
-    [a, b) of its output are the next chunk. A window holds up to ``left`` rows before the chunk and
-    ``right`` after it, so with the network's exact receptive field the chunks concatenate to the
-    whole-sequence output. Rows older than ``left`` are dropped, so memory stays bounded. The fourth
-    element is True for the last window.
-    """
-    if chunk < 1:
-        raise InvalidInputError(f"chunk size must be >= 1 frame, got {chunk}")
-    it = iter(stream)
-    parts: list[np.ndarray] = []
-    buf: np.ndarray | None = None
-    buf_start = received = done = 0
-    size = first_chunk or chunk
-    while done < total:
-        b = min(total, done + size)
-        need = min(total, b + right)
-        while received < need:
-            try:
-                block = next(it)
-            except StopIteration:
-                raise RuntimeError(f"frame stream ended after {received} of {total} frames") from None
-            parts.append(block)
-            received += block.shape[0]
-        if parts:
-            buf = np.concatenate(([buf] if buf is not None else []) + parts)
-            parts = []
-        assert buf is not None
-        ws = max(0, done - left)
-        yield buf[ws - buf_start:need - buf_start], done - ws, b - ws, b == total
-        done = b
-        size = chunk
-        drop = max(0, done - left) - buf_start
-        if drop > 0:
-            buf = buf[drop:]
-            buf_start += drop
+    def decode_step(self, token: CancelToken | None = None) -> np.ndarray:
+        """One decoder step: its valid frames, f32 [n, num_mels] with n <= r."""
+        plan, i = self.plan, self._step_index
+        m = plan.num_steps
+        if i >= m:
+            raise RuntimeError(f"decoder stepped past the sentence's {m} steps")
+        layers, heads, dh, wh, wx = self._layers, self._heads, self._dh, self._wh, self._wx
+        need = min(m, i + wh)
+        if self._buf_start + self._mem_k.shape[2] < need:
+            lo = self._buf_start + self._mem_k.shape[2]
+            hi = min(m, max(need, lo + self.kv_block))
+            res = self.am.sessions["memory_kv"].run({"memory": plan.memory[None, lo:hi]}, validate=lo == 0, token=token)
+            drop = i - self._buf_start
+            self._mem_k = np.concatenate([self._mem_k[:, :, drop:], res["mem_k"]], axis=2)
+            self._mem_v = np.concatenate([self._mem_v[:, :, drop:], res["mem_v"]], axis=2)
+            self._buf_start = i
+        off = i - self._buf_start
+        h_k = self._mem_k[:, :, off:off + wh]
+        h_v = self._mem_v[:, :, off:off + wh]
+        h_bias = np.zeros(wh, np.float32)
+        if h_k.shape[2] < wh:  # the memory ends inside the look-ahead window
+            short = wh - h_k.shape[2]
+            pad = np.zeros((layers, heads, short, dh), np.float32)
+            h_k = np.concatenate([h_k, pad], axis=2)
+            h_v = np.concatenate([h_v, pad], axis=2)
+            h_bias[wh - short:] = MASK_VALUE
+        x_bias = np.zeros(wx + 1, np.float32)
+        x_bias[:max(wx - self._xb, wx - i)] = MASK_VALUE
+        feeds = {"prev": self._prev, "memory_i": plan.memory[None, i:i + 1], "x_k": self._x_k, "x_v": self._x_v,
+                 "x_bias": x_bias, "h_k": np.ascontiguousarray(h_k), "h_v": np.ascontiguousarray(h_v),
+                 "h_bias": h_bias}
+        dec = self.am.sessions["decoder_step"]
+        if i == 0 and not self._on_gpu:
+            dec.check_inputs(feeds)
+        res = dec.run_keep(feeds, self._keep, token)
+        frames = res["frames"].reshape(self.r, self.n_mels)
+        self._x_k, self._x_v = res["x_k_out"], res["x_v_out"]
+        self._prev = frames[-1:][None]
+        self._step_index += 1
+        take = max(0, min(self.r, plan.valid_frames - self._decoded))
+        self._decoded += take
+        return frames[:take]

@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, BundleError, InvalidInputError
+from ..errors import (
+    BackendClosedError,
+    BackendUnavailableError,
+    BundleError,
+    InvalidInputError,
+    StreamCancelledError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,47 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return max(1, os.cpu_count() or 1)
+
+
+class CancelToken:
+    """Stops one stream's graph calls: checked before each call, and a call already running is told
+    to stop (ONNX Runtime's ``RunOptions.terminate``, read between nodes), so a cancelled stream's
+    worker is free within one graph node rather than one whole graph call."""
+
+    def __init__(self) -> None:
+        # Re-entrant: a Stream's finalizer cancels its token from whatever thread the garbage
+        # collector runs in, possibly one inside ``running`` on this very token.
+        self._lock = threading.RLock()
+        self._cancelled = False
+        self._running: set[Any] = set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            running = list(self._running)
+        for run_options in running:
+            run_options.terminate = True
+
+    def check(self) -> None:
+        if self._cancelled:
+            raise StreamCancelledError("stream cancelled")
+
+    @contextmanager
+    def running(self, run_options: Any) -> Iterator[None]:
+        """Register a call's run options for the duration of the call."""
+        with self._lock:
+            if self._cancelled:
+                raise StreamCancelledError("stream cancelled")
+            self._running.add(run_options)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running.discard(run_options)
 
 
 @dataclass(frozen=True)
@@ -59,7 +108,13 @@ class BackendOptions:
 
 
 class Backend(ABC):
-    """Runs one graph. Subclasses implement ``_open``, ``_run`` and ``_close``."""
+    """Runs one graph. Subclasses implement ``_open``, ``_run`` and ``_close``.
+
+    Lifecycle: new -> open (``open()``, or the first ``run()``) -> closed. A closed backend refuses
+    ``open()`` and ``run()`` with :class:`BackendClosedError` instead of silently reopening (a
+    service that closed its sessions must not find them back half-loaded). ``run`` may be called
+    from several threads at once on an open backend (ONNX Runtime sessions allow it).
+    """
 
     kind = "abstract"
 
@@ -68,19 +123,26 @@ class Backend(ABC):
         self.options = options or BackendOptions()
         self._inputs: dict[str, InputMeta] = {}
         self._output_names: list[str] = []
-        self._open_flag = False
+        self._state = "new"
 
     # -- lifecycle ------------------------------------------------------------------------------
     def open(self) -> Backend:
-        if not self._open_flag:
-            self._inputs, self._output_names = self._open()
-            self._open_flag = True
+        if self._state == "open":
+            return self
+        if self._state == "closed":
+            raise BackendClosedError(f"{self.path.name}: backend was closed; create a new one (or a new Synthesizer)")
+        self._inputs, self._output_names = self._open()
+        self._state = "open"
         return self
 
     def close(self) -> None:
-        if self._open_flag:
+        if self._state == "open":
             self._close()
-            self._open_flag = False
+        self._state = "closed"
+
+    @property
+    def is_open(self) -> bool:
+        return self._state == "open"
 
     def __enter__(self) -> Backend:
         return self.open()
@@ -120,25 +182,28 @@ class Backend(ABC):
                 if isinstance(want, int) and want != got:
                     raise InvalidInputError(f"{self.path.name}: input '{name}' axis {i} is {got}, expected {want}")
 
-    def run(self, feeds: Mapping[str, np.ndarray], validate: bool = True) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], validate: bool = True,
+            token: CancelToken | None = None) -> dict[str, np.ndarray]:
         """Run the graph on numpy inputs; returns outputs by name. ``validate=False`` for hot loops
-        whose inputs were validated once (the decoder's per-step state)."""
+        whose inputs were validated once (the decoder's per-step state). With ``token``, a cancelled
+        stream's call raises :class:`StreamCancelledError` (before it starts, or while it runs)."""
         self.open()
         if validate:
             self.check_inputs(feeds)
-        return self._run(feeds)
+        return self._run(feeds, token)
 
-    def run_keep(self, feeds: Mapping[str, Any], keep: frozenset[str] = frozenset()) -> dict[str, Any]:
+    def run_keep(self, feeds: Mapping[str, Any], keep: frozenset[str] = frozenset(),
+                 token: CancelToken | None = None) -> dict[str, Any]:
         """Like ``run`` without validation, but outputs named in ``keep`` may stay on the device (an
         opaque value to feed back as an input next time). Host backends return numpy for everything."""
         self.open()
-        return self._run(feeds)
+        return self._run(feeds, token)
 
     @abstractmethod
     def _open(self) -> tuple[dict[str, InputMeta], list[str]]: ...
 
     @abstractmethod
-    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def _run(self, feeds: Mapping[str, np.ndarray], token: CancelToken | None) -> dict[str, np.ndarray]: ...
 
     def _close(self) -> None:  # noqa: B027 - optional hook
         pass
@@ -148,6 +213,30 @@ def _ort() -> Any:
     import onnxruntime as ort
 
     return ort
+
+
+def session_error_message(path: Path, error: BaseException) -> str:
+    """What went wrong when ONNX Runtime could not create a session, and the fix, from its message.
+
+    ORT raises one generic Fail/InvalidGraph type for everything; its text tells a too-new opset or IR
+    version, missing CUDA libraries and exhausted memory apart from a damaged file.
+    """
+    text = str(error)
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    low = text.lower()
+    ort_version = getattr(_ort(), "__version__", "?")
+    if "opset" in low or "ir version" in low or "is under development" in low:
+        return (f"{path} needs a newer ONNX Runtime than the installed {ort_version} ({first}); upgrade it "
+                "(pip install -U onnxruntime) or re-export the bundle with a lower --opset")
+    if any(k in low for k in ("libcudnn", "libcublas", "libcudart", "libcufft", "cuda_", "cudaerror",
+                              "cannot open shared object", "cuda driver", "no cuda-capable")):
+        return (f"{path}: the CUDA execution provider could not start ({first}); install the CUDA/cuDNN "
+                "libraries onnxruntime-gpu needs (pip install 'onnxruntime-gpu[cuda,cudnn]') or use --backend cpu")
+    if "bad_alloc" in low or "out of memory" in low or "failed to allocate" in low:
+        return f"{path}: out of memory while loading the graph ({first}); free memory or load fewer voices"
+    if "protobuf" in low or "no graph" in low or "invalid model" in low or "load model" in low:
+        return f"{path} is not a readable ONNX graph ({first}); the file is damaged: re-export the bundle"
+    return f"{path} cannot be loaded by ONNX Runtime {ort_version} ({first}); re-export the bundle"
 
 
 class OrtBackend(Backend):
@@ -183,14 +272,26 @@ class OrtBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(self.path), self.session_options(), providers=self.providers())
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-            raise BundleError(f"{self.path} cannot be loaded by ONNX Runtime ({str(e).splitlines()[0]}); "
-                              "the file is corrupted or from an incompatible export: re-export it") from None
+            message = session_error_message(self.path, e)
+            if "CUDA execution provider" in message:
+                raise BackendUnavailableError(message) from None
+            raise BundleError(message) from None
         inputs = {i.name: InputMeta(i.name, _ORT_TO_NUMPY.get(i.type, np.float32), tuple(i.shape))
                   for i in self.session.get_inputs()}
         return inputs, [o.name for o in self.session.get_outputs()]
 
-    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self.session.run(self._output_names, dict(feeds))
+    def _run(self, feeds: Mapping[str, np.ndarray], token: CancelToken | None) -> dict[str, np.ndarray]:
+        if token is None:
+            outs = self.session.run(self._output_names, dict(feeds))
+        else:
+            run_options = _ort().RunOptions()
+            with token.running(run_options):
+                try:
+                    outs = self.session.run(self._output_names, dict(feeds), run_options)
+                except Exception:
+                    if token.cancelled:  # ORT's "terminate flag" failure: the stream was cancelled
+                        raise StreamCancelledError("stream cancelled") from None
+                    raise
         return dict(zip(self._output_names, outs, strict=True))
 
     def _close(self) -> None:
@@ -212,10 +313,13 @@ class OrtCudaBackend(OrtBackend):
     def to_device(self, a: np.ndarray) -> Any:
         return _ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), "cuda", self.options.device_id)
 
-    def run_keep(self, feeds: Mapping[str, Any], keep: frozenset[str] = frozenset()) -> dict[str, Any]:
+    def run_keep(self, feeds: Mapping[str, Any], keep: frozenset[str] = frozenset(),
+                 token: CancelToken | None = None) -> dict[str, Any]:
         """I/O binding: inputs that are OrtValues on the GPU are bound in place, outputs in ``keep`` stay
         on the GPU, so the decoder's key/value window never crosses PCIe between steps."""
         self.open()
+        if token is not None:
+            token.check()
         ort = _ort()
         binding = self.session.io_binding()
         for name, v in feeds.items():

@@ -1,7 +1,8 @@
 """One-shot pipeline (what the parity gate runs): encoded units -> mel -> waveform, whole sentence.
 
-It is the streaming machinery with chunks as large as the sentence, so the gate checks the same code
-the streaming runtime uses.
+It is the streaming machinery with chunks as large as the sentence (the same
+:class:`~.acoustic.SentenceAcoustic` state the streams advance), so the gate checks the code the
+streaming runtime uses.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class OneShot:
         if total == 0:
             return OneShotResult(np.zeros((0, n_mels), np.float32), np.zeros(0, np.float32), plan.reps,
                                  plan.durations, plan.band)
-        mel = np.concatenate(list(self.am.postnet(self.am.decode(plan), total, chunk=total)))
+        sentence = self.am.sentence(plan, postnet_chunk=total)
+        mel = sentence.next_block()
         audio = self.voc(mel)
         return OneShotResult(mel, audio, plan.reps, plan.durations, plan.band)

@@ -1,33 +1,49 @@
-"""Sinks over a stream of :class:`~.synthesizer.AudioChunk`: a WAV file written as chunks arrive, raw
+"""Sinks over a stream of :class:`~.stream.AudioChunk`: a WAV file written as chunks arrive, raw
 PCM16 to a binary stream (stdout), or a callback."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import InvalidInputError
-from .synthesizer import AudioChunk
+from .stream import AudioChunk
 
 
 def write_wav(chunks: Iterable[AudioChunk], path: str | Path, sample_rate: int) -> int:
-    """Stream chunks into a PCM16 WAV file (the header is finalized on close). Returns samples written."""
+    """Stream chunks into a PCM16 WAV file. Returns samples written.
+
+    Written to a temporary file beside ``path`` and moved into place when complete, so a failed or
+    interrupted synthesis never leaves a truncated file or destroys the one that was there.
+    """
     import soundfile as sf
 
     p = Path(path)
-    if p.parent and not p.parent.exists():
-        raise InvalidInputError(f"output folder {p.parent} does not exist")
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise InvalidInputError(f"output folder {folder} does not exist; create it or choose another -o path")
+    if p.is_dir():
+        raise InvalidInputError(f"output {p} is a directory; give a .wav file path")
     n = 0
     try:
-        f = sf.SoundFile(str(p), "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format="WAV")
+        # Not mkstemp: its 0600 mode would end up on the user's file; a random name is as safe here.
+        tmp = str(folder / f".{p.name}.{secrets.token_hex(6)}.part")
+        f = sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format="WAV")
     except (RuntimeError, OSError) as e:
         raise InvalidInputError(f"cannot write {p}: {e}") from None
-    with f:
-        for c in chunks:
-            f.write(c.int16())
-            n += len(c.samples)
+    try:
+        with f:
+            for c in chunks:
+                f.write(c.int16())
+                n += len(c.samples)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return n
 
 

@@ -1,209 +1,216 @@
-"""The embeddable API: text or symbol lines in, a generator of :class:`AudioChunk` out.
+"""The embeddable API: one :class:`Synthesizer` per bundle, shared by any number of threads and streams.
 
-Layers: sentences (front end, or symbol lines split at prosodic breaks when longer than
-``max_units``) -> :class:`~.acoustic.AcousticModel` (decoder steps -> postnet chunks) ->
-:class:`~.vocoder.Vocoder` (context-window chunks) -> chunks yielded as soon as each is ready.
-Nothing is normalized per chunk: the concatenated stream equals the one-shot output.
+Concurrency model:
+
+* A Synthesizer loads each voice once (its ONNX sessions and its front end), under a lock, on first
+  use or eagerly with :meth:`Synthesizer.load`; sessions are shared by all streams.
+* ``threads`` (default: the CPUs this process may use) is the CPU budget of the whole Synthesizer:
+  that many worker threads, each running one single-threaded graph call at a time, serve every
+  stream. Concurrent streams share the budget instead of multiplying threads; the most urgent work
+  (earliest audio deadline) runs first, so a new stream's first audio is not stuck behind streams
+  that are already ahead of real time. On a GPU, ``gpu_streams`` workers feed the device.
+* Every call gets its own :class:`~.stream.Stream` (an iterator of :class:`AudioChunk` with its
+  ``info`` and ``cancel()``); per-call options are an immutable :class:`SpeechOptions`. Nothing
+  about a call is stored on the Synthesizer.
+* ``close()`` ends running streams with :class:`SynthesizerClosedError`, stops the workers and
+  closes the sessions; a closed Synthesizer refuses new streams.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
+import math
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError
-from ..frontend import split_units
-from ..symbols import SPECIALS, encode_symbols
+from ..errors import BackendUnavailableError, InvalidInputError, SynthesizerClosedError
+from ..symbols import Unit, parse_units
 from .acoustic import AcousticModel
 from .backends import BackendOptions, available_cpus, select_backend
 from .manifest import Manifest, VoiceManifest, read_manifest
+from .scheduler import Scheduler
+from .stream import AudioChunk, Stream, StreamInfo, StreamPlan, StreamState, UnitSource, read_input
 from .vocoder import Vocoder
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+
+__all__ = ["AudioChunk", "SpeechOptions", "Stream", "StreamInfo", "StreamOptions", "Synthesizer"]
+
+SPEED_RANGE = (0.25, 4.0)
+
 
 @dataclass(frozen=True)
-class AudioChunk:
-    """A piece of the stream. ``samples`` float32 mono in (-1, 1)."""
+class StreamOptions:
+    """Chunking of every stream of a Synthesizer. Defaults measured by ``scripts/benchmark.py`` (README)."""
 
-    samples: np.ndarray
-    sample_rate: int
-    sentence: int  # index of the sentence this chunk belongs to
-    offset: int  # first sample's index in the whole stream
-    sentence_offset: int  # first sample's index inside its sentence
-    final: bool  # last chunk of its sentence
+    postnet_chunk: int = 48  # mel frames per postnet chunk (one acoustic task)
+    vocoder_chunk: int = 256  # mel frames per vocoder window (context overhead 35/256 for the causal one)
+    first_chunk: int = 24  # first vocoder window of each sentence: smaller, for first-audio latency
+    max_units: int | None = 300  # split longer sentences at prosodic breaks; None: never split
+    kv_block: int = 64  # decoder memory keys/values computed this many steps at a time
+    max_ahead: int | None = None  # windows a stream may have waiting/running/unconsumed; None: budget + 2
+
+    def __post_init__(self) -> None:
+        for name in ("postnet_chunk", "vocoder_chunk", "first_chunk", "kv_block", "max_ahead"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise InvalidInputError(f"StreamOptions.{name} must be an integer >= 1, got {value!r}")
+        if self.max_units is not None and (not isinstance(self.max_units, int) or self.max_units < 2):
+            raise InvalidInputError(f"StreamOptions.max_units must be an integer >= 2 or None (never split), "
+                                    f"got {self.max_units!r}")
+
+
+@dataclass(frozen=True)
+class SpeechOptions:
+    """Per-call options of :meth:`Synthesizer.stream`. ``emotion`` and ``speaker`` names are matched
+    case-insensitively against the voice (``happy`` or ``emotion_happy``); ``speed`` 2.0 speaks twice
+    as fast; ``lexicon`` is a user lexicon file for the front end (see README)."""
+
+    voice: str | None = None
+    emotion: str | None = None
+    speaker: str | None = None
+    speed: float = 1.0
+    lexicon: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        lo, hi = SPEED_RANGE
+        if isinstance(self.speed, bool) or not isinstance(self.speed, int | float) or not math.isfinite(self.speed) \
+                or not lo <= self.speed <= hi:
+            raise InvalidInputError(f"speed must be a number from {lo} to {hi}, got {self.speed!r}")
+        for name in ("voice", "emotion", "speaker"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise InvalidInputError(f"{name} must be a string, got {type(value).__name__}")
+
+
+@dataclass
+class _Voice:
+    manifest: VoiceManifest
+    am: AcousticModel
+    voc: Vocoder
+    am_backend: str
+    voc_backend: str
+    frontends: dict[str, Any] = field(default_factory=dict)  # lexicon path ('' = none) -> FrontEnd
+
+
+class SymbolLines:
+    """ttsfrd symbol lines fed in pieces (a file or stdin) -> sentences of typed units. Thread contract
+    as the front end's SentenceReader: ``feed``/``finish`` from one thread, ``next_sentence`` from another."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buf = ""
+        self._lines: list[tuple[int, str]] = []
+        self._next_line = 1
+        self._finished = False
+        self._pending = 0
+
+    def feed(self, piece: str) -> None:
+        with self._lock:
+            self._buf += piece
+            *complete, self._buf = self._buf.split("\n")
+            self._add(complete)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._add([self._buf])
+            self._buf = ""
+            self._finished = True
+
+    def _add(self, lines: list[str]) -> None:
+        for line in lines:
+            if line.strip():
+                self._lines.append((self._next_line, line))
+                self._pending += len(line)
+            self._next_line += 1
+
+    def next_sentence(self) -> list[Unit] | None:
+        with self._lock:
+            if not self._lines:
+                return None
+            n, line = self._lines.pop(0)
+            self._pending -= len(line)
+        try:
+            return parse_units(line)
+        except InvalidInputError as e:
+            raise InvalidInputError(f"symbol line {n}: {e}") from None
 
     @property
-    def duration(self) -> float:
-        return len(self.samples) / self.sample_rate
+    def done(self) -> bool:
+        with self._lock:
+            return self._finished and not self._lines
 
-    def int16(self) -> np.ndarray:
-        """PCM16 the way ModelScope converts (x * 32768, cast), clipped so +1.0 cannot wrap."""
-        return np.clip(self.samples * 32768.0, -32768, 32767).astype(np.int16)
-
-
-@dataclass
-class StreamOptions:
-    """Chunking and synthesis options. Defaults measured by ``scripts/benchmark.py`` (README)."""
-
-    postnet_chunk: int = 48  # mel frames per postnet chunk
-    vocoder_chunk: int = 256  # mel frames per vocoder chunk (context overhead 35/256 for the causal one)
-    first_chunk: int = 24  # first vocoder chunk of each sentence: smaller, for first-audio latency
-    pipelined: bool = True  # acoustic model in a worker thread, overlapping the vocoder
-    max_units: int | None = 300  # split longer symbol lines at prosodic breaks; None: never split
-    kv_block: int = 64  # decoder memory keys/values computed this many steps at a time
-    vocoder_workers: int | None = None  # vocoder windows run at once; None: 2 on a multi-core CPU, else 1
-    duration_scale: float = 1.0  # > 1 slower speech, < 1 faster
-
-    def validate(self) -> None:
-        for name in ("postnet_chunk", "vocoder_chunk", "first_chunk", "kv_block", "vocoder_workers"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_units is not None and self.max_units < 2:
-            raise InvalidInputError(f"max_units must be >= 2 or None (no splitting), got {self.max_units}")
-        if not self.duration_scale > 0:
-            raise InvalidInputError(f"duration_scale must be > 0, got {self.duration_scale}")
-
-
-@dataclass
-class StreamStats:
-    """Filled while a stream runs (read it after the generator is exhausted)."""
-
-    sentences: int = 0
-    units: int = 0
-    frames: int = 0
-    samples: int = 0
-    first_audio_s: float | None = None
-    total_s: float = 0.0
-
-
-def _in_thread(it: Iterator[T], depth: int = 8) -> Iterator[T]:
-    """Run a producer iterator in a worker thread with a bounded queue (memory stays bounded).
-
-    ONNX Runtime releases the GIL while a graph runs, so the acoustic model's single-threaded
-    step loop overlaps the vocoder's windows.
-    """
-    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(kind: str, val: object) -> bool:
-        """Wait for room, unless the consumer has gone (then never block: the thread must end)."""
-        while not stop.is_set():
-            try:
-                q.put((kind, val), timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in it:
-                if not put("item", item):
-                    return
-            put("done", None)
-        except BaseException as e:  # handed to the consumer, raised there
-            put("error", e)
-
-    t = threading.Thread(target=work, name="sambert-acoustic", daemon=True)
-    t.start()
-    try:
-        while True:
-            kind, val = q.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                assert isinstance(val, BaseException)
-                raise val
-            yield val
-    finally:
-        stop.set()
-        # A generator left in a reference cycle (an exception's traceback holds its frame) is
-        # finalized by the garbage collector in whichever thread runs it, the worker included.
-        if threading.current_thread() is not t:
-            t.join(timeout=5)
-
-
-@dataclass(frozen=True)
-class _SentenceStart:
-    """Marks where a sentence's mel blocks begin in the acoustic model's output stream."""
-
-    index: int
-    frames: int
-
-
-def _take_frames(items: Iterator[_SentenceStart | np.ndarray], total: int) -> Iterator[np.ndarray]:
-    """The next ``total`` frames of mel blocks from a stream shared by all sentences."""
-    got = 0
-    while got < total:
-        block = next(items, None)
-        if not isinstance(block, np.ndarray):
-            raise RuntimeError(f"acoustic stream ended after {got} of {total} frames of a sentence")
-        got += block.shape[0]
-        yield block
-
-
-def _normalize_name(value: str, prefix: str) -> str:
-    return value if value.startswith(prefix) else prefix + value
+    @property
+    def pending_chars(self) -> int:
+        with self._lock:
+            return self._pending + len(self._buf)
 
 
 class Synthesizer:
-    """Streams speech from an exported bundle.
+    """Streams speech from an exported bundle; safe to share between threads.
 
-    ``backend``: ``auto`` (best present, fallbacks logged), ``cuda`` or ``cpu``; ``strict`` raises
-    :class:`BackendUnavailableError` instead of falling back. ``am_backend``/``voc_backend`` place the
-    stages separately (e.g. the acoustic model on the GPU, the vocoder on the CPU for small GPUs).
+    ``backend``: ``auto`` (best present; a provider that is listed but cannot open a session falls
+    back, logged), ``cuda`` or ``cpu``; ``strict`` raises :class:`BackendUnavailableError` instead
+    of falling back. ``am_backend``/``voc_backend`` place the stages separately (e.g. the acoustic
+    model on the GPU, the vocoder on the CPU for small GPUs). ``threads``: the CPU budget shared by
+    all streams (0: every CPU this process may use). ``gpu_streams``: graph calls in flight on a GPU.
     """
 
     def __init__(self, bundle: str | Path | Manifest, voice: str | None = None, backend: str = "auto",
                  strict: bool = False, threads: int = 0, options: StreamOptions | None = None,
-                 am_backend: str | None = None, voc_backend: str | None = None):
+                 am_backend: str | None = None, voc_backend: str | None = None, gpu_streams: int = 2):
         self.manifest = bundle if isinstance(bundle, Manifest) else read_manifest(bundle)
+        if options is not None and not isinstance(options, StreamOptions):
+            raise InvalidInputError(f"options must be a StreamOptions, got {type(options).__name__}")
         self.options = options or StreamOptions()
-        self.options.validate()
-        self.backend_options = BackendOptions(threads=threads)
+        if threads < 0 or gpu_streams < 1:
+            raise InvalidInputError(f"threads must be >= 0 (0: all CPUs) and gpu_streams >= 1, got {threads}, "
+                                    f"{gpu_streams}")
+        self.cpu_budget = threads or available_cpus()
+        self.strict = strict
         chosen = select_backend(backend, strict) if not (am_backend and voc_backend) else "cpu"
         self.am_backend = select_backend(am_backend, strict) if am_backend else chosen
         self.voc_backend = select_backend(voc_backend, strict) if voc_backend else chosen
-        log.info("backends: acoustic model on %s, vocoder on %s", self.am_backend, self.voc_backend)
-        self.vocoder_workers, self.vocoder_options = self._vocoder_threads(threads)
         self.default_voice = self.manifest.voice(voice).name
-        self._models: dict[str, tuple[AcousticModel, Vocoder]] = {}
-        self._frontend: Any = None  # FrontEnd, imported lazily (jieba loads its dictionary on first use)
-        self.last_stats = StreamStats()
-
-    def _vocoder_threads(self, threads: int) -> tuple[int, BackendOptions]:
-        """How many vocoder windows run at once, and the vocoder session's intra-op pool size.
-
-        ``threads`` (0: every CPU this process may use) is the CPU budget. The acoustic model takes
-        one thread (its worker). Windows running at once on one ORT session share its intra-op pool,
-        each calling thread joining in, so W windows with a pool of T threads keep T - 1 + W threads
-        busy: T = budget - W (at least 1) fills the budget. Two windows at once is the measured
-        default on 2 cores (1200 units: RTF 0.188 -> 0.135, README); on a GPU the vocoder runs one
-        window at a time.
-        """
-        budget = threads or available_cpus()
-        workers = self.options.vocoder_workers
-        if workers is None:
-            workers = 2 if self.voc_backend == "cpu" and budget >= 2 else 1
-        if self.voc_backend == "cpu":
-            threads = max(1, budget - workers)
-        return workers, replace(self.backend_options, threads=threads)
+        # Each graph call on the CPU is single-threaded: the budget is spent as calls running at once
+        # (windows of one stream, and other streams), which uses cores better than intra-op threads
+        # on these small convolutions (2 intra-op threads run a 291-frame window only 1.31x faster).
+        self.backend_options = BackendOptions(threads=1)
+        self._scheduler = Scheduler({"cpu": self.cpu_budget, "cuda": gpu_streams})
+        self._voices: dict[str, _Voice] = {}
+        self._load_lock = threading.Lock()
+        self._closed = False
+        self._order = 0
+        log.info("backends requested: acoustic model on %s, vocoder on %s; CPU budget %d thread(s)",
+                 self.am_backend, self.voc_backend, self.cpu_budget)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
-        for am, voc in self._models.values():
-            am.close()
-            voc.close()
-        self._models.clear()
+        """End running streams (they raise :class:`SynthesizerClosedError`), stop the workers, close
+        the sessions. Waits at most for the graph calls running now, which are told to stop."""
+        with self._scheduler.lock:
+            if self._closed:
+                return
+            self._closed = True
+            states = [c for c in self._scheduler.clients() if isinstance(c, StreamState)]
+        for st in states:
+            st.cancel(SynthesizerClosedError("the Synthesizer was closed while this stream was running"))
+        self._scheduler.close()
+        with self._load_lock:
+            for v in self._voices.values():
+                v.am.close()
+                v.voc.close()
+            self._voices.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def __enter__(self) -> Synthesizer:
         return self
@@ -218,143 +225,162 @@ class Synthesizer:
     def voices(self) -> list[str]:
         return list(self.manifest.voices)
 
-    def _voice(self, name: str | None) -> VoiceManifest:
+    def backends(self) -> dict[str, tuple[str, str]]:
+        """Per loaded voice, the backends its sessions actually opened on: (acoustic model, vocoder)."""
+        with self._load_lock:
+            return {name: (v.am_backend, v.voc_backend) for name, v in self._voices.items()}
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SynthesizerClosedError("this Synthesizer is closed; create a new one")
+
+    def _voice_manifest(self, name: str | None) -> VoiceManifest:
         key = name or self.default_voice
         if key not in self.manifest.voices:
             raise InvalidInputError(f"unknown voice '{key}'; valid voices: {', '.join(self.manifest.voices)}")
         return self.manifest.voices[key]
 
-    def _models_for(self, vm: VoiceManifest) -> tuple[AcousticModel, Vocoder]:
-        if vm.name not in self._models:
-            self._models[vm.name] = (AcousticModel(self.manifest, vm, self.am_backend, self.backend_options),
-                                     Vocoder(self.manifest, vm, self.voc_backend, self.vocoder_options))
-        return self._models[vm.name]
+    # -- loading (once per voice, under a lock) ---------------------------------------------------
+    def _voice(self, name: str | None) -> _Voice:
+        vm = self._voice_manifest(name)
+        v = self._voices.get(vm.name)
+        if v is not None:
+            return v
+        with self._load_lock:
+            self._check_open()
+            if vm.name not in self._voices:  # another thread may have loaded it while we waited
+                self._voices[vm.name] = self._open_voice(vm)
+            return self._voices[vm.name]
 
-    # -- input ----------------------------------------------------------------------------------
-    def _check_emotion(self, vm: VoiceManifest, emotion: str | None) -> str | None:
-        if emotion is None:
-            return None
-        name = _normalize_name(emotion, "emotion_")
-        if name not in vm.emotions:
-            valid = ", ".join(e.removeprefix("emotion_") for e in vm.emotions)
-            raise InvalidInputError(f"unknown emotion '{emotion}' for voice '{vm.name}'; valid emotions: {valid}")
-        return name
+    def _open_voice(self, vm: VoiceManifest) -> _Voice:
+        am_kind, voc_kind = self.am_backend, self.voc_backend
+        while True:
+            am = voc = None
+            try:
+                am = AcousticModel(self.manifest, vm, am_kind, self.backend_options)
+                voc = Vocoder(self.manifest, vm, voc_kind, self.backend_options)
+                log.info("voice %s: acoustic model on %s, vocoder on %s", vm.name, am_kind, voc_kind)
+                return _Voice(vm, am, voc, am_kind, voc_kind)
+            except BackendUnavailableError as e:
+                if am is not None:
+                    am.close()
+                if self.strict or (am_kind == "cpu" and voc_kind == "cpu"):
+                    raise
+                # A provider can be listed (onnxruntime-gpu installed) and still fail to open a
+                # session (no driver, missing CUDA libraries): fall back for good, and say why.
+                log.warning("voice %s: %s; falling back to the CPU", vm.name, e)
+                am_kind = voc_kind = "cpu"
+                self.am_backend = self.voc_backend = "cpu"
 
-    def _check_speaker(self, vm: VoiceManifest, speaker: str | None) -> str | None:
-        if speaker is not None and speaker not in vm.speakers:
-            raise InvalidInputError(f"unknown speaker '{speaker}' for voice '{vm.name}'; valid speakers: "
-                                    f"{', '.join(vm.speakers)}")
-        return speaker
-
-    def symbol_lines(self, text: str | None, symbols: str | Iterable[str] | None, vm: VoiceManifest,
-                     emotion: str | None, speaker: str | None) -> list[str]:
-        """The sentences to synthesize, as ttsfrd symbol strings (``<n>\\t`` prefixes accepted and dropped)."""
-        if (text is None) == (symbols is None):
-            raise InvalidInputError("give exactly one of text or symbols")
-        if text is not None:
-            lines = self._front_end(vm).sentences(text, emotion=emotion, speaker=speaker)
-        else:
-            raw = symbols.splitlines() if isinstance(symbols, str) else list(symbols or [])
-            lines = []
-            for line in raw:
-                line = line.split("\t", 1)[1] if "\t" in line else line
-                if line.strip():
-                    lines.append(line.strip())
-            if emotion or speaker:
-                lines = [self._override(line, emotion, speaker) for line in lines]
-        if not lines:
-            raise InvalidInputError("nothing to synthesize: the input has no speakable text or symbol units")
-        return lines
-
-    @staticmethod
-    def _override(line: str, emotion: str | None, speaker: str | None) -> str:
-        out = []
-        for unit in line.split():
-            f = unit.strip("{}").split("$")
-            if len(f) == 6:
-                if emotion and f[4] not in ("emotion_none", *SPECIALS):
-                    f[4] = emotion
-                if speaker:
-                    f[5] = speaker
-                unit = "{" + "$".join(f) + "}"
-            out.append(unit)
-        return " ".join(out)
-
-    def _front_end(self, vm: VoiceManifest):  # noqa: ANN202 - frontend type imported lazily
+    def _front_end(self, voice: _Voice, lexicon: str | Path | None) -> Any:
         from ..frontend import FrontEnd, FrontEndOptions
 
-        if self._frontend is None:
-            self._frontend = FrontEnd(FrontEndOptions(speaker=vm.speakers[0], speakers=vm.speakers))
-        return self._frontend
+        key = str(Path(lexicon).resolve()) if lexicon else ""
+        fe = voice.frontends.get(key)
+        if fe is None:
+            with self._load_lock:
+                fe = voice.frontends.get(key)
+                if fe is None:
+                    vm = voice.manifest
+                    fe = FrontEnd(FrontEndOptions(speaker=vm.speakers[0], speakers=vm.speakers,
+                                                  lexicon_path=key or None))
+                    voice.frontends[key] = fe
+        return fe
 
     def load(self, voice: str | None = None, text: bool = True) -> float:
-        """Open the voice's sessions and, with ``text``, load the front end's dictionaries now rather
-        than inside the first stream (so its first-audio time is synthesis only). Returns seconds."""
+        """Open a voice's sessions (``'*'``: every voice) and, with ``text``, load the front end's
+        dictionaries now rather than inside the first stream. Returns seconds."""
+        self._check_open()
         t0 = time.perf_counter()
-        vm = self._voice(voice)
-        self._models_for(vm)
-        if text:
-            self._front_end(vm).sentences("你好。")  # Chinese text: jieba loads its dictionary on first cut
+        for name in (self.voices() if voice == "*" else [voice]):
+            v = self._voice(name)
+            if text:
+                self._front_end(v, None).sentences("你好。")  # jieba loads its dictionary on first cut
         return time.perf_counter() - t0
 
     # -- streaming ------------------------------------------------------------------------------
-    def stream(self, text: str | None = None, *, symbols: str | Iterable[str] | None = None, voice: str | None = None,
-               emotion: str | None = None, speaker: str | None = None) -> Iterator[AudioChunk]:
-        """Yield audio chunks as soon as each is ready. Input is validated before the first chunk."""
-        vm = self._voice(voice)
-        emotion = self._check_emotion(vm, emotion)
-        speaker = self._check_speaker(vm, speaker)
-        lines = self.symbol_lines(text, symbols, vm, emotion, speaker)
-        limit = self.options.max_units
-        pieces = [p for line in lines for p in (split_units(line.split(), limit) if limit else [line.split()])]
-        encoded = [encode_symbols(" ".join(p), vm.inventories) for p in pieces]  # all errors before any audio
-        return self._stream(vm, encoded)
+    def stream(self, text: str | Iterable[str] | None = None, *, symbols: str | Iterable[str] | None = None,
+               options: SpeechOptions | None = None, voice: str | None = None, emotion: str | None = None,
+               speaker: str | None = None, speed: float | None = None,
+               lexicon: str | Path | None = None) -> Stream:
+        """Start synthesizing; returns a :class:`Stream` of :class:`AudioChunk` at once.
 
-    def _stream(self, vm: VoiceManifest, encoded: list) -> Iterator[AudioChunk]:  # noqa: ANN001
-        am, voc = self._models_for(vm)
-        o = self.options
-        stats = StreamStats()
-        self.last_stats = stats
-        t0 = time.perf_counter()
-        # One producer for all sentences: in the worker thread the acoustic model goes on to the next
-        # sentence while the vocoder finishes this one's last windows (its queue bounds how far ahead).
-        items: Iterator[_SentenceStart | np.ndarray] = self._acoustic(am, encoded, stats)
-        if o.pipelined:
-            items = _in_thread(items)
-        offset = 0
-        for head in items:
-            assert isinstance(head, _SentenceStart)
-            s_off = 0
-            for audio, last in voc.stream(_take_frames(items, head.frames), head.frames, o.vocoder_chunk,
-                                          o.first_chunk, self.vocoder_workers):
-                yield self._chunk(audio, head.index, offset, s_off, last, stats, t0)
-                offset += len(audio)
-                s_off += len(audio)
-        stats.samples = offset
-        stats.total_s = time.perf_counter() - t0
+        ``text``: a string, or an iterable of text pieces (a file, stdin) read as the stream needs
+        them; sentences are spoken before the input ends. ``symbols``: ttsfrd symbol lines instead
+        (a string or an iterable of pieces). Keyword options override ``options``. Options, voice,
+        emotion and speaker are checked here; errors found in the text later (an unknown symbol on
+        line 5000) are raised by the iteration.
+        """
+        o = options or SpeechOptions()
+        overrides = {k: v for k, v in (("voice", voice), ("emotion", emotion), ("speaker", speaker), ("speed", speed),
+                                       ("lexicon", lexicon)) if v is not None}
+        if overrides:
+            o = replace(o, **overrides)
+        if (text is None) == (symbols is None):
+            raise InvalidInputError("give exactly one of text or symbols")
+        self._check_open()
+        v = self._voice(o.voice)
+        inv = v.manifest.inventories
+        emo = inv.resolve_emotion(o.emotion) if o.emotion is not None else None
+        spk = inv.resolve_speaker(o.speaker) if o.speaker is not None else None
+        source: UnitSource
+        if text is not None:
+            if isinstance(text, str) and not text.strip():
+                raise InvalidInputError("nothing to synthesize: the text is empty")
+            source = self._front_end(v, o.lexicon).reader(emotion=emo, speaker=spk)
+            given = text
+        else:
+            source = SymbolLines()
+            given = symbols
+            if isinstance(symbols, str):
+                _check_symbol_lines(symbols, inv, emo, spk)  # a string is all there: every error before any audio
+        opts = self.options
+        plan = StreamPlan(
+            voice=v.manifest.name, am=v.am, voc=v.voc, am_lane=_lane(v.am_backend), voc_lane=_lane(v.voc_backend),
+            sample_rate=self.sample_rate, hop=v.manifest.vocoder.hop, inventories=inv, emotion=emo, speaker=spk,
+            duration_scale=1.0 / float(o.speed), postnet_chunk=opts.postnet_chunk, vocoder_chunk=opts.vocoder_chunk,
+            first_chunk=opts.first_chunk, kv_block=opts.kv_block, max_units=opts.max_units,
+            max_ahead=opts.max_ahead or self.cpu_budget + 2, override_units=text is None)
+        state = StreamState(self._scheduler, plan, source, time.perf_counter())
+        reader = None
+        if isinstance(given, str):
+            source.feed(given)
+            source.finish()
+        else:
+            reader = threading.Thread(target=read_input, args=(state, given), daemon=True, name="sambert-input")
+        with self._scheduler.lock:
+            self._check_open()  # close() may have run while this call loaded the voice
+            self._order += 1
+            state.order = self._order
+            self._scheduler.add(state, tuple({plan.am_lane, plan.voc_lane}))
+        if reader is not None:
+            reader.start()
+        return Stream(state, reader)
 
-    def _acoustic(self, am: AcousticModel, encoded: list, stats: StreamStats  # noqa: ANN001
-                  ) -> Iterator[_SentenceStart | np.ndarray]:
-        """Each sentence as a :class:`_SentenceStart` followed by its mel blocks (postnet output)."""
-        o = self.options
-        for idx, units in enumerate(encoded):
-            plan = am.plan(units, duration_scale=o.duration_scale)
-            stats.sentences += 1
-            stats.units += units.num_units
-            stats.frames += plan.valid_frames
-            if plan.valid_frames == 0:
-                log.warning("sentence %d produced no frames (all durations round to 0)", idx)
-                continue
-            yield _SentenceStart(idx, plan.valid_frames)
-            yield from am.postnet(am.decode(plan, o.kv_block), plan.valid_frames, o.postnet_chunk)
-
-    def _chunk(self, samples: np.ndarray, idx: int, offset: int, s_off: int, final: bool, stats: StreamStats,
-               t0: float) -> AudioChunk:
-        if stats.first_audio_s is None:
-            stats.first_audio_s = time.perf_counter() - t0
-        return AudioChunk(np.ascontiguousarray(samples, np.float32), self.sample_rate, idx, offset, s_off, final)
-
-    def synthesize(self, text: str | None = None, **kw: object) -> np.ndarray:
+    def synthesize(self, text: str | Iterable[str] | None = None, **kw: Any) -> np.ndarray:
         """Whole audio (float32) of a stream, concatenated."""
-        chunks = [c.samples for c in self.stream(text, **kw)]  # type: ignore[arg-type]
+        with self.stream(text, **kw) as s:
+            chunks = [c.samples for c in s]
         return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+
+def _lane(backend: str) -> str:
+    return "cuda" if backend == "cuda" else "cpu"
+
+
+def _check_symbol_lines(symbols: str, inv: Any, emotion: str | None, speaker: str | None) -> None:
+    from ..symbols import encode_units, with_voice
+
+    found = False
+    for n, line in enumerate(symbols.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            units = parse_units(line)
+            if units:
+                encode_units(with_voice(units, emotion, speaker), inv)
+                found = True
+        except InvalidInputError as e:
+            raise InvalidInputError(f"symbol line {n}: {e}") from None
+    if not found:
+        raise InvalidInputError("nothing to synthesize: the input has no symbol units")
