@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 from sambert_deploy.cli import main
 from sambert_deploy.errors import BackendUnavailableError, BundleError, InvalidInputError
 from sambert_deploy.frontend import split_units
-from sambert_deploy.runtime.acoustic import context_windows
+from sambert_deploy.runtime.chunking import context_windows
 from sambert_deploy.runtime.backends import select_backend
 from sambert_deploy.runtime.manifest import read_manifest
 from sambert_deploy.runtime.pipeline import OneShot
 from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
+from sambert_deploy.symbols import parse_units
 
 from .conftest import REPO, TINY
 
@@ -64,10 +65,10 @@ def test_context_windows_reproduce_whole_sequence(total: int, chunk: int, first:
 
 # -- stream == one-shot ----------------------------------------------------------------------------
 
-# Vocoder windows run one at a time and several at once (the CPU default): the same samples either way.
-CHUNKS = [StreamOptions(postnet_chunk=1, vocoder_chunk=1, first_chunk=1, vocoder_workers=3),
-          StreamOptions(postnet_chunk=3, vocoder_chunk=4, first_chunk=2, vocoder_workers=1),
-          StreamOptions(postnet_chunk=3, vocoder_chunk=4, first_chunk=2, vocoder_workers=2),
+# Vocoder windows run one at a time (max_ahead 1) and several at once: the same samples either way.
+CHUNKS = [StreamOptions(postnet_chunk=1, vocoder_chunk=1, first_chunk=1, max_ahead=3),
+          StreamOptions(postnet_chunk=3, vocoder_chunk=4, first_chunk=2, max_ahead=1),
+          StreamOptions(postnet_chunk=3, vocoder_chunk=4, first_chunk=2, max_ahead=2),
           StreamOptions(postnet_chunk=7, vocoder_chunk=13, first_chunk=5),
           StreamOptions(),
           StreamOptions(postnet_chunk=10_000, vocoder_chunk=10_000, first_chunk=10_000)]
@@ -95,98 +96,63 @@ def test_stream_equals_one_shot(tiny_bundles: dict[str, Path], variant: str, n_u
             assert chunks[-1].final and sum(c.final for c in chunks) == 1
 
 
-def _vocoder_threads_alive() -> list[str]:
+def _workers_alive() -> list[str]:
     import threading
     import time
 
     for _ in range(100):  # threads wind down asynchronously; give them up to 5 s
-        alive = [t.name for t in threading.enumerate() if t.name.startswith(("sambert-vocoder", "sambert-acoustic"))]
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("sambert")]
         if not alive:
             return []
         time.sleep(0.05)
     return alive
 
 
-def test_parallel_vocoder_stops_cleanly(tiny_bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Windows run several at once: a consumer that stops early, and an error in a window, leave no
-    thread behind and the error reaches the caller."""
+def test_stream_stops_cleanly(tiny_bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A consumer that stops early, and an error in a window, end the stream's work; the error reaches
+    the caller; after close() no thread is left."""
     from sambert_deploy.runtime.vocoder import Vocoder
 
     sym = _units(40, 5)
-    opts = StreamOptions(vocoder_chunk=2, first_chunk=1, vocoder_workers=3)
+    opts = StreamOptions(vocoder_chunk=2, first_chunk=1, max_ahead=3)
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=opts) as syn:
         stream = syn.stream(symbols=sym)
         first = next(stream)
         assert first.samples.size and not first.final
         stream.close()
-        assert _vocoder_threads_alive() == []
+        assert stream.info.state == "cancelled" and list(stream) == []
 
         calls = {"n": 0}
-        real = Vocoder._run
+        real = Vocoder.window
 
-        def failing(self: Vocoder, mel: np.ndarray, validate: bool) -> np.ndarray:
+        def failing(self: Vocoder, *a: object, **kw: object) -> np.ndarray:
             calls["n"] += 1
             if calls["n"] == 4:
                 raise RuntimeError("window 4 failed")
-            return real(self, mel, validate)
+            return real(self, *a, **kw)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(Vocoder, "_run", failing)
+        monkeypatch.setattr(Vocoder, "window", failing)
+        stream = syn.stream(symbols=sym)
         with pytest.raises(RuntimeError, match="window 4 failed"):
-            list(syn.stream(symbols=sym))
-        assert _vocoder_threads_alive() == []
-
-
-def test_acoustic_worker_may_finalize_its_own_generator() -> None:
-    """The garbage collector can finalize the worker generator from inside its own thread (an
-    exception's traceback kept it in a cycle); that must not try to join the current thread."""
-    import threading
-
-    from sambert_deploy.runtime.synthesizer import _in_thread
-
-    seen: dict[str, object] = {}
-    suspended, done = threading.Event(), threading.Event()
-
-    def produce():  # noqa: ANN202
-        yield np.zeros(1)
-        suspended.wait(5)  # the consumer is out of the generator (suspended at its yield)
-        try:
-            seen["gen"].close()  # type: ignore[attr-defined]
-        except BaseException as e:  # noqa: BLE001 - recorded for the assert
-            seen["error"] = e
-        done.set()
-        yield np.ones(1)
-
-    gen = _in_thread(produce())
-    seen["gen"] = gen
-    assert next(gen).tolist() == [0.0]
-    suspended.set()
-    assert done.wait(5)
-    assert "error" not in seen, seen.get("error")
-
-
-@pytest.mark.parametrize(("threads", "workers", "want"), [
-    (1, None, (1, 1)), (2, None, (2, 1)), (8, None, (2, 6)), (4, 1, (1, 3)), (16, 4, (4, 12))])
-def test_vocoder_thread_budget(tiny_bundles: dict[str, Path], threads: int, workers: int | None,
-                               want: tuple[int, int]) -> None:
-    """``threads`` is the CPU budget: acoustic thread + W windows sharing one pool of T threads."""
-    syn = Synthesizer(tiny_bundles["causal"], backend="cpu", threads=threads,
-                      options=StreamOptions(vocoder_workers=workers))
-    assert (syn.vocoder_workers, syn.vocoder_options.threads) == want
+            list(stream)
+        assert stream.info.state == "failed" and list(stream) == []  # raised once, then ended
+    assert _workers_alive() == []
 
 
 @pytest.mark.parametrize("opts", [
     StreamOptions(),
-    StreamOptions(pipelined=False, vocoder_workers=1),
-    StreamOptions(postnet_chunk=2, vocoder_chunk=3, first_chunk=1, vocoder_workers=3)])
+    StreamOptions(max_ahead=1),
+    StreamOptions(postnet_chunk=2, vocoder_chunk=3, first_chunk=1, max_ahead=5)])
 def test_sentences_split_and_concatenate(tiny_bundles: dict[str, Path], opts: StreamOptions) -> None:
     """Sentences share one acoustic stream (the model runs ahead into the next sentence while the
     vocoder finishes this one); each sentence's audio still equals its own one-shot audio."""
     lines = [_units(12, 1), _units(1, 5), _units(20, 2), _units(7, 3)]
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=opts) as syn, \
             OneShot(tiny_bundles["causal"]) as rt:
-        chunks = list(syn.stream(symbols="\n".join(f"{i}\t{line}" for i, line in enumerate(lines))))
+        stream = syn.stream(symbols="\n".join(f"{i}\t{line}" for i, line in enumerate(lines)))
+        chunks = list(stream)
         refs = [rt.run(line).audio for line in lines]
-        assert syn.last_stats.sentences == 4 and syn.last_stats.samples == sum(len(r) for r in refs)
+        assert stream.info.sentences == 4 and stream.info.samples == sum(len(r) for r in refs)
     assert [c.sentence for c in chunks] == sorted(c.sentence for c in chunks)
     for i, ref in enumerate(refs):
         mine = [c for c in chunks if c.sentence == i]
@@ -195,46 +161,59 @@ def test_sentences_split_and_concatenate(tiny_bundles: dict[str, Path], opts: St
         got = np.concatenate([c.samples for c in mine])
         assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref, atol=1e-5)
-    assert _vocoder_threads_alive() == []
+    assert _workers_alive() == []
 
 
 def test_load_opens_sessions_and_front_end(tiny_bundles: dict[str, Path]) -> None:
     """``load`` does the one-time work up front, so a CLI's timings are synthesis only."""
     with Synthesizer(tiny_bundles["causal"], backend="cpu") as syn:
         assert syn.load(text=False) >= 0.0
-        assert list(syn._models) == [syn.default_voice] and syn._frontend is None
+        assert list(syn._voices) == [syn.default_voice] and not syn._voices[syn.default_voice].frontends
         syn.load()
-        assert syn._frontend is not None
+        assert list(syn._voices[syn.default_voice].frontends) == [""]
+        assert syn.backends() == {syn.default_voice: ("cpu", "cpu")}
         with pytest.raises(InvalidInputError, match="unknown voice 'nope'"):
             syn.load("nope")
 
 
-def test_sentence_without_frames_is_skipped(tiny_bundles: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
-    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=StreamOptions(duration_scale=1e-4)) as syn:
-        chunks = list(syn.stream(symbols="\n".join([_units(5, 1), _units(6, 2)])))
-        assert chunks == [] and syn.last_stats.sentences == 2 and syn.last_stats.frames == 0
+def test_sentence_without_frames_is_skipped(tiny_bundles: dict[str, Path], caplog: pytest.LogCaptureFixture,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from sambert_deploy.runtime.acoustic import AcousticModel
+
+    real = AcousticModel.plan
+
+    def tiny_durations(self: AcousticModel, units: object, durations: object = None, duration_scale: float = 1.0,
+                       token: object = None) -> object:
+        return real(self, units, durations, 1e-4, token)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AcousticModel, "plan", tiny_durations)
+    with Synthesizer(tiny_bundles["causal"], backend="cpu") as syn:
+        stream = syn.stream(symbols="\n".join([_units(5, 1), _units(6, 2)]))
+        assert list(stream) == [] and stream.info.sentences == 2 and stream.info.frames == 0
     assert "produced no frames" in caplog.text
 
 
 def test_split_units_at_breaks() -> None:
-    line = _units(100, 3).split()
+    line = parse_units(_units(100, 3))
     pieces = split_units(line, 30)
     flat = sum(pieces, [])
     assert len(flat) == len(line) and all(len(p) <= 30 for p in pieces)
     # Each piece ends at a break, which becomes the sentence end (#4) as ttsfrd writes it.
-    assert all(p[-1].startswith("{#4$") for p in pieces[:-1])
-    assert [u for u in flat if not u.startswith("{#")] == [u for u in line if not u.startswith("{#")]
+    assert all(p[-1].break_level == 4 for p in pieces[:-1])
+    assert [u for u in flat if not u.is_break] == [u for u in line if not u.is_break]
     assert split_units(line, 500) == [line]
 
 
 def test_long_input_is_split_by_default(tiny_bundles: dict[str, Path]) -> None:
     sym = _units(700, 4)
     with Synthesizer(tiny_bundles["causal"], backend="cpu") as syn:
-        n = sum(len(c.samples) for c in syn.stream(symbols=sym))
-        assert syn.last_stats.sentences >= 3 and n > 0
+        stream = syn.stream(symbols=sym)
+        n = sum(len(c.samples) for c in stream)
+        assert stream.info.sentences >= 3 and n > 0
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=StreamOptions(max_units=None)) as syn:
-        list(syn.stream(symbols=sym))
-        assert syn.last_stats.sentences == 1
+        stream = syn.stream(symbols=sym)
+        list(stream)
+        assert stream.info.sentences == 1
 
 
 def test_text_input_uses_front_end(tiny_bundles: dict[str, Path]) -> None:
@@ -261,12 +240,16 @@ def test_input_errors(tiny_bundles: dict[str, Path]) -> None:
         bad[3] = "{zz_c$tone1$s_begin$word_begin$emotion_neutral$F7}"
         with pytest.raises(InvalidInputError, match=r"unit 3 .*sy symbol 'zz_c'"):
             syn.stream(symbols=" ".join(bad))
-        with pytest.raises(InvalidInputError, match=r"unit 0 .*6"):
-            syn.stream(symbols="{a_c$tone1}")
-    with pytest.raises(InvalidInputError, match="vocoder_chunk must be >= 1"):
-        Synthesizer(tiny_bundles["causal"], options=StreamOptions(vocoder_chunk=0))
-    with pytest.raises(InvalidInputError, match="vocoder_workers must be >= 1"):
-        Synthesizer(tiny_bundles["causal"], options=StreamOptions(vocoder_workers=0))
+        with pytest.raises(InvalidInputError, match=r"line 2: unit 0 .*6"):
+            syn.stream(symbols=_units(3) + "\n{a_c$tone1}")
+        with pytest.raises(InvalidInputError, match=r"speed must be a number from 0.25 to 4.0"):
+            syn.stream(symbols=_units(3), speed=0)
+        with pytest.raises(InvalidInputError, match="give exactly one of text or symbols"):
+            syn.stream()
+    with pytest.raises(InvalidInputError, match="vocoder_chunk must be an integer >= 1"):
+        StreamOptions(vocoder_chunk=0)
+    with pytest.raises(InvalidInputError, match="max_ahead must be an integer >= 1"):
+        StreamOptions(max_ahead=0)
 
 
 def test_bundle_errors(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
