@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from sambert_deploy.cli import main
 from sambert_deploy.errors import BackendUnavailableError, BundleError, InvalidInputError
 from sambert_deploy.frontend import split_units
-from sambert_deploy.runtime.chunking import context_windows
 from sambert_deploy.runtime.backends import select_backend
+from sambert_deploy.runtime.chunking import context_windows
 from sambert_deploy.runtime.manifest import read_manifest
 from sambert_deploy.runtime.pipeline import OneShot
 from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer

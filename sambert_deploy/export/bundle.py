@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+import secrets
 import shutil
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +19,16 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import ExportError, ExportValidationError
+from ..errors import ExportError, ExportValidationError, InvalidInputError
 from ..models.hifigan import Generator, receptive_field
 from ..models.loading import VoiceFiles, list_voices, load_hifigan, load_sambert, read_yaml, voice_files
 from ..models.sambert import KanTtsSAMBERT
 from ..runtime.manifest import (
+    MANIFEST,
     AcousticInfo,
+    DurationFlip,
+    GateCase,
+    GateRecord,
     GraphInfo,
     Manifest,
     VocoderInfo,
@@ -30,7 +38,8 @@ from ..runtime.manifest import (
 )
 from ..symbols import EncodedUnits, Inventories
 from ..utils import file_sha256
-from .exporter import audit_graph, check_graph_parity, export_graph, require_export_extra
+from . import require_export_extra
+from .exporter import audit_graph, check_graph_parity, export_graph
 from .graphs import GRAPHS
 
 log = logging.getLogger(__name__)
@@ -38,6 +47,7 @@ log = logging.getLogger(__name__)
 GATE_UNITS = (1, 2, 37, 811)  # lengths never traced: one unit, two, an odd size, > max_len (800)
 MEL_ATOL = 1e-4
 WAV_ATOL = 1e-4
+BOUNDARY_TOL = 1e-3  # a flipped rounding within this of x.5 (and torch/ONNX d this close) is float noise
 
 
 @dataclass
@@ -55,7 +65,7 @@ class VoiceReport:
     seconds_export: float = 0.0
     seconds_gate: float = 0.0
     bytes: int = 0
-    gate: list[dict[str, Any]] = field(default_factory=list)
+    gate: list[GateCase] = field(default_factory=list)
 
 
 @dataclass
@@ -70,28 +80,65 @@ class ExportReport:
             lines.append(f"  voice {v.name}: export {v.seconds_export:.1f} s, gate {v.seconds_gate:.1f} s, "
                          f"{v.bytes / 1e6:.1f} MB")
             for g in v.gate:
-                lines.append(f"    {g['case']}: units {g['units']}, frames {g['frames']}, mel max-abs {g['mel_err']:.2e}, "
-                             f"wav max-abs {g['wav_err']:.2e}" + (f", {g['note']}" if g.get("note") else ""))
+                lines.append(f"    {g.case}: units {g.units}, frames {g.frames}, mel max-abs {g.mel_err:.2e}, "
+                             f"wav max-abs {g.wav_err:.2e}" + (f", {g.note}" if g.note else ""))
         return "\n".join(lines)
 
 
-def prepare_output(out: Path, force: bool) -> None:
+def check_output(out: Path, force: bool) -> None:
+    """Refuse an output path that is a file, a non-empty non-bundle folder, or a bundle without ``force``."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"output {out} exists and is not a directory; choose another -o path")
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise ExportError(f"output {out} exists and is not empty; pass --force to overwrite it or choose another -o")
-        if not (out / "manifest.json").is_file():
+        if not (out / MANIFEST).is_file():
             raise ExportError(f"output {out} is not empty and is not a bundle; refusing to overwrite it even with "
                               "--force: choose an empty or new -o path")
-        shutil.rmtree(out)
+
+
+@contextmanager
+def staging_dir(out: Path) -> Iterator[Path]:
+    """A fresh hidden folder next to ``out`` (same filesystem, so it can be renamed into place).
+
+    It is deleted when the block raises anything, KeyboardInterrupt included; on success the caller
+    has moved it into place with :func:`replace_bundle`.
+    """
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+        tmp.mkdir()
     except OSError as e:
         raise ExportError(f"output {out} is not writable ({e.strerror}); choose a writable -o path") from None
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_bundle(tmp: Path, out: Path, force: bool) -> None:
+    """Move the finished bundle ``tmp`` to ``out``; a previous bundle there is removed only once the new one is in.
+
+    Graph paths in the manifest are relative to the bundle folder, so the rename keeps it valid.
+    """
+    check_output(out, force)  # again: the folder may have changed during a long export
+    old = None
+    try:
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+            os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            if old is not None:
+                os.rename(old, out)
+            raise
+    except OSError as e:
+        raise ExportError(f"could not move the new bundle {tmp} to {out} ({e.strerror}); the previous bundle, "
+                          "if any, is unchanged: check permissions on the -o folder and retry") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _metadata(voice: str, am: KanTtsSAMBERT, gen: Generator, vf: VoiceFiles, opset: int,
@@ -162,20 +209,31 @@ def export_model(model_dir: str | Path | None, out: str | Path, voices: list[str
     if explicit is not None:
         files = [explicit]
         sample_rate = explicit.sample_rate
+    elif model_dir is None:
+        raise InvalidInputError("export needs a model directory (model_dir / MODEL_DIR) or explicit voice files "
+                                "(explicit= / --am and --voc)")
     else:
-        assert model_dir is not None
         names = list_voices(model_dir)
         chosen = names if all_voices else (voices or names[:1])
         files = [voice_files(model_dir, v) for v in chosen]
         sample_rate = files[0].sample_rate
     out = Path(out)
-    prepare_output(out, options.force)
+    check_output(out, options.force)
+    with staging_dir(out) as tmp:
+        reports = _export_into(tmp, model_dir, files, sample_rate, options)
+        replace_bundle(tmp, out, options.force)
+    return ExportReport(out, reports, time.perf_counter() - t0)
+
+
+def _export_into(tmp: Path, model_dir: str | Path | None, files: list[VoiceFiles], sample_rate: int,
+                 options: ExportOptions) -> list[VoiceReport]:
+    """Export every voice into ``tmp``, write the manifest, gate it and record the gate in the manifest."""
     vms: list[VoiceManifest] = []
     reports: list[VoiceReport] = []
     models: dict[str, tuple[KanTtsSAMBERT, Generator]] = {}
     mel_info: dict[str, Any] = {}
     for vf in files:
-        vm, rep, am, gen = export_voice(vf, out, options)
+        vm, rep, am, gen = export_voice(vf, tmp, options)
         vms.append(vm)
         reports.append(rep)
         models[vf.name] = (am, gen)
@@ -191,19 +249,46 @@ def export_model(model_dir: str | Path | None, out: str | Path, voices: list[str
         provenance["onnx"] = onnx.__version__
     except ImportError:  # pragma: no cover - require_export_extra checked it
         pass
-    write_manifest(out, sample_rate, mel_info, vms, provenance)
-    if options.check:
-        manifest = read_manifest(out)
-        failures: list[str] = []
-        for rep in reports:
-            g0 = time.perf_counter()
-            am, gen = models[rep.name]
-            rep.gate, f = pipeline_gate(manifest, rep.name, am, gen, options.gate_units, options.seed)
-            failures += f
-            rep.seconds_gate = time.perf_counter() - g0
-        if failures:
-            raise ExportValidationError(failures)
-    return ExportReport(out, reports, time.perf_counter() - t0)
+    if not options.check:
+        write_manifest(tmp, sample_rate, mel_info, [replace(v, gate=GateRecord(False)) for v in vms], provenance)
+        return reports
+    write_manifest(tmp, sample_rate, mel_info, vms, provenance)
+    manifest = read_manifest(tmp)
+    failures: list[str] = []
+    gated: list[VoiceManifest] = []
+    for rep, vm in zip(reports, vms, strict=True):
+        g0 = time.perf_counter()
+        am, gen = models[rep.name]
+        rep.gate, f = pipeline_gate(manifest, rep.name, am, gen, options.gate_units, options.seed)
+        failures += f
+        rep.seconds_gate = time.perf_counter() - g0
+        gated.append(replace(vm, gate=GateRecord(True, not f, tuple(rep.gate), gate_tolerances(options))))
+    if failures:
+        raise ExportValidationError(failures)
+    write_manifest(tmp, sample_rate, mel_info, gated, provenance)
+    return reports
+
+
+def gate_tolerances(options: ExportOptions) -> dict[str, Any]:
+    """The bounds the gate held the bundle to, as recorded in the manifest."""
+    return {"mel_atol": MEL_ATOL, "wav_atol": WAV_ATOL, "boundary_tol": BOUNDARY_TOL,
+            "unit_counts": list(options.gate_units), "seed": options.seed,
+            "graphs": {g.name: {"atol": g.atol, "rtol": g.rtol} for g in GRAPHS}}
+
+
+def duration_flips(torch_reps: np.ndarray, torch_d: np.ndarray, onnx_reps: np.ndarray,
+                   onnx_d: np.ndarray) -> list[DurationFlip]:
+    """Every unit whose rounded duration (int64 [U]) differs; d are the unrounded f32 [U] durations.
+
+    A flip is a rounding-boundary case when torch's d is within BOUNDARY_TOL of x.5 and ONNX's d is
+    within BOUNDARY_TOL of torch's: float noise decided the rounding. Anything else is a real error.
+    """
+    flips = []
+    for k in np.flatnonzero(np.asarray(torch_reps) != np.asarray(onnx_reps)):
+        td, od = float(torch_d[k]), float(onnx_d[k])
+        boundary = abs(td % 1 - 0.5) <= BOUNDARY_TOL and abs(td - od) <= BOUNDARY_TOL
+        flips.append(DurationFlip(int(k), td, od, boundary))
+    return flips
 
 
 def random_units(inv: Inventories, n: int, rng: np.random.Generator, speaker: str | None = None) -> EncodedUnits:
@@ -234,11 +319,11 @@ def torch_reference(am: KanTtsSAMBERT, gen: Generator, units: EncodedUnits,
 
 
 def pipeline_gate(manifest: Manifest, voice: str, am: KanTtsSAMBERT, gen: Generator, unit_counts: tuple[int, ...],
-                  seed: int = 0) -> tuple[list[dict[str, Any]], list[str]]:
+                  seed: int = 0) -> tuple[list[GateCase], list[str]]:
     """Whole pipeline, torch vs the runtime's ONNX path, on unit counts never traced. Collects failures.
 
-    Where a float difference flips a rounded duration, that is reported as such and the rest is
-    compared with torch's durations forced into the runtime.
+    Every unit whose rounded duration flips is recorded (a failure unless it is a rounding-boundary
+    case, see :func:`duration_flips`) and the rest is compared with torch's durations forced in.
     """
     from ..runtime.pipeline import OneShot
 
@@ -252,23 +337,25 @@ def pipeline_gate(manifest: Manifest, voice: str, am: KanTtsSAMBERT, gen: Genera
             ref = torch_reference(am, gen, units)
             got = rt.run(units)
             note = ""
-            if not np.array_equal(got.reps, ref["reps"]):
-                k = int(np.flatnonzero(got.reps != ref["reps"])[0])
-                note = (f"rounded duration flipped at unit {k} (torch d={ref['d'][k]:.6f}, onnx d={got.durations[k]:.6f}); "
-                        "compared with torch durations forced")
-                if abs(float(ref["d"][k]) % 1 - 0.5) > 1e-3:  # not a rounding-boundary case: a real error
-                    failures.append(f"{voice} {n} units: {note}")
+            flips = duration_flips(ref["reps"], ref["d"], got.reps, got.durations)
+            if flips:
+                note = (f"rounded duration flipped at {len(flips)} unit(s) "
+                        f"({sum(f.boundary for f in flips)} on a rounding boundary); compared with torch durations forced")
+                for fl in flips:
+                    if not fl.boundary:
+                        failures.append(f"{voice} {n} units: rounded duration flipped at unit {fl.unit} (torch d="
+                                        f"{fl.torch_d:.6f}, onnx d={fl.onnx_d:.6f}), not a rounding-boundary case")
                 got = rt.run(units, durations=ref["d"])
             if got.band != ref["band"]:
                 failures.append(f"{voice} {n} units: band width {got.band} != torch {ref['band']}")
-            case = {"case": f"{n}u", "units": n, "frames": int(ref["mel"].shape[0]), "note": note,
-                    "mel_err": _maxabs(got.mel, ref["mel"]), "wav_err": _maxabs(got.audio, ref["wav"])}
+            case = GateCase(f"{n}u", n, int(ref["mel"].shape[0]), _maxabs(got.mel, ref["mel"]),
+                            _maxabs(got.audio, ref["wav"]), note, tuple(flips))
             results.append(case)
-            if got.mel.shape != ref["mel"].shape or case["mel_err"] > MEL_ATOL:
-                failures.append(f"{voice} {n} units: mel {got.mel.shape} vs {ref['mel'].shape}, max-abs {case['mel_err']:.3g}")
-            if got.audio.shape != ref["wav"].shape or case["wav_err"] > WAV_ATOL:
+            if got.mel.shape != ref["mel"].shape or not case.mel_err <= MEL_ATOL:
+                failures.append(f"{voice} {n} units: mel {got.mel.shape} vs {ref['mel'].shape}, max-abs {case.mel_err:.3g}")
+            if got.audio.shape != ref["wav"].shape or not case.wav_err <= WAV_ATOL:
                 failures.append(f"{voice} {n} units: wav {got.audio.shape} vs {ref['wav'].shape}, "
-                                f"max-abs {case['wav_err']:.3g}")
+                                f"max-abs {case.wav_err:.3g}")
     return results, failures
 
 

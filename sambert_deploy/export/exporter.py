@@ -164,9 +164,3 @@ def check_graph_parity(spec: GraphSpec, model: nn.Module, path: Path, seed: int 
                 failures.append(f"{spec.name}.{t.name} {sizes}: max-abs {err:.3g} > {bound:.3g}")
     return failures
 
-
-def require_export_extra() -> None:
-    try:
-        import onnx  # noqa: F401
-    except ImportError as e:
-        raise ExportError("the 'onnx' package is needed to export; pip install 'sambert-deploy[export]'") from e

@@ -86,6 +86,76 @@ class VocoderInfo:
 
 
 @dataclass(frozen=True)
+class DurationFlip:
+    """A unit whose rounded duration differs between torch and ONNX Runtime in a gate case.
+
+    ``boundary`` is true where both unrounded durations sit on a rounding boundary (x.5) and agree
+    to float precision: that flip is noise, not an error.
+    """
+
+    unit: int
+    torch_d: float
+    onnx_d: float
+    boundary: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"unit": self.unit, "torch_d": self.torch_d, "onnx_d": self.onnx_d, "boundary": self.boundary}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> DurationFlip:
+        return cls(int(d["unit"]), float(d["torch_d"]), float(d["onnx_d"]), bool(d["boundary"]))
+
+
+@dataclass(frozen=True)
+class GateCase:
+    """One whole-pipeline parity case: torch vs the runtime on ``units`` random units never traced."""
+
+    case: str
+    units: int
+    frames: int
+    mel_err: float  # max-abs over the mel [frames, num_mels]
+    wav_err: float  # max-abs over the waveform [samples]
+    note: str = ""
+    flips: tuple[DurationFlip, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"case": self.case, "units": self.units, "frames": self.frames, "mel_err": self.mel_err,
+                "wav_err": self.wav_err, "note": self.note, "flips": [f.to_json() for f in self.flips]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> GateCase:
+        return cls(str(d["case"]), int(d["units"]), int(d["frames"]), float(d["mel_err"]), float(d["wav_err"]),
+                   str(d.get("note", "")), tuple(DurationFlip.from_json(f) for f in d.get("flips", [])))
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    """What the export-time parity gate checked for one voice.
+
+    ``checked`` is false for ``export --no-check``; then ``passed`` is None and there are no cases.
+    A bundle whose gate failed is never written, so a checked record on disk has ``passed`` true.
+    """
+
+    checked: bool
+    passed: bool | None = None
+    cases: tuple[GateCase, ...] = ()
+    tolerances: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        if not self.checked:
+            return {"checked": False}
+        return {"checked": True, "passed": self.passed, "cases": [c.to_json() for c in self.cases],
+                "tolerances": self.tolerances}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> GateRecord:
+        if not d.get("checked"):
+            return cls(False)
+        return cls(True, bool(d["passed"]), tuple(GateCase.from_json(c) for c in d.get("cases", [])),
+                   dict(d.get("tolerances", {})))
+
+
+@dataclass(frozen=True)
 class VoiceManifest:
     name: str
     folder: str
@@ -94,6 +164,7 @@ class VoiceManifest:
     inventories: Inventories
     graphs: dict[str, GraphInfo]
     provenance: dict[str, Any] = field(default_factory=dict)
+    gate: GateRecord | None = None  # None: exported before the gate was recorded
 
     @property
     def speakers(self) -> tuple[str, ...]:
@@ -128,10 +199,13 @@ class Manifest:
 def voice_to_json(v: VoiceManifest) -> dict[str, Any]:
     from dataclasses import asdict
 
-    return {"folder": v.folder, "acoustic": asdict(v.acoustic), "vocoder": asdict(v.vocoder),
-            "inventories": v.inventories.to_json(), "has_mask": v.inventories.has_mask,
-            "speakers": list(v.speakers), "emotions": list(v.emotions),
-            "graphs": {k: g.to_json() for k, g in v.graphs.items()}, "provenance": v.provenance}
+    d = {"folder": v.folder, "acoustic": asdict(v.acoustic), "vocoder": asdict(v.vocoder),
+         "inventories": v.inventories.to_json(), "has_mask": v.inventories.has_mask,
+         "speakers": list(v.speakers), "emotions": list(v.emotions),
+         "graphs": {k: g.to_json() for k, g in v.graphs.items()}, "provenance": v.provenance}
+    if v.gate is not None:
+        d["gate"] = v.gate.to_json()
+    return d
 
 
 def write_manifest(root: Path, sample_rate: int, mel: dict[str, Any], voices: list[VoiceManifest],
@@ -171,11 +245,12 @@ def read_manifest(bundle: str | Path, verify: bool = True) -> Manifest:
                 name=name, folder=v["folder"], acoustic=AcousticInfo(**v["acoustic"]),
                 vocoder=VocoderInfo(**v["vocoder"]), inventories=inv,
                 graphs={k: GraphInfo.from_json(k, g) for k, g in v["graphs"].items()},
-                provenance=v.get("provenance", {}))
+                provenance=v.get("provenance", {}),
+                gate=GateRecord.from_json(v["gate"]) if v.get("gate") is not None else None)
         m = Manifest(root=root, schema_version=d["schema_version"], model_type=d["model_type"],
                      sample_rate=int(d["sample_rate"]), mel=d["mel"], voices=voices,
                      default_voice=d["default_voice"], provenance=d.get("provenance", {}))
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"{path} is corrupted or incomplete ({type(e).__name__}: {e}); re-export the bundle") from None
     if verify:
         from ..utils import file_sha256

@@ -290,14 +290,14 @@ class StreamState:
                     return out
                 self._queue(units)
                 continue
-            units = self._pending.popleft()
+            encoded = self._pending.popleft()
             t = time.perf_counter()
-            sentence_plan = p.am.plan(units, duration_scale=p.duration_scale, token=self.token)
+            sentence_plan = p.am.plan(encoded, duration_scale=p.duration_scale, token=self.token)
             out.acoustic_s += time.perf_counter() - t
             index = self._sentence_count
             self._sentence_count += 1
             out.sentences += 1
-            out.units += units.num_units
+            out.units += encoded.num_units
             out.planned_frames += sentence_plan.valid_frames
             if sentence_plan.valid_frames == 0:
                 log.warning("sentence %d produced no frames (all durations round to 0)", index)

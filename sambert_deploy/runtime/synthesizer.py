@@ -312,8 +312,8 @@ class Synthesizer:
         line 5000) are raised by the iteration.
         """
         o = options or SpeechOptions()
-        overrides = {k: v for k, v in (("voice", voice), ("emotion", emotion), ("speaker", speaker), ("speed", speed),
-                                       ("lexicon", lexicon)) if v is not None}
+        overrides: dict[str, Any] = {k: v for k, v in (("voice", voice), ("emotion", emotion), ("speaker", speaker),
+                                                       ("speed", speed), ("lexicon", lexicon)) if v is not None}
         if overrides:
             o = replace(o, **overrides)
         if (text is None) == (symbols is None):
@@ -324,6 +324,7 @@ class Synthesizer:
         emo = inv.resolve_emotion(o.emotion) if o.emotion is not None else None
         spk = inv.resolve_speaker(o.speaker) if o.speaker is not None else None
         source: UnitSource
+        given: str | Iterable[str]
         if text is not None:
             if isinstance(text, str) and not text.strip():
                 raise InvalidInputError("nothing to synthesize: the text is empty")
@@ -331,7 +332,7 @@ class Synthesizer:
             given = text
         else:
             source = SymbolLines()
-            given = symbols
+            given = symbols  # type: ignore[assignment]  # not None: checked above
             if isinstance(symbols, str):
                 _check_symbol_lines(symbols, inv, emo, spk)  # a string is all there: every error before any audio
         opts = self.options
