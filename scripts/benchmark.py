@@ -8,7 +8,7 @@ runs in a fresh process so peak RSS is its own. The baseline is skipped above ``
 (its [M, M] attention maps alone would need the memory printed instead).
 
     python scripts/benchmark.py [--bundle demo_out/bundle] [--sizes 15 100 300 1000 3000] [--gpu]
-    python scripts/benchmark.py --sweep --sizes 100 1200   # chunk size x vocoder workers, runtime only
+    python scripts/benchmark.py --sweep --sizes 100 1200   # vocoder chunk x max_ahead, runtime only
 """
 
 from __future__ import annotations
@@ -29,22 +29,22 @@ SEED_TEXT = ("一个开源的语音合成工具，把声学模型和声码器从
 
 def units_line(n: int) -> str:
     """One symbol line of exactly n units (front-end output repeated, #4 breaks turned into #1)."""
+    from dataclasses import replace
+
     from sambert_deploy.frontend import FrontEnd, FrontEndOptions
+    from sambert_deploy.symbols import format_units
 
     units = [u for s in FrontEnd(FrontEndOptions()).units(SEED_TEXT) for u in s]
-    units = [u.replace("{#4$", "{#1$") for u in units]
-    out = (units * (n // len(units) + 1))[:n]
-    return " ".join(out)
+    units = [replace(u, sy="#1") if u.break_level == 4 else u for u in units]
+    return format_units((units * (n // len(units) + 1))[:n])
 
 
-def run_ours(bundle: str, voice: str, n: int, backend: str, threads: int, chunk: int = 0, workers: int = 0) -> dict:
+def run_ours(bundle: str, voice: str, n: int, backend: str, threads: int, chunk: int = 0, ahead: int = 0) -> dict:
     from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
 
     line = units_line(n)
     gpu_peak = None
-    opts = StreamOptions(vocoder_workers=workers or None)
-    if chunk:
-        opts.vocoder_chunk = chunk
+    opts = StreamOptions(max_ahead=ahead or None, **({"vocoder_chunk": chunk} if chunk else {}))
     with Synthesizer(bundle, voice=voice, backend=backend, strict=True, threads=threads, options=opts) as syn:
         syn.synthesize(symbols=units_line(8))  # session warm-up outside the timing
         t0 = time.perf_counter()
@@ -55,9 +55,10 @@ def run_ours(bundle: str, voice: str, n: int, backend: str, threads: int, chunk:
                 first = time.perf_counter() - t0
             samples += len(c.samples)
         total = time.perf_counter() - t0
+        rate = syn.sample_rate
     if backend == "cuda":
         gpu_peak = _gpu_peak_mb()
-    audio = samples / 16000
+    audio = samples / rate
     return {"first": first, "total": total, "audio": audio, "rtf": total / audio,
             "rss": peak_rss_mb(), "gpu": gpu_peak}
 
@@ -89,7 +90,7 @@ def run_torch(model_dir: str, voice: str, n: int, threads: int, device: str) -> 
         if device == "cuda":
             torch.cuda.synchronize()
         total = time.perf_counter() - t0
-    audio = len(wav) / 16000
+    audio = len(wav) / vf.sample_rate
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     return {"first": total, "total": total, "audio": audio, "rtf": total / audio,
             "rss": peak_rss_mb(), "gpu": gpu}
@@ -126,9 +127,9 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="also CUDA EP and torch on CUDA")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--sweep", action="store_true",
-                    help="no baseline: the runtime alone for each --vocoder-chunks x --workers (how the defaults were chosen)")
+                    help="no baseline: the runtime alone for each --vocoder-chunks x --ahead (how the defaults were chosen)")
     ap.add_argument("--vocoder-chunks", type=int, nargs="+", default=[64, 128, 256, 512])
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--ahead", type=int, nargs="+", default=[0], help="StreamOptions.max_ahead values (0: default)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -166,12 +167,12 @@ def main() -> None:
 
 def sweep(a: argparse.Namespace, backends: list[str]) -> None:
     print(f"threads {a.threads}; bundle {a.bundle}; voice {a.voice}; runtime only, first vocoder chunk 24")
-    print("| units | backend | vocoder chunk | vocoder workers | first audio s | RTF | peak RSS MB |")
+    print("| units | backend | vocoder chunk | max_ahead | first audio s | RTF | peak RSS MB |")
     print("|---" * 7 + "|")
     for n in a.sizes:
         for be in backends:
             for chunk in a.vocoder_chunks:
-                for w in a.workers:
+                for w in a.ahead:
                     r = child("ours", a.bundle, a.voice, str(n), be, str(a.threads), str(chunk), str(w),
                               timeout=a.timeout)
                     cells = ([f"{r['first']:.3f}", f"{r['rtf']:.3f}", f"{r['rss']:.0f}"] if r and "error" not in r

@@ -1,0 +1,144 @@
+"""Benchmark: N concurrent streams of the same text on one shared Synthesizer.
+
+For each N (default 1, 2, 4) it starts N threads together, each streaming the same text through
+one Synthesizer, and prints the aggregate audio seconds per wall second and every stream's first
+audio (from its ``stream()`` call, front end included). With ``--baseline-rev REV`` the same
+measurement runs on the runtime of that git revision (checked out into a temporary worktree), in
+the same run, and the table shows the ratio. Every cell is a fresh process, repeated ``--repeat``
+times (median shown; this shared 2-core machine varies by +-20%).
+
+    python scripts/bench_concurrency.py [--bundle demo_out/bundle] [--streams 1 2 4] [--baseline-rev e247f92]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TEXT = ("一个开源的语音合成工具，把声学模型和声码器从训练检查点导出成小而快的部署版本。"
+        "我们先把文字转换成音素，再逐步生成梅尔频谱，最后用声码器一块一块地合成音频。"
+        "服务端可以让许多请求共用同一个合成器，每个请求都尽快听到第一段声音。")
+
+
+def run_child(bundle: str, voice: str, streams: int, threads: int, repeat_text: int) -> dict:
+    """In a fresh process (whichever sambert_deploy is first on sys.path): N streams at once."""
+    from sambert_deploy.runtime.synthesizer import Synthesizer
+    from sambert_deploy.utils import peak_rss_mb
+
+    text = TEXT * repeat_text
+    kw = {"threads": threads} if threads else {}
+    with Synthesizer(bundle, voice=voice, backend="cpu", **kw) as syn:
+        syn.load(voice)
+        syn.synthesize("预热。")  # sessions and dictionaries warm, outside the timing
+        rate = syn.sample_rate
+        firsts: list[float | None] = [None] * streams
+        samples = [0] * streams
+        errors: list[str] = []
+        go = threading.Barrier(streams + 1)
+
+        def one(i: int) -> None:
+            try:
+                go.wait()
+                t0 = time.perf_counter()
+                for c in syn.stream(text):
+                    if firsts[i] is None:
+                        firsts[i] = time.perf_counter() - t0
+                    samples[i] += len(c.samples)
+            except BaseException as e:  # noqa: BLE001 - reported in the table
+                errors.append(repr(e))
+
+        workers = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
+        for w in workers:
+            w.start()
+        go.wait()
+        t0 = time.perf_counter()
+        for w in workers:
+            w.join()
+        wall = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(errors[0])
+    audio = sum(samples) / rate
+    return {"wall": wall, "audio": audio, "per_wall": audio / wall, "firsts": firsts, "rss": peak_rss_mb(),
+            "threads_seen": threads or os.cpu_count()}
+
+
+def _child(code_root: Path, args: list[str], timeout: float) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(code_root))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(code_root))
+    if p.returncode != 0:
+        return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1][:100]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _worktree(rev: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="sambert-baseline-"))
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(path), rev], check=True)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", default="demo_out/bundle")
+    ap.add_argument("--voice", default="demo_emo")
+    ap.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--threads", type=int, default=0, help="CPU budget (0: all CPUs)")
+    ap.add_argument("--repeat-text", type=int, default=1, help="the text repeated this many times per stream")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per cell (median shown)")
+    ap.add_argument("--baseline-rev", help="git revision whose runtime is measured the same way, in the same run")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        bundle, voice, n, threads, rep = a.child
+        print(json.dumps(run_child(bundle, voice, int(n), int(threads), int(rep))))
+        return
+    bundle = str(Path(a.bundle).resolve())
+    if not Path(bundle, "manifest.json").is_file():
+        sys.exit(f"no bundle at {a.bundle}: run `make demo` first (or pass --bundle)")
+    codes: list[tuple[str, Path]] = []
+    tree = None
+    if a.baseline_rev:
+        tree = _worktree(a.baseline_rev)
+        codes.append((a.baseline_rev, tree))
+    codes.append(("this", REPO))
+    try:
+        print(f"bundle {a.bundle}, voice {a.voice}, {len(TEXT) * a.repeat_text} characters per stream, CPU budget "
+              f"{a.threads or os.cpu_count()}, median of {a.repeat} runs, fresh process each")
+        print("| streams | runtime | audio s/s (runs) | vs baseline | wall s | first audio s per stream (median run) "
+              "| peak RSS MB |")
+        print("|---" * 7 + "|")
+        for n in a.streams:
+            medians: dict[str, float] = {}
+            for name, root in codes:
+                runs = [_child(root, [bundle, a.voice, str(n), str(a.threads), str(a.repeat_text)], a.timeout)
+                        for _ in range(a.repeat)]
+                ok = [r for r in runs if "error" not in r]
+                if not ok:
+                    print(f"| {n} | {name} | failed: {runs[0]['error']} | | | | |", flush=True)
+                    continue
+                ok.sort(key=lambda r: r["per_wall"])
+                mid = ok[len(ok) // 2]
+                medians[name] = statistics.median(r["per_wall"] for r in ok)
+                base = codes[0][0]
+                ratio = f"{medians[name] / medians[base]:.2f}x" if name != base and base in medians else ""
+                firsts = ", ".join(f"{f:.3f}" for f in mid["firsts"])
+                spread = "/".join(f"{r['per_wall']:.1f}" for r in ok)
+                print(f"| {n} | {name} | {medians[name]:.2f} ({spread}) | {ratio} | {mid['wall']:.1f} | {firsts} | "
+                      f"{mid['rss']:.0f} |", flush=True)
+    finally:
+        if tree is not None:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
+
+
+if __name__ == "__main__":
+    main()
