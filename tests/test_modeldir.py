@@ -184,3 +184,12 @@ def test_explicit_paths() -> None:
 def test_all_errors_share_one_base() -> None:
     for cls in (CheckpointError, ConfigError, ModelDirectoryError, UnsupportedModelError):
         assert issubclass(cls, SambertDeployError)
+
+
+def test_weight_normed_layer_without_weights_is_a_checkpoint_error() -> None:
+    from sambert_deploy.models.hifigan import Conv1d
+
+    conv = Conv1d(2, 3, 3)
+    conv.weight_g = None
+    with pytest.raises(CheckpointError, match="weight_g"):
+        conv.effective_weight()

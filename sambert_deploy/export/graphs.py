@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..errors import ExportError
 from ..models.hifigan import Generator, export_layout_2d
 from ..models.sambert import KanTtsSAMBERT, sinusoid_table
 from ..runtime.acoustic import MASK_VALUE  # additive mask; exp() underflows to exactly 0 like -inf
@@ -238,6 +239,20 @@ def _f(*shape: int, rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
+def _as_am(model: nn.Module) -> KanTtsSAMBERT:
+    if not isinstance(model, KanTtsSAMBERT):
+        raise ExportError(f"an acoustic-model graph was given a {type(model).__name__}; pass the KanTtsSAMBERT "
+                          "(GraphSpec.part 'am' takes the AM, 'voc' the vocoder)")
+    return model
+
+
+def _as_gen(model: nn.Module) -> Generator:
+    if not isinstance(model, Generator):
+        raise ExportError(f"the vocoder graph was given a {type(model).__name__}; pass the HiFiGAN Generator "
+                          "(GraphSpec.part 'voc')")
+    return model
+
+
 def _dims(am: KanTtsSAMBERT) -> tuple[int, int, int]:
     dec = am.mel_decoder.mel_dec
     blk = dec.pnca[0].pnca_attn
@@ -245,7 +260,7 @@ def _dims(am: KanTtsSAMBERT) -> tuple[int, int, int]:
 
 
 def _encoder_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    assert isinstance(am, KanTtsSAMBERT)
+    am = _as_am(am)
     c = am.cfg
     u = s["num_units"]
     ling = np.stack([rng.integers(0, c.sy - 3, u), rng.integers(0, c.tone - 3, u),
@@ -256,7 +271,7 @@ def _encoder_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) 
 
 
 def _dur_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    assert isinstance(am, KanTtsSAMBERT)
+    am = _as_am(am)
     c = am.cfg
     u = c.dur_pred_lstm_units
     return {"y_prev": np.abs(_f(1, 1, 1, rng=rng)), "cond": _f(1, 1, c.vp_in, rng=rng),
@@ -264,12 +279,12 @@ def _dur_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) -> d
 
 
 def _memkv_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    assert isinstance(am, KanTtsSAMBERT)
+    am = _as_am(am)
     return {"memory": _f(1, s["num_steps"], am.cfg.d_mem, rng=rng)}
 
 
 def _decoder_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    assert isinstance(am, KanTtsSAMBERT)
+    am = _as_am(am)
     c = am.cfg
     layers, heads, dh = _dims(am)
     wx, wh = s["x_window"], s["h_window"]
@@ -283,12 +298,12 @@ def _decoder_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) 
 
 
 def _pfsmn_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    assert isinstance(am, KanTtsSAMBERT)
+    am = _as_am(am)
     return {"dec": _f(1, s["num_frames"], am.cfg.num_mels, rng=rng)}
 
 
 def _prnn_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    assert isinstance(am, KanTtsSAMBERT)
+    am = _as_am(am)
     c = am.cfg
     n = s["num_frames"]
     u = c.postnet_lstm_units
@@ -297,7 +312,7 @@ def _prnn_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) -> 
 
 
 def _voc_inputs(gen: nn.Module, s: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    assert isinstance(gen, Generator)
+    gen = _as_gen(gen)
     return {"mel": _f(1, gen.cfg.in_channels, s["num_frames"], rng=rng)}
 
 

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..errors import CheckpointError
+
 
 @dataclass(frozen=True)
 class HifiGanConfig:
@@ -71,7 +73,9 @@ class _WeightNormed(nn.Module):
     def effective_weight(self) -> Tensor:
         if self.weight is not None:
             return self.weight
-        assert self.weight_g is not None and self.weight_v is not None
+        if self.weight_g is None or self.weight_v is None:
+            raise CheckpointError(f"{type(self).__name__} has neither a folded weight nor weight_g/weight_v; "
+                                  "load the layer from a checkpoint with both weight_g and weight_v")
         return torch._weight_norm(self.weight_v, self.weight_g, 0)
 
     def fold(self) -> None:
@@ -237,9 +241,9 @@ def receptive_field(cfg: HifiGanConfig, probe_frames: int = 160) -> tuple[int, i
         for m in gen.modules():
             if isinstance(m, _WeightNormed):
                 m.fold()
-                assert m.weight is not None
-                fan_in = m.weight.shape[1] * m.weight.shape[2] if isinstance(m, Conv1d) else m.weight.shape[0]
-                m.weight.fill_(1.0 / fan_in)
+                w = m.effective_weight()  # folded: the weight itself
+                fan_in = w.shape[1] * w.shape[2] if isinstance(m, Conv1d) else w.shape[0]
+                w.fill_(1.0 / fan_in)
                 if m.bias is not None:
                     m.bias.zero_()
         t0 = probe_frames // 2
