@@ -355,3 +355,15 @@ def test_synth_into_a_closed_pipe_is_quiet(tiny_bundles: dict[str, Path]) -> Non
     r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
     assert r.returncode in (0, 141)
+
+
+def test_package_reexports_the_api_lazily() -> None:
+    code = ("import sys, sambert_deploy; assert 'numpy' not in sys.modules; "
+            "from sambert_deploy import Synthesizer, SpeechOptions, Stream; print(Synthesizer.__module__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "sambert_deploy.runtime.synthesizer", r.stderr
+
+
+def test_info_reports_what_opens(tiny_bundles: dict[str, Path]) -> None:
+    r = CliRunner().invoke(main, ["info", str(tiny_bundles["causal"])])
+    assert r.exit_code == 0 and "backend cpu: opens" in r.output, r.output

@@ -386,3 +386,16 @@ def make_backend(kind: str, path: str | Path, options: BackendOptions | None = N
     if kind == "cuda":
         return OrtCudaBackend(path, options)
     raise BackendUnavailableError(_unavailable_reason(kind))
+
+
+def probe_backends(path: str | Path, options: BackendOptions | None = None) -> dict[str, str | None]:
+    """Open ``path`` on every backend this machine lists: None where a session opens, else why not.
+    A listed provider can still fail here (onnxruntime-gpu without a usable driver or CUDA libraries)."""
+    found: dict[str, str | None] = {}
+    for kind in available_backends():
+        try:
+            with make_backend(kind, path, options):
+                found[kind] = None
+        except (BackendUnavailableError, BundleError) as e:
+            found[kind] = str(e)
+    return found
