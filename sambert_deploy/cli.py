@@ -210,7 +210,7 @@ def symbols(text: str, emotion: str | None, speaker: str, lexicon: Path | None, 
 @handle_errors
 def info(bundle: Path) -> None:
     """Describe a bundle: voices, emotions, speakers, graphs, provenance."""
-    from .runtime.backends import available_backends
+    from .runtime.backends import probe_backends
     from .runtime.manifest import read_manifest
 
     m = read_manifest(bundle)
@@ -221,7 +221,10 @@ def info(bundle: Path) -> None:
                    f"speakers {', '.join(v.speakers)}")
         click.echo(f"    emotions: {', '.join(e.removeprefix('emotion_') for e in v.emotions)}")
         click.echo(f"    graphs: {', '.join(v.graphs)}")
-    click.echo(f"backends here: {', '.join(available_backends())}")
+    # What actually opens, not what onnxruntime lists: a listed CUDA provider may lack a driver.
+    probe = probe_backends(m.graph_path(m.voice(None), "dur_step"))
+    for kind, problem in probe.items():
+        click.echo(f"backend {kind}: " + ("opens" if problem is None else f"listed but unusable: {problem}"))
 
 
 if __name__ == "__main__":  # pragma: no cover
