@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from sambert_deploy.cli import main
-from sambert_deploy.errors import ExportValidationError
+from sambert_deploy.errors import ExportError, ExportValidationError, InvalidInputError
 from sambert_deploy.export import bundle as bundle_mod
 from sambert_deploy.export.bundle import ExportOptions, export_model
 from sambert_deploy.export.graphs import GRAPHS
-from sambert_deploy.runtime.manifest import read_manifest
+from sambert_deploy.runtime.manifest import MANIFEST, GateRecord, read_manifest
 
 from .conftest import FULL, REPO, SEQS, TINY, make_modelscope_dir
 
@@ -142,6 +142,10 @@ def test_export_all_voices(tiny_model_dir: Path, tmp_path: Path) -> None:
     rep = export_model(tiny_model_dir, tmp_path / "b", all_voices=True, options=ExportOptions(check=False))
     m = read_manifest(rep.bundle)
     assert list(m.voices) == ["zhibei_emo", "zhiyan_emo"] and m.default_voice == "zhibei_emo"
+    # --no-check is recorded, so `info` can tell an unchecked bundle from a gated one.
+    assert all(v.gate == GateRecord(False) for v in m.voices.values())
+    raw = json.loads((rep.bundle / MANIFEST).read_text("utf-8"))
+    assert all(v["gate"] == {"checked": False} for v in raw["voices"].values())
 
 
 def _cli(args: list[str]) -> tuple[int, str]:
@@ -227,3 +231,158 @@ def test_slim_decoder_step_equals_module_step(which: str) -> None:
         for g, w in zip(got, want, strict=True):
             assert g.shape == w.shape
             assert float((g - w).abs().max()) <= 1e-5 * max(1.0, float(w.abs().max()))
+
+
+@pytest.mark.parametrize("module", ["torch", "onnx", "yaml"])
+def test_require_export_extra_names_the_extra(module: str) -> None:
+    """Without the export extra the CLI must say what to install, not die in an import of torch."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules[{module!r}] = None  # what importlib itself uses to mark a module as not importable
+        from sambert_deploy.errors import MissingExtraError
+        from sambert_deploy.export import require_export_extra
+        assert "torch" not in sys.modules or sys.modules["torch"] is None, "sambert_deploy.export imported torch"
+        try:
+            require_export_extra()
+        except MissingExtraError as e:
+            print(e)
+        else:
+            raise SystemExit("require_export_extra() passed without {module}")
+    """)
+    out = _run_isolated(code)
+    assert f"'{module}'" in out and "pip install 'sambert-deploy[export]'" in out, out
+
+
+def test_require_export_extra_is_one_function() -> None:
+    from sambert_deploy.export import exporter, require_export_extra
+
+    require_export_extra()  # everything is installed here
+    assert bundle_mod.require_export_extra is require_export_extra
+    assert not hasattr(exporter, "require_export_extra")
+
+
+def test_export_model_needs_a_source(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="model_dir"):
+        export_model(None, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_graph_inputs_refuse_the_wrong_model() -> None:
+    from sambert_deploy.export.graphs import GRAPHS_BY_NAME
+    from sambert_deploy.models.loading import load_hifigan
+
+    gen = load_hifigan(TINY / "voc_causal/config.yaml", TINY / "voc_causal/ckpt/checkpoint_0.pth")
+    with pytest.raises(ExportError, match="KanTtsSAMBERT"):
+        GRAPHS_BY_NAME["encoder"].make_inputs(gen, GRAPHS_BY_NAME["encoder"].trace_sizes, np.random.default_rng(0))
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+@pytest.mark.parametrize("how", ["graph_parity", "pipeline_gate", "interrupt"])
+def test_failed_force_export_keeps_previous_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    d = make_modelscope_dir(tmp_path / "m", TINY, voices=("v",), extra_ckpt=None)
+    b = tmp_path / "out" / "b"
+    export_model(d, b, options=ExportOptions(check=False))
+    before = (b / MANIFEST).read_bytes()
+    if how == "graph_parity":
+        original = bundle_mod.export_graph
+
+        def broken(spec, model, path, meta, opset=None, seed=0):  # noqa: ANN001, ANN202
+            res = original(spec, model, path, meta, opset, seed)
+            if spec.name == "vocoder":
+                proto = onnx.load(str(path))
+                init = max(proto.graph.initializer, key=lambda i: len(i.raw_data))
+                arr = onnx.numpy_helper.to_array(init) * np.float32(1.05)
+                init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+                onnx.save(proto, str(path))
+            return res
+
+        monkeypatch.setattr(bundle_mod, "export_graph", broken)
+        expected: type[BaseException] = ExportValidationError
+    elif how == "pipeline_gate":
+        original_ref = bundle_mod.torch_reference
+
+        def off(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            ref = original_ref(*a, **k)
+            ref["mel"] = ref["mel"] + np.float32(0.01)
+            return ref
+
+        monkeypatch.setattr(bundle_mod, "torch_reference", off)
+        expected = ExportValidationError
+    else:
+        original_voice = bundle_mod.export_voice
+
+        def interrupted(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            original_voice(*a, **k)  # graphs are in the staging folder by now
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(bundle_mod, "export_voice", interrupted)
+        expected = KeyboardInterrupt
+    with pytest.raises(expected):
+        export_model(d, b, options=ExportOptions(force=True, check=how != "interrupt", gate_units=(3,)))
+    assert (b / MANIFEST).read_bytes() == before
+    read_manifest(b)  # graphs still match their hashes
+    assert _leftovers(b.parent) == []
+
+
+def test_force_export_replaces_bundle_and_records_gate(tmp_path: Path) -> None:
+    d = make_modelscope_dir(tmp_path / "m", TINY, voices=("v",), extra_ckpt=None)
+    b = tmp_path / "b"
+    export_model(d, b, options=ExportOptions(check=False))
+    (b / "stale.txt").write_text("from the previous bundle")
+    export_model(d, b, options=ExportOptions(force=True, gate_units=(1, 4)))
+    assert not (b / "stale.txt").exists() and _leftovers(tmp_path) == []
+    g = read_manifest(b).voice(None).gate
+    assert g is not None and g.checked and g.passed
+    assert [(c.case, c.units) for c in g.cases] == [("1u", 1), ("4u", 4)]
+    assert all(c.frames > 0 and c.mel_err <= g.tolerances["mel_atol"] and c.wav_err <= g.tolerances["wav_atol"]
+               for c in g.cases)
+    assert set(g.tolerances["graphs"]) == {s.name for s in GRAPHS}
+    assert ".tmp-" not in (b / MANIFEST).read_text("utf-8")  # nothing points into the staging folder
+
+
+def test_bundle_is_relocatable_and_old_manifests_load(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "bundle"
+    shutil.copytree(tiny_bundles["causal"], moved)
+    m = read_manifest(moved)  # verify=True: every graph found and hashed relative to the new folder
+    v = m.voice(None)
+    assert all(not Path(g.file).is_absolute() and not Path(v.folder).is_absolute() for g in v.graphs.values())
+    assert v.gate is not None and v.gate.passed and [c.units for c in v.gate.cases] == [1, 37]
+    raw = json.loads((moved / MANIFEST).read_text("utf-8"))
+    for voice in raw["voices"].values():
+        del voice["gate"]
+    (moved / MANIFEST).write_text(json.dumps(raw), "utf-8")
+    assert read_manifest(moved).voice(None).gate is None
+
+
+def test_duration_flips_lists_every_unit() -> None:
+    torch_d = np.array([1.2, 2.5004, 3.0, 0.9, 4.7], np.float32)
+    onnx_d = np.array([1.2, 2.4996, 3.0, 1.6, 4.7], np.float32)
+    torch_reps, onnx_reps = np.array([1, 3, 3, 1, 5]), np.array([1, 2, 3, 2, 6])
+    flips = bundle_mod.duration_flips(torch_reps, torch_d, onnx_reps, onnx_d)
+    assert [(f.unit, f.boundary) for f in flips] == [(1, True), (3, False), (4, False)]
+    assert flips[1].torch_d == pytest.approx(0.9) and flips[1].onnx_d == pytest.approx(1.6)
+
+
+def test_gate_reports_every_flipped_unit(tiny_bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from sambert_deploy.models.loading import load_hifigan, load_sambert
+
+    am, _ = load_sambert(TINY / "am/config.yaml", TINY / "am/ckpt/checkpoint_0.pth")
+    gen = load_hifigan(TINY / "voc_causal/config.yaml", TINY / "voc_causal/ckpt/checkpoint_0.pth")
+    original_ref = bundle_mod.torch_reference
+
+    def flipped(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        ref = original_ref(*a, **k)
+        ref["reps"] = ref["reps"].copy()
+        ref["reps"][[0, 3]] += 1  # d left alone: far from x.5, so neither is a boundary case
+        return ref
+
+    monkeypatch.setattr(bundle_mod, "torch_reference", flipped)
+    m = read_manifest(tiny_bundles["causal"])
+    cases, failures = bundle_mod.pipeline_gate(m, m.default_voice, am, gen, (5,))
+    assert [f.unit for f in cases[0].flips] == [0, 3] and not any(f.boundary for f in cases[0].flips)
+    assert len(failures) == 2 and "unit 0" in failures[0] and "unit 3" in failures[1], failures

@@ -329,7 +329,7 @@ def pipeline_gate(manifest: Manifest, voice: str, am: KanTtsSAMBERT, gen: Genera
 
     rng = np.random.default_rng(seed + 7)
     vm = manifest.voice(voice)
-    results: list[dict[str, Any]] = []
+    results: list[GateCase] = []
     failures: list[str] = []
     with OneShot(manifest, voice, backend="cpu") as rt:
         for n in unit_counts:
