@@ -15,7 +15,14 @@ _RUNTIME = ("AudioChunk", "SpeechOptions", "Stream", "StreamInfo", "StreamOption
 __all__ = ["__version__", *_RUNTIME]
 
 if TYPE_CHECKING:
-    from .runtime.synthesizer import AudioChunk, SpeechOptions, Stream, StreamInfo, StreamOptions, Synthesizer
+    from .runtime.synthesizer import (  # noqa: F401 - re-exported
+        AudioChunk,
+        SpeechOptions,
+        Stream,
+        StreamInfo,
+        StreamOptions,
+        Synthesizer,
+    )
 
 
 def __getattr__(name: str) -> Any:
