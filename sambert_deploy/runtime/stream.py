@@ -189,6 +189,10 @@ class StreamState:
         self._sentence_start = 0  # stream sample offset of the current sentence
         self._stream_frames = 0
         self._sentence_count = 0
+        # The small first vocoder window buys latency when a listener is waiting: the stream's first
+        # sentence, or one that had to wait for input. Later sentences are computed ahead of playback,
+        # where it would only add context overhead (59 frames computed for 24, against 291 for 256).
+        self._listener_waiting = True
 
     # -- scheduler side (lock held) --------------------------------------------------------------
     @property
@@ -287,6 +291,7 @@ class StreamState:
                         out.input_done = True
                     else:
                         out.need_input = True
+                        self._listener_waiting = True
                     return out
                 self._queue(units)
                 continue
@@ -305,7 +310,8 @@ class StreamState:
             self._sentence = p.am.sentence(sentence_plan, p.postnet_chunk, p.kv_block)
             ctx = p.voc.info
             self._voc_cut = WindowCutter(sentence_plan.valid_frames, p.vocoder_chunk, ctx.context_left,
-                                         ctx.context_right, p.first_chunk)
+                                         ctx.context_right, p.first_chunk if self._listener_waiting else None)
+            self._listener_waiting = False
             self._sentence_index = index
             self._sentence_start = self._stream_frames * p.hop
             self._stream_frames += sentence_plan.valid_frames
