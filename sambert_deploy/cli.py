@@ -220,11 +220,25 @@ def info(bundle: Path) -> None:
                    f"(context {v.vocoder.context_left}/{v.vocoder.context_right} frames), "
                    f"speakers {', '.join(v.speakers)}")
         click.echo(f"    emotions: {', '.join(e.removeprefix('emotion_') for e in v.emotions)}")
-        click.echo(f"    graphs: {', '.join(v.graphs)}")
+        click.echo(f"    graphs: {', '.join(f'{g.name} ({g.precision})' for g in v.graphs.values())}")
+        click.echo(f"    parity gate: {_gate_line(v.gate)}")
     # What actually opens, not what onnxruntime lists: a listed CUDA provider may lack a driver.
     probe = probe_backends(m.graph_path(m.voice(None), "dur_step"))
     for kind, problem in probe.items():
         click.echo(f"backend {kind}: " + ("opens" if problem is None else f"listed but unusable: {problem}"))
+
+
+def _gate_line(gate: Any) -> str:
+    if gate is None:
+        return "not recorded (bundle exported before gate records)"
+    if not gate.checked:
+        return "skipped at export (--no-check)"
+    worst_mel = max((c.mel_err for c in gate.cases), default=0.0)
+    worst_wav = max((c.wav_err for c in gate.cases), default=0.0)
+    flips = sum(len(c.flips) for c in gate.cases)
+    units = "/".join(str(c.units) for c in gate.cases)
+    return (f"{'passed' if gate.passed else 'FAILED'} on {units} units: mel max-abs {worst_mel:.2e}, wav max-abs "
+            f"{worst_wav:.2e}" + (f", {flips} rounded duration(s) flipped at x.5" if flips else ""))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -367,3 +367,14 @@ def test_package_reexports_the_api_lazily() -> None:
 def test_info_reports_what_opens(tiny_bundles: dict[str, Path]) -> None:
     r = CliRunner().invoke(main, ["info", str(tiny_bundles["causal"])])
     assert r.exit_code == 0 and "backend cpu: opens" in r.output, r.output
+    assert "parity gate: passed on 1/37 units" in r.output and "vocoder (fp32)" in r.output
+
+
+def test_export_cli_without_the_extra_names_it(tmp_path: Path) -> None:
+    """Defect: `sambert-deploy export` without the export extra died with ModuleNotFoundError."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from sambert_deploy.cli import main\n"
+            f"main(['export', {str(tmp_path)!r}, '-o', {str(tmp_path / 'b')!r}])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "pip install 'sambert-deploy[export]'" in r.stderr
