@@ -152,6 +152,14 @@ def test_pickled_code_is_refused(tmp_path: Path) -> None:
         load_sambert(TINY / "am/config.yaml", p)
 
 
+def test_damaged_checkpoint_is_named_as_such(tmp_path: Path) -> None:
+    """A truncated download is not "pickled code": the message says what happened and the fix."""
+    p = tmp_path / "checkpoint_1.pth"
+    p.write_bytes((TINY / "am/ckpt/checkpoint_0.pth").read_bytes()[:4000])
+    with pytest.raises(CheckpointError, match="damaged or truncated.*download or copy the checkpoint again"):
+        load_sambert(TINY / "am/config.yaml", p)
+
+
 @pytest.mark.parametrize(("flag", "words"), [("NSF", "NSF"), ("SE", "personal")])
 def test_unsupported_am_variants(tmp_path: Path, flag: str, words: str) -> None:
     cfg = tmp_path / "config.yaml"

@@ -197,6 +197,26 @@ def voc_config(path: Path) -> tuple[HifiGanConfig, dict[str, Any]]:
     return cfg, raw
 
 
+def checkpoint_error_message(path: Path, error: BaseException) -> str:
+    """Why ``torch.load`` failed, and the fix: torch reports a truncated download, a missing permission,
+    exhausted memory and a pickle that needs code through assorted exception types and texts."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    low = text.lower()
+    if isinstance(error, PermissionError):
+        return f"{path} cannot be read ({first}); check its permissions"
+    if isinstance(error, IsADirectoryError):
+        return f"{path} is a directory; give the checkpoint file (ckpt/checkpoint_<N>.pth)"
+    if isinstance(error, MemoryError) or "can't allocate memory" in low or "out of memory" in low:
+        return f"{path}: out of memory while loading it ({first}); free memory and retry"
+    if isinstance(error, EOFError) or any(k in low for k in ("zip archive", "central directory", "unexpected eof",
+                                                             "ran out of input", "truncated", "invalid load key")):
+        return (f"{path} is damaged or truncated ({type(error).__name__}: {first}); download or copy the "
+                "checkpoint again")
+    return (f"{path} cannot be loaded safely with weights_only=True ({type(error).__name__}: {first}); it needs "
+            "arbitrary pickled code. Re-save it as a plain state dict from a trusted environment")
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """``torch.load(weights_only=True)``: refuses any checkpoint that would execute pickled code."""
     try:
@@ -204,9 +224,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ModelDirectoryError(f"{path} is missing") from None
     except Exception as e:  # unpickling errors come in many types
-        raise CheckpointError(
-            f"{path} cannot be loaded safely with weights_only=True ({type(e).__name__}: {str(e).splitlines()[0]}); "
-            "it needs arbitrary pickled code. Re-save it as a plain state dict from a trusted environment") from None
+        raise CheckpointError(checkpoint_error_message(path, e)) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     return ckpt
