@@ -173,14 +173,15 @@ def test_abandoned_stream_stops_using_cpu(tiny_bundles: dict[str, Path]) -> None
         time.sleep(0.5)
         assert time.process_time() - cpu0 < 0.05
         assert syn._scheduler.busy["cpu"] == 0 and stream.info.state == "running"
-        del stream, state
+        del stream
         import gc
 
-        gc.collect()  # the finalizer marks it abandoned; the scheduler drops it at its next look
-        with syn._scheduler.lock:
-            syn._scheduler.wake()
-        time.sleep(0.1)
-        assert syn._scheduler.clients() == []
+        gc.collect()  # the finalizer ends it (from a thread of its own): no other activity needed
+        for _ in range(100):
+            if state.state == "cancelled" and not syn._scheduler.clients():
+                break
+            time.sleep(0.01)
+        assert state.state == "cancelled" and syn._scheduler.clients() == [] and not state.results
 
 
 def test_async_iteration_and_close_inside_the_event_loop(tiny_bundles: dict[str, Path]) -> None:
@@ -313,6 +314,106 @@ def test_session_open_errors_name_the_cause(tiny_bundles: dict[str, Path], tmp_p
     broken.write_bytes(src.read_bytes()[:5000])
     with pytest.raises(BundleError, match="damaged: re-export"):
         OrtBackend(broken).open()
+
+
+def _reader_threads() -> list[str]:
+    for _ in range(100):
+        alive = [t.name for t in threading.enumerate() if t.name == "sambert-input"]
+        if not alive:
+            return []
+        time.sleep(0.02)
+    return alive
+
+
+def test_long_symbol_line_from_an_iterable(tiny_bundles: dict[str, Path]) -> None:
+    """A line longer than the reader's look-ahead must still arrive whole (it once deadlocked:
+    the reader held back while the stream waited for the rest of the line)."""
+    line = _units(400, 2)
+    assert len(line) > 16_384
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL) as syn:
+        ref = syn.synthesize(symbols=line)
+        pieces = iter([line[:10_000], line[10_000:], "\n"])
+        got = syn.synthesize(symbols=pieces)
+    assert np.array_equal(got, ref)
+
+
+def test_failed_stream_releases_its_reader(tiny_bundles: dict[str, Path]) -> None:
+    bad = "{zz_c$tone1$s_begin$word_begin$emotion_neutral$F7}\n"
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL) as syn:
+        stream = syn.stream(symbols=iter([bad] + [_units(30, k) + "\n" for k in range(60)]))
+        with pytest.raises(InvalidInputError, match="sy symbol 'zz_c'"):
+            list(stream)
+        assert _reader_threads() == []
+
+
+def test_source_errors_reach_the_consumer(tiny_bundles: dict[str, Path]) -> None:
+    class Source:
+        def __init__(self) -> None:
+            self.items = ["你好。\n"]
+
+        def __iter__(self) -> Source:
+            return self
+
+        def __next__(self) -> str:
+            if self.items:
+                return self.items.pop()
+            raise OSError("connection reset")
+
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL) as syn:
+        with pytest.raises(OSError, match="connection reset"):
+            list(syn.stream(Source()))
+        assert _reader_threads() == []
+
+
+def test_a_file_object_given_as_input_stays_open(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+    f = tmp_path / "t.txt"
+    f.write_text("今天天气很好。\n明天见。\n", encoding="utf-8")
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL) as syn, open(f, encoding="utf-8") as fh:
+        assert syn.synthesize(fh).size > 0
+        assert not fh.closed
+
+
+def test_bookkeeping_error_ends_the_stream(tiny_bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from sambert_deploy.runtime.stream import StreamState
+
+    real = StreamState._apply
+    calls = {"n": 0}
+
+    def flaky(self: StreamState, task: object, result: object, error: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise MemoryError("no room for a chunk")
+        real(self, task, result, error)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StreamState, "_apply", flaky)
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL) as syn:
+        with pytest.raises(MemoryError, match="no room"):
+            list(syn.stream(symbols=_units(60, 1)))
+        monkeypatch.setattr(StreamState, "_apply", real)
+        assert syn.synthesize(symbols=_units(5)).size > 0  # the workers still serve other streams
+
+
+def test_close_keeps_a_stream_error_unread(tiny_bundles: dict[str, Path]) -> None:
+    syn = Synthesizer(tiny_bundles["causal"], backend="cpu", options=StreamOptions(max_ahead=1000))
+    bad = "{zz_c$tone1$s_begin$word_begin$emotion_neutral$F7}\n"
+    stream = syn.stream(symbols=iter([_units(5) + "\n", bad]))
+    deadline = time.perf_counter() + 10
+    while stream._state.error is None:
+        assert time.perf_counter() < deadline
+        time.sleep(0.01)
+    syn.close()
+    with pytest.raises(InvalidInputError, match="zz_c"):
+        list(stream)
+
+
+def test_dropped_synthesizer_stops_its_workers(tiny_bundles: dict[str, Path]) -> None:
+    import gc
+
+    syn = Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL)
+    syn.synthesize(symbols=_units(5))
+    del syn
+    gc.collect()
+    assert _workers_alive() == []
 
 
 # -- CLI -----------------------------------------------------------------------------------------

@@ -50,6 +50,9 @@ class Client(Protocol):
 
     def finish(self, task: Task, result: Any, error: BaseException | None) -> None: ...
 
+    def fail(self, error: BaseException) -> None:
+        """End the client with ``error`` (its own bookkeeping raised); must not raise."""
+
     @property
     def defunct(self) -> bool: ...
 
@@ -119,13 +122,25 @@ class Scheduler:
     def _pick(self, lane: str) -> Task | None:
         best: Task | None = None
         for client in list(self._clients):
-            if client.defunct:
-                self.remove(client)
+            try:
+                if client.defunct:
+                    self.remove(client)
+                    continue
+                task = client.offer(lane)
+            except Exception as e:  # one stream's bug must not stop the workers that serve the others
+                self._drop(client, e)
                 continue
-            task = client.offer(lane)
             if task is not None and (best is None or task.key < best.key):
                 best = task
         return best
+
+    def _drop(self, client: Client, error: BaseException) -> None:
+        log.exception("stream bookkeeping failed; ending that stream")
+        self.remove(client)
+        try:
+            client.fail(error)
+        except Exception:
+            log.exception("could not end the stream")
 
     def _work(self, lane: str) -> None:
         cv = self._cv[lane]
@@ -135,7 +150,11 @@ class Scheduler:
                 if task is None:
                     cv.wait()
                     continue
-                task.owner.start(task)
+                try:
+                    task.owner.start(task)
+                except Exception as e:
+                    self._drop(task.owner, e)
+                    continue
                 self.busy[lane] += 1
                 self.lock.release()
                 result: Any = None
@@ -149,6 +168,6 @@ class Scheduler:
                 self.busy[lane] -= 1
                 try:
                     task.owner.finish(task, result, error)
-                except Exception:  # a bug in bookkeeping must not kill the worker serving other streams
-                    log.exception("stream bookkeeping failed")
+                except Exception as e:  # a bug in bookkeeping must not kill the worker serving other streams
+                    self._drop(task.owner, e)
                 self.wake()

@@ -16,6 +16,7 @@ slow consumer holds a bounded amount of memory and no CPU.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 import time
@@ -233,12 +234,23 @@ class StreamState:
             self.running_windows -= 1
         else:
             self.acoustic_busy = False
+        try:
+            self._apply(task, result, error)
+        except Exception as e:  # e.g. MemoryError building a chunk: the consumer must hear of it
+            self.fail(e)
+        self._notify()
+
+    def fail(self, error: BaseException) -> None:
+        """The scheduler could not run or book one of this stream's tasks (lock held)."""
+        self._fail(error)
+        self._notify()
+
+    def _apply(self, task: Task, result: Any, error: BaseException | None) -> None:
         if error is not None:
             if not isinstance(error, StreamCancelledError):
                 self._fail(error)
-            self._notify()
             return
-        if self.state != "running":
+        if self.state != "running" or self.error is not None:
             return
         if task.kind == "window":
             job: _Job = task.meta["job"]
@@ -264,7 +276,6 @@ class StreamState:
                 self.waiting_input = True
             if out.input_done:
                 self.acoustic_done = True
-        self._notify()
 
     # -- the tasks (no lock) -----------------------------------------------------------------------
     def _window_fn(self, job: _Job) -> Any:
@@ -358,12 +369,13 @@ class StreamState:
             self.results.clear()
             self.token.cancel()
 
-    def _stop(self, state: str, error: BaseException | None) -> None:
-        """End the stream (lock held): drop queued work, stop running graph calls, wake everyone."""
+    def _stop(self, state: str, error: BaseException | None) -> bool:
+        """End the stream (lock held): drop queued work, stop running graph calls, wake everyone
+        (consumer, input reader, async waiters). The one way a stream ends; False if it had ended."""
         if self.state != "running":
-            return
+            return False
         self.state = state
-        if error is not None:
+        if error is not None and self.error is None:  # an error already waiting for the consumer wins
             self.error = error
         self.end_s = time.perf_counter() - self.t0
         self.ready.clear()
@@ -371,15 +383,13 @@ class StreamState:
         self.sched.remove(self)
         self.token.cancel()
         self._notify()
+        return True
 
     def poll(self) -> AudioChunk | None:
         """The next chunk if ready, None if not yet; raises StopIteration at the end or the stream's
         error (lock held)."""
         if self.error is not None:
-            if self.state == "running":
-                self.state = "failed"
-                self.end_s = time.perf_counter() - self.t0
-                self.sched.remove(self)
+            self._stop("failed", None)
             if not self.error_reported:
                 self.error_reported = True
                 raise self.error
@@ -393,10 +403,7 @@ class StreamState:
             self.sched.wake()  # room under max_ahead: the acoustic step may run again
             return chunk
         if self.acoustic_done and not self.acoustic_busy and self.next_out == self.next_seq:
-            self.state = "done"
-            self.end_s = time.perf_counter() - self.t0
-            self.sched.remove(self)
-            self._notify()
+            self._stop("done", None)
             raise StopIteration
         return None
 
@@ -411,14 +418,15 @@ class StreamState:
     def cancel(self, error: BaseException | None = None) -> None:
         """Stop the stream now; never waits for running work (its graph calls are told to stop)."""
         with self.cv:
-            self._stop("failed" if error is not None else "cancelled", error)
-            self.error_reported = error is None
+            if self._stop("failed" if error is not None else "cancelled", error) and error is None:
+                self.error_reported = True  # the caller stopped it: nothing to raise
 
     def abandon(self) -> None:
         """From the Stream's finalizer, in whatever thread the collector runs (maybe a worker holding
-        the scheduler's lock): no lock taken; the scheduler ends the stream at its next look."""
+        the scheduler's lock, so no lock is taken here): a short-lived thread ends the stream."""
         self.abandoned = True
         self.token.cancel()
+        threading.Thread(target=self.cancel, name="sambert-finalize", daemon=True).start()
 
     def input_changed(self) -> None:
         """The source got text or was finished (lock held)."""
@@ -442,33 +450,44 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 def read_input(state: StreamState, pieces: Iterable[str]) -> None:
     """Feed an iterable text source (stdin, a generator) into the stream, in its own thread: reading
     may block on I/O, which must never hold a scheduler worker. Reads ahead at most
-    ``MAX_PENDING_CHARS`` beyond what the front end has taken."""
+    ``MAX_PENDING_CHARS`` beyond what the front end has taken, except while the stream waits for more
+    input (a sentence longer than that must still arrive whole)."""
     it = iter(pieces)
+
+    def stopped() -> bool:
+        return state.state != "running" or state.error is not None or state.token.cancelled
+
+    end = object()
     try:
-        for piece in it:
-            if state.token.cancelled or state.abandoned:
-                return
+        while not stopped():
+            piece = next(it, end)
+            if piece is end:
+                state.source.finish()
+                break
+            if stopped():
+                break
             if not isinstance(piece, str):
                 raise InvalidInputError(f"text pieces must be str, got {type(piece).__name__}")
             state.source.feed(piece)
             with state.cv:
                 state.input_changed()
-                while (state.source.pending_chars > MAX_PENDING_CHARS and state.state == "running"
-                       and not state.abandoned):
-                    state.cv.wait()  # woken when the acoustic step takes text, or the stream ends
-            if state.state != "running":
-                return
-        state.source.finish()
+                while state.source.pending_chars > MAX_PENDING_CHARS and not state.waiting_input and not stopped():
+                    state.cv.wait()  # woken when the acoustic step takes text or waits for it, or the stream ends
     except BaseException as e:  # a failing source fails the stream, reported to its consumer
         with state.cv:
-            state._fail(e)
-            state._notify()
+            state.fail(e)
     finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
-        with state.cv:
-            state.input_changed()
+        try:
+            # Only a generator is ours to close (it stops now, in this thread); a file object the
+            # caller passed stays open: it is theirs.
+            if inspect.isgenerator(it):
+                it.close()
+        except BaseException as e:  # noqa: BLE001 - reported to the consumer
+            with state.cv:
+                state.fail(e)
+        finally:
+            with state.cv:
+                state.input_changed()
 
 
 class Stream:
@@ -484,7 +503,7 @@ class Stream:
 
         self._state = state
         self._reader = reader
-        weakref.finalize(self, state.abandon)
+        weakref.finalize(self, state.abandon).atexit = False  # at exit daemon workers just stop
 
     def __iter__(self) -> Stream:
         return self
@@ -508,6 +527,8 @@ class Stream:
                 if chunk is not None:
                     return chunk
                 fut: asyncio.Future[None] = loop.create_future()
+                # a waiter cancelled by its caller (asyncio.wait_for) leaves a done future behind
+                state.async_waiters = [(lp, f) for lp, f in state.async_waiters if not f.done()]
                 state.async_waiters.append((loop, fut))
             await fut
 
@@ -525,4 +546,13 @@ class Stream:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    async def aclose(self) -> None:
         self.close()

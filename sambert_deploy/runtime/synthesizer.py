@@ -22,6 +22,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -148,8 +149,9 @@ class SymbolLines:
 
     @property
     def pending_chars(self) -> int:
+        """Characters of complete lines not yet taken (a line still arriving is not back-pressure)."""
         with self._lock:
-            return self._pending + len(self._buf)
+            return self._pending
 
 
 class Synthesizer:
@@ -187,6 +189,10 @@ class Synthesizer:
         self._load_lock = threading.Lock()
         self._closed = False
         self._order = 0
+        # A Synthesizer dropped without close() must not leave its workers behind (a service that
+        # reloads would collect pools). The finalizer may run in any thread, a worker holding the
+        # scheduler's lock included, so it hands the shutdown to a thread of its own.
+        weakref.finalize(self, _shutdown_later, self._scheduler).atexit = False
         log.info("backends requested: acoustic model on %s, vocoder on %s; CPU budget %d thread(s)",
                  self.am_backend, self.voc_backend, self.cpu_budget)
 
@@ -354,15 +360,24 @@ class Synthesizer:
             self._order += 1
             state.order = self._order
             self._scheduler.add(state, tuple({plan.am_lane, plan.voc_lane}))
+        stream = Stream(state, reader)  # its finalizer now owns the state's end
         if reader is not None:
-            reader.start()
-        return Stream(state, reader)
+            try:
+                reader.start()
+            except BaseException:
+                state.cancel()
+                raise
+        return stream
 
     def synthesize(self, text: str | Iterable[str] | None = None, **kw: Any) -> np.ndarray:
         """Whole audio (float32) of a stream, concatenated."""
         with self.stream(text, **kw) as s:
             chunks = [c.samples for c in s]
         return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+
+def _shutdown_later(scheduler: Scheduler) -> None:
+    threading.Thread(target=scheduler.close, kwargs={"timeout": 30.0}, name="sambert-finalize", daemon=True).start()
 
 
 def _lane(backend: str) -> str:
