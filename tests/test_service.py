@@ -255,6 +255,30 @@ def test_long_text_first_audio_does_not_wait_for_the_front_end(tiny_bundles: dic
     assert info.sentences < 20  # the front end ran only as far as the audio needed
 
 
+def test_voice_loads_once_for_concurrent_first_requests(tiny_bundles: dict[str, Path],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from sambert_deploy.runtime import synthesizer as mod
+
+    opened: list[str] = []
+    real = mod.AcousticModel.__init__
+
+    def counting(self: mod.AcousticModel, *a: object, **kw: object) -> None:
+        opened.append("am")
+        time.sleep(0.2)  # a slow load: the other requests arrive meanwhile
+        real(self, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mod.AcousticModel, "__init__", counting)
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL) as syn:
+        outs: list[int] = []
+        threads = [threading.Thread(target=lambda: outs.append(syn.synthesize(symbols=_units(8)).size))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert opened == ["am"] and len(outs) == 4 and len(set(outs)) == 1
+
+
 def test_front_end_is_per_voice(two_voices: Path) -> None:
     """Defect: the front end was cached with the first voice's speakers."""
     with Synthesizer(two_voices, backend="cpu", options=SMALL) as syn:
@@ -430,6 +454,26 @@ def test_synth_reads_symbols_from_stdin(tiny_bundles: dict[str, Path], tmp_path:
         ref = syn.synthesize(symbols=lines)
     data, _ = sf.read(out, dtype="int16")
     assert data.size == ref.size
+
+
+def test_synth_speaks_stdin_before_it_closes(tiny_bundles: dict[str, Path]) -> None:
+    exe = shutil.which("sambert-deploy", path=str(Path(sys.executable).parent))
+    assert exe
+    p = subprocess.Popen([exe, "-q", "synth", str(tiny_bundles["causal"]), "-", "-o", "-"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdin is not None and p.stdout is not None
+    try:
+        p.stdin.write("今天天气很好。\n".encode())
+        p.stdin.flush()
+        got = p.stdout.read1(4096)  # audio of the first sentence, while stdin is still open
+        assert got and p.poll() is None
+        p.stdin.write("明天见。\n".encode())
+        p.stdin.close()
+        rest = p.stdout.read()
+        assert p.wait(60) == 0, p.stderr.read() if p.stderr else ""
+        assert len(got) + len(rest) > len(got)
+    finally:
+        p.kill()
 
 
 def test_synth_text_beginning_with_dash(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
