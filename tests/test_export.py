@@ -102,7 +102,8 @@ def test_full_fixtures_export_via_cli_and_reproduce_without_torch(tmp_path: Path
         print(_run_isolated(_fixture_script(b, FULL)))
 
 
-def test_gate_catches_a_broken_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _break_vocoder_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Export scales the vocoder's largest weight by 1.05 after writing it: a graph the gate must catch."""
     original = bundle_mod.export_graph
 
     def broken(spec, model, path, meta, opset=None, seed=0):  # noqa: ANN001, ANN202
@@ -116,6 +117,10 @@ def test_gate_catches_a_broken_graph(tmp_path: Path, monkeypatch: pytest.MonkeyP
         return res
 
     monkeypatch.setattr(bundle_mod, "export_graph", broken)
+
+
+def test_gate_catches_a_broken_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _break_vocoder_export(monkeypatch)
     d = make_modelscope_dir(tmp_path / "m", TINY, voices=("v",), extra_ckpt=None)
     with pytest.raises(ExportValidationError) as e:
         export_model(d, tmp_path / "b", options=ExportOptions(gate_units=(3,)))
@@ -289,19 +294,7 @@ def test_failed_force_export_keeps_previous_bundle(tmp_path: Path, monkeypatch: 
     # The re-export is deterministic, so only a file of the old bundle tells old from new.
     (b / "previous.txt").write_text("kept")
     if how == "graph_parity":
-        original = bundle_mod.export_graph
-
-        def broken(spec, model, path, meta, opset=None, seed=0):  # noqa: ANN001, ANN202
-            res = original(spec, model, path, meta, opset, seed)
-            if spec.name == "vocoder":
-                proto = onnx.load(str(path))
-                init = max(proto.graph.initializer, key=lambda i: len(i.raw_data))
-                arr = onnx.numpy_helper.to_array(init) * np.float32(1.05)
-                init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
-                onnx.save(proto, str(path))
-            return res
-
-        monkeypatch.setattr(bundle_mod, "export_graph", broken)
+        _break_vocoder_export(monkeypatch)
         expected: type[BaseException] = ExportValidationError
     elif how == "pipeline_gate":
         original_ref = bundle_mod.torch_reference
