@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[export,dev]'
+	$(BIN)/python -m pip install -q -e '.[export,serve,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,7 +19,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check sambert_deploy tests scripts
-	$(BIN)/mypy sambert_deploy/runtime sambert_deploy/frontend sambert_deploy/symbols.py sambert_deploy/errors.py
+	$(BIN)/mypy sambert_deploy/runtime sambert_deploy/frontend sambert_deploy/serve sambert_deploy/symbols.py sambert_deploy/errors.py
 
 test: lint
 	$(BIN)/python -m pytest -q

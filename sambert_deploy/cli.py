@@ -207,6 +207,47 @@ def symbols(text: str, emotion: str | None, speaker: str, lexicon: Path | None, 
 
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--max-concurrent", default=2, show_default=True, type=click.IntRange(1, 1024),
+              help="Streams synthesizing at once.")
+@click.option("--max-queue", default=8, show_default=True, type=click.IntRange(0, 100000),
+              help="Requests waiting for a slot; more get 429 with Retry-After.")
+@click.option("--max-input-chars", default=4096, show_default=True, type=click.IntRange(1, 10**7))
+@click.option("--api-key", "api_key", help="Require 'Authorization: Bearer KEY' on /v1/*.")
+@click.option("--api-key-file", type=click.Path(path_type=Path), help="File with one API key per line.")
+@click.option("--backend", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--threads", default=0, type=click.IntRange(0, 256), help="CPU budget (0: every CPU this process may use).")
+@handle_errors
+def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: int, max_input_chars: int,
+          api_key: str | None, api_key_file: Path | None, backend: str, threads: int) -> None:
+    """Serve BUNDLE over HTTP: OpenAI's /v1/audio/speech (streamed), voices, models, health, metrics and a
+    browser page at /."""
+    from .errors import InvalidInputError, MissingExtraError
+    from .runtime.synthesizer import Synthesizer
+
+    try:
+        import uvicorn
+
+        from .serve.app import ServeConfig, create_app
+    except ImportError as e:
+        raise MissingExtraError(e.name or "fastapi", "serve") from None
+    keys = [api_key] if api_key else []
+    if api_key_file is not None:
+        try:
+            keys += [k.strip() for k in api_key_file.read_text("utf-8").splitlines() if k.strip()]
+        except OSError as e:
+            raise InvalidInputError(f"cannot read --api-key-file {api_key_file}: {e}") from None
+    with Synthesizer(bundle, backend=backend, threads=threads) as syn:
+        loaded = syn.load("*")
+        log.info("loaded %d voice(s) in %.2f s; backends %s", len(syn.voices()), loaded, syn.backends())
+        cfg = ServeConfig(max_concurrent=max_concurrent, max_queue=max_queue, max_input_chars=max_input_chars,
+                          api_keys=tuple(keys), load_seconds=loaded)
+        uvicorn.run(create_app(syn, cfg), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
 @handle_errors
 def info(bundle: Path) -> None:
     """Describe a bundle: voices, emotions, speakers, graphs, provenance."""

@@ -19,9 +19,8 @@ import io
 import os
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -104,13 +103,13 @@ def encoding(fmt: str, model_rate: int, pcm_rate: int | None = None) -> Encoding
     return Encoding(fmt, model_rate, CONTENT_TYPES[fmt])
 
 
-def encoder(enc: Encoding, model_rate: int) -> Iterator[bytes] | Any:
+def encoder(enc: Encoding, model_rate: int) -> Generator[bytes, np.ndarray | None, None]:
     """A generator: ``send(samples)`` returns the bytes ready so far; ``send(None)`` ends the stream and
     returns the rest. Prime it with ``next()``, which returns the header (possibly empty)."""
     return _encode(enc, model_rate)
 
 
-def _encode(enc: Encoding, model_rate: int) -> Any:
+def _encode(enc: Encoding, model_rate: int) -> Generator[bytes, np.ndarray | None, None]:
     if enc.format in ("wav", "pcm"):
         resample = Resampler() if enc.format == "pcm" and enc.sample_rate != model_rate else None
         x = yield (wav_header(enc.sample_rate) if enc.format == "wav" else b"")

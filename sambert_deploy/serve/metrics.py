@@ -1,0 +1,72 @@
+"""Prometheus text exposition for the speech server, without a client library (a few counters and
+histograms; the format is the documented text format 0.0.4)."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+TTFA_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+RTF_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
+
+
+class _Histogram:
+    def __init__(self, buckets: tuple[float, ...]):
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.total = 0
+        self.sum = 0.0
+
+    def observe(self, v: float) -> None:
+        self.total += 1
+        self.sum += v
+        for i, b in enumerate(self.buckets):
+            if v <= b:
+                self.counts[i] += 1
+
+    def render(self, name: str, help_: str) -> list[str]:
+        out = [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
+        for b, c in zip(self.buckets, self.counts, strict=True):
+            out.append(f'{name}_bucket{{le="{b}"}} {c}')
+        out += [f'{name}_bucket{{le="+Inf"}} {self.total}', f"{name}_sum {self.sum:.6f}", f"{name}_count {self.total}"]
+        return out
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, str], int] = defaultdict(int)
+        self.ttfa = _Histogram(TTFA_BUCKETS)
+        self.rtf = _Histogram(RTF_BUCKETS)
+        self.audio_seconds = 0.0
+        self.running = 0
+        self.queued = 0
+        self.load_seconds = 0.0
+
+    def observe(self, outcome: str, fmt: str, ttfa: float | None, rtf: float | None, audio_s: float) -> None:
+        with self._lock:
+            self.requests[(outcome, fmt)] += 1
+            if ttfa is not None:
+                self.ttfa.observe(ttfa)
+            if rtf is not None:
+                self.rtf.observe(rtf)
+            self.audio_seconds += audio_s
+
+    def render(self) -> str:
+        with self._lock:
+            out = ["# HELP sambert_requests_total Speech requests by outcome and response format.",
+                   "# TYPE sambert_requests_total counter"]
+            for (outcome, fmt), n in sorted(self.requests.items()):
+                out.append(f'sambert_requests_total{{outcome="{outcome}",format="{fmt}"}} {n}')
+            out += self.ttfa.render("sambert_time_to_first_audio_seconds",
+                                    "From the request to the first audio chunk, in seconds.")
+            out += self.rtf.render("sambert_real_time_factor", "Wall time over audio time per request.")
+            out += ["# HELP sambert_audio_seconds_total Audio produced, in seconds.",
+                    "# TYPE sambert_audio_seconds_total counter", f"sambert_audio_seconds_total {self.audio_seconds:.3f}",
+                    "# HELP sambert_streams_in_flight Streams synthesizing now.", "# TYPE sambert_streams_in_flight gauge",
+                    f"sambert_streams_in_flight {self.running}",
+                    "# HELP sambert_streams_queued Streams waiting for a slot.", "# TYPE sambert_streams_queued gauge",
+                    f"sambert_streams_queued {self.queued}",
+                    "# HELP sambert_load_seconds Time to load the voices at start-up.",
+                    "# TYPE sambert_load_seconds gauge", f"sambert_load_seconds {self.load_seconds:.3f}"]
+            return "\n".join(out) + "\n"

@@ -1,0 +1,209 @@
+"""The OpenAI-compatible server: formats decoded back, streaming, errors, admission, disconnects,
+and the real `openai` client against a live uvicorn on loopback."""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer  # noqa: E402
+from sambert_deploy.serve.app import ServeConfig, create_app  # noqa: E402
+
+TEXT = "今天天气很好。我们去公园散步吧！"
+
+
+@pytest.fixture(scope="module")
+def synth(tiny_bundles: dict[str, Path]) -> Iterator[Synthesizer]:
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=StreamOptions(vocoder_chunk=16)) as s:
+        s.load("*")
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(synth: Synthesizer) -> Iterator[TestClient]:
+    with TestClient(create_app(synth, ServeConfig(max_concurrent=2, max_queue=2))) as c:
+        yield c
+
+
+def _wav_samples(data: bytes) -> tuple[int, np.ndarray]:
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE" and data[36:40] == b"data"
+    rate = struct.unpack("<I", data[24:28])[0]
+    return rate, np.frombuffer(data[44:], "<i2")
+
+
+def test_formats_decode_to_the_python_api_length(client: TestClient, synth: Synthesizer) -> None:
+    import soundfile as sf
+
+    ref = synth.synthesize(TEXT, voice=synth.voices()[0])
+    for fmt in ("wav", "pcm", "flac", "mp3", "opus"):
+        r = client.post("/v1/audio/speech", json={"model": "tts-1", "input": TEXT, "voice": synth.voices()[0],
+                                                   "response_format": fmt})
+        assert r.status_code == 200, (fmt, r.text)
+        if fmt == "wav":
+            rate, pcm = _wav_samples(r.content)
+            assert rate == 16000 and len(pcm) == len(ref)
+            assert np.array_equal(pcm, np.clip(ref * 32768.0, -32768, 32767).astype(np.int16))
+        elif fmt == "pcm":
+            assert r.headers["content-type"].startswith("audio/L16; rate=16000")
+            assert len(r.content) // 2 == len(ref)
+        else:
+            f = sf.SoundFile(io.BytesIO(r.content))
+            n = sum(len(b) for b in f.blocks(4096))
+            assert f.samplerate == 16000
+            # lossy codecs pad to their frame size (MP3 1152 samples plus encoder delay; Opus 20 ms)
+            assert abs(n - len(ref)) <= (2304 if fmt == "mp3" else 960), (fmt, n, len(ref))
+    r = client.post("/v1/audio/speech", json={"model": "tts-1", "input": TEXT, "voice": synth.voices()[0],
+                                              "response_format": "pcm", "sample_rate": 24000})
+    assert r.status_code == 200 and abs(len(r.content) // 2 - len(ref) * 3 // 2) <= 1
+
+
+def test_sse_events_concatenate_to_the_same_audio(client: TestClient, synth: Synthesizer) -> None:
+    import base64
+    import json
+
+    body = {"model": "tts-1", "input": TEXT, "voice": {"id": synth.voices()[0]}, "response_format": "pcm",
+            "stream_format": "sse"}
+    r = client.post("/v1/audio/speech", json=body)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events[-1]["type"] == "speech.audio.done"
+    usage = events[-1]["usage"]
+    assert all(isinstance(usage[k], int) for k in ("input_tokens", "output_tokens", "total_tokens"))
+    audio = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    plain = client.post("/v1/audio/speech", json={**body, "stream_format": "audio"}).content
+    assert audio == plain
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    ({"model": "tts-1", "input": TEXT, "voice": "nobody"}, 404, "voice"),
+    ({"model": "nope", "input": TEXT, "voice": "tiny_emo"}, 404, "model"),
+    ({"model": "tts-1", "input": "", "voice": "tiny_emo"}, 400, "input"),
+    ({"model": "tts-1", "input": "好" * 5000, "voice": "tiny_emo"}, 400, "input"),
+    ({"model": "tts-1", "input": TEXT, "voice": "tiny_emo", "speed": 9}, 400, "speed"),
+    ({"model": "tts-1", "input": TEXT, "voice": "tiny_emo", "response_format": "aac"}, 400, "response_format"),
+    ({"model": "tts-1", "input": TEXT, "voice": "tiny_emo", "emotion": "grumpy"}, 400, "emotion"),
+    ({"model": "tts-1", "voice": "tiny_emo"}, 400, "input"),
+    ({"model": "tts-1", "input": 5, "voice": "tiny_emo"}, 400, "input"),
+])
+def test_errors_are_openai_shaped(client: TestClient, body: dict, status: int, param: str) -> None:
+    r = client.post("/v1/audio/speech", json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["param"] == param and err["message"]
+
+
+def test_malformed_and_oversized_bodies(client: TestClient) -> None:
+    r = client.post("/v1/audio/speech", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = client.post("/v1/audio/speech", content=b"x" * (1 << 20), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_listings_health_metrics_page(client: TestClient) -> None:
+    voices = client.get("/v1/audio/voices").json()["voices"]
+    assert voices[0]["id"] == "tiny_emo" and "happy" in voices[0]["emotions"] and voices[0]["speakers"]
+    assert "tts-1" in [m["id"] for m in client.get("/v1/models").json()["data"]]
+    m = client.get("/metrics").text
+    for name in ("sambert_requests_total", "sambert_time_to_first_audio_seconds_bucket", "sambert_real_time_factor_count",
+                 "sambert_audio_seconds_total", "sambert_streams_in_flight", "sambert_load_seconds"):
+        assert name in m
+    page = client.get("/")
+    assert page.status_code == 200 and "AudioContext" in page.text and "http" not in page.text.split("<script>")[1][:0]
+
+
+def test_api_key(synth: Synthesizer) -> None:
+    with TestClient(create_app(synth, ServeConfig(api_keys=("s3cret",)))) as c:
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/health").status_code == 200  # only /v1/* is guarded
+
+
+# -- a live server on loopback --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def live(synth: Synthesizer) -> Iterator[str]:
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = uvicorn.Server(uvicorn.Config(create_app(synth, ServeConfig(max_concurrent=2, max_queue=2)),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    t.join(10)
+
+
+def test_openai_client(live: str, synth: Synthesizer) -> None:
+    openai = pytest.importorskip("openai")
+    c = openai.OpenAI(base_url=live + "/v1", api_key="unused")
+    ref = synth.synthesize(TEXT)
+    r = c.audio.speech.create(model="tts-1", voice="tiny_emo", input=TEXT, response_format="wav")
+    rate, pcm = _wav_samples(r.content)
+    assert rate == 16000 and len(pcm) == len(ref)
+    with c.audio.speech.with_streaming_response.create(model="tts-1", voice="tiny_emo", input=TEXT * 5,
+                                                       response_format="pcm") as resp:
+        got = b"".join(resp.iter_bytes())
+    assert len(got) > 0
+    with pytest.raises(openai.NotFoundError):
+        c.audio.speech.create(model="tts-1", voice="nobody", input=TEXT)
+    with pytest.raises(openai.BadRequestError):
+        c.audio.speech.create(model="tts-1", voice="tiny_emo", input="好" * 5000)
+
+
+def test_admission_and_disconnects(live: str) -> None:
+    import httpx
+
+    body = {"model": "tts-1", "input": TEXT * 20, "voice": "tiny_emo", "response_format": "pcm"}
+    results: list[int] = []
+    retry: list[str] = []
+
+    def one() -> None:
+        with httpx.Client(timeout=60) as h:
+            r = h.post(live + "/v1/audio/speech", json=body)
+            results.append(r.status_code)
+            if r.status_code == 429:
+                retry.append(r.headers.get("retry-after", ""))
+                assert r.json()["error"]["type"] == "rate_limit_error"
+            else:
+                assert len(r.content) > 0
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(results).count(200) >= 4 and all(s in (200, 429) for s in results)
+    # Clients that leave mid-stream free their slot.
+    for _ in range(5):
+        with httpx.Client(timeout=60) as h, h.stream("POST", live + "/v1/audio/speech", json=body) as r:
+            next(r.iter_bytes())
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        m = httpx.get(live + "/metrics").text
+        if "sambert_streams_in_flight 0" in m:
+            break
+        time.sleep(0.05)
+    assert "sambert_streams_in_flight 0" in m
