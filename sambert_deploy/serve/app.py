@@ -57,8 +57,8 @@ class ApiError(Exception):
 class Admission:
     """At most ``active`` holders and ``queue`` waiters; beyond that ``acquire`` refuses at once."""
 
-    def __init__(self, active: int, queue: int):
-        self.active, self.queue = active, queue
+    def __init__(self, active: int, queue: int, retry_after_s: int = 1):
+        self.active, self.queue, self.retry_after_s = active, queue, retry_after_s
         self.running = 0
         self.waiting = 0
         self._cond = asyncio.Condition()
@@ -67,7 +67,8 @@ class Admission:
         async with self._cond:
             if self.running >= self.active and self.waiting >= self.queue:
                 raise ApiError(429, f"server busy: {self.running} streams running and {self.waiting} queued; retry "
-                               "later", "rate_limit_error", code="server_busy")
+                               "later", "rate_limit_error", code="server_busy",
+                               headers={"Retry-After": str(self.retry_after_s)})
             self.waiting += 1
             try:
                 await self._cond.wait_for(lambda: self.running < self.active)
@@ -100,7 +101,7 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> Any:
     cfg = config or ServeConfig()
     metrics = Metrics()
     metrics.load_seconds = cfg.load_seconds
-    admission = Admission(cfg.max_concurrent, cfg.max_queue)
+    admission = Admission(cfg.max_concurrent, cfg.max_queue, cfg.retry_after_s)
     warned_instructions: list[bool] = []
 
     class VoiceRef(BaseModel):
