@@ -208,3 +208,30 @@ def test_admission_and_disconnects(live: str) -> None:
             break
         time.sleep(0.05)
     assert "sambert_streams_in_flight 0" in m
+
+
+def test_browser_page_plays_while_streaming(live: str) -> None:
+    """Headless Chromium (Debian's) drives the page: it loads the voices, synthesizes, and starts
+    playing before the response has finished."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("no chromium here (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe,
+                                    args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
+        try:
+            page = browser.new_page()
+            page.goto(live + "/")
+            page.wait_for_function("document.querySelectorAll('#voice option').length > 0")
+            page.fill("#text", TEXT * 30)
+            page.click("#speak")
+            page.wait_for_function("window.sambertStats && window.sambertStats.doneMs !== null", timeout=120_000)
+            stats = page.evaluate("window.sambertStats")
+            assert page.is_visible("#download")
+        finally:
+            browser.close()
+    assert stats["error"] is None and stats["audioS"] > 1
+    assert stats["playStartMs"] < stats["doneMs"], stats
