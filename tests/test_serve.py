@@ -181,16 +181,36 @@ def live(synth: Synthesizer) -> Iterator[str]:
 
 
 def test_openai_client(live: str, synth: Synthesizer) -> None:
+    """The real `openai` client: every format decoded back to the Python API's length, streaming that
+    starts before synthesis ends, SSE, and its typed errors."""
+    import soundfile as sf
+
     openai = pytest.importorskip("openai")
     c = openai.OpenAI(base_url=live + "/v1", api_key="unused")
     ref = synth.synthesize(TEXT)
-    r = c.audio.speech.create(model="tts-1", voice="tiny_emo", input=TEXT, response_format="wav")
-    rate, pcm = _wav_samples(r.content)
-    assert rate == 16000 and len(pcm) == len(ref)
-    with c.audio.speech.with_streaming_response.create(model="tts-1", voice="tiny_emo", input=TEXT * 5,
+    for fmt in ("wav", "pcm", "flac", "mp3", "opus"):
+        data = c.audio.speech.create(model="tts-1", voice="tiny_emo", input=TEXT, response_format=fmt).content
+        if fmt == "wav":
+            rate, pcm = _wav_samples(data)
+            n = len(pcm)
+        elif fmt == "pcm":
+            rate, n = 16000, len(data) // 2
+        else:
+            f = sf.SoundFile(io.BytesIO(data))
+            rate, n = f.samplerate, sum(len(b) for b in f.blocks(4096))
+        tolerance = {"mp3": 2304, "opus": 960}.get(fmt, 0)  # codec frame padding; exact otherwise
+        assert rate == 16000 and abs(n - len(ref)) <= tolerance, (fmt, n, len(ref))
+    ten = "".join(f"第{k}句，今天天气很好，我们去公园散步吧。" for k in range(10))
+    t0 = time.perf_counter()
+    with c.audio.speech.with_streaming_response.create(model="tts-1", voice={"id": "tiny_emo"}, input=ten,
                                                        response_format="pcm") as resp:
-        got = b"".join(resp.iter_bytes())
-    assert len(got) > 0
+        it = resp.iter_bytes()
+        first = next(it)
+        t_first = time.perf_counter() - t0
+        rest = b"".join(it)
+    total = time.perf_counter() - t0
+    assert first and rest and t_first < total / 2, (t_first, total)
+    assert (len(first) + len(rest)) // 2 == len(synth.synthesize(ten))
     with pytest.raises(openai.NotFoundError):
         c.audio.speech.create(model="tts-1", voice="nobody", input=TEXT)
     with pytest.raises(openai.BadRequestError):
