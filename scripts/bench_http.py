@@ -1,0 +1,119 @@
+"""Benchmark: time to first byte and RTF over HTTP (`sambert-deploy serve`, loopback) against the same
+Python API in-process, for about 100 and 1,000 units of text.
+
+The server runs as its own process (as deployed); the in-process runs use one Synthesizer in this
+process. Both are warmed up first; each cell is the median of ``--repeat`` runs, taken alternately
+(HTTP, in-process, HTTP, ...) so drift on this shared machine hits both alike.
+
+    python scripts/bench_http.py [--bundle demo_out/bundle] [--voice demo_emo] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SENTENCE = "一个开源的语音合成工具，把声学模型和声码器从训练检查点导出成小而快的部署版本。"
+
+
+def text_of(units: int) -> str:
+    from sambert_deploy.frontend import FrontEnd
+
+    fe = FrontEnd()
+    per = sum(len(s) for s in fe.units(SENTENCE))
+    return SENTENCE * max(1, round(units / per))
+
+
+def http_once(h: object, url: str, voice: str, text: str) -> tuple[float, float, float]:
+    """One request on a kept-alive client (building an httpx.Client loads its CA bundle: tens of ms
+    that are the client's, not the server's)."""
+    body = {"model": "tts-1", "input": text, "voice": voice, "response_format": "pcm"}
+    t0 = time.perf_counter()
+    first = None
+    n = 0
+    with h.stream("POST", url + "/v1/audio/speech", json=body) as r:  # type: ignore[attr-defined]
+        r.raise_for_status()
+        for b in r.iter_bytes():
+            if first is None and b:
+                first = time.perf_counter() - t0
+            n += len(b)
+    total = time.perf_counter() - t0
+    return first or total, total, n / 2 / 16000
+
+
+def local_once(syn: object, voice: str, text: str) -> tuple[float, float, float]:
+    t0 = time.perf_counter()
+    first = None
+    n = 0
+    rate = syn.sample_rate  # type: ignore[attr-defined]
+    with syn.stream(text, voice=voice) as s:  # type: ignore[attr-defined]
+        for c in s:
+            if first is None:
+                first = time.perf_counter() - t0
+            n += len(c.samples)
+    total = time.perf_counter() - t0
+    return first or total, total, n / rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", default="demo_out/bundle")
+    ap.add_argument("--voice", default="demo_emo")
+    ap.add_argument("--units", type=int, nargs="+", default=[100, 1000])
+    ap.add_argument("--repeat", type=int, default=5)
+    a = ap.parse_args()
+    if not Path(a.bundle, "manifest.json").is_file():
+        sys.exit(f"no bundle at {a.bundle}: run `make demo` first (or pass --bundle)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = shutil.which("sambert-deploy", path=str(Path(sys.executable).parent)) or "sambert-deploy"
+    server = subprocess.Popen([exe, "-q", "serve", a.bundle, "--port", str(port), "--max-concurrent", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        from sambert_deploy import Synthesizer
+
+        # The server process has the whole machine to itself while it is measured, and so does this one:
+        # each Synthesizer's CPU budget is every CPU, used one request at a time.
+        with Synthesizer(a.bundle, backend="cpu") as syn, httpx.Client(timeout=600) as client:
+            syn.load(a.voice)
+            http_once(client, url, a.voice, SENTENCE)
+            local_once(syn, a.voice, SENTENCE)
+            print(f"bundle {a.bundle}, voice {a.voice}, {os.cpu_count()} CPUs, median of {a.repeat} alternating runs")
+            print("| units | audio s | in-process first audio s | HTTP first byte s | HTTP adds ms | in-process RTF "
+                  "| HTTP RTF |")
+            print("|---" * 7 + "|")
+            for units in a.units:
+                text = text_of(units)
+                h, p = [], []
+                for _ in range(a.repeat):
+                    h.append(http_once(client, url, a.voice, text))
+                    p.append(local_once(syn, a.voice, text))
+                hf, pf = statistics.median(x[0] for x in h), statistics.median(x[0] for x in p)
+                ht, pt = statistics.median(x[1] for x in h), statistics.median(x[1] for x in p)
+                audio = p[0][2]
+                print(f"| {units} | {audio:.1f} | {pf:.3f} | {hf:.3f} | {(hf - pf) * 1e3:+.1f} | {pt / audio:.3f} | "
+                      f"{ht / audio:.3f} |", flush=True)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+if __name__ == "__main__":
+    main()
