@@ -92,7 +92,7 @@ def main() -> None:
         # The server process has the whole machine to itself while it is measured, and so does this one:
         # each Synthesizer's CPU budget is every CPU, used one request at a time.
         with Synthesizer(a.bundle, backend="cpu") as syn, httpx.Client(timeout=600) as client:
-            syn.load(a.voice)
+            syn.load("*")  # as the server does: every voice loaded
             http_once(client, url, a.voice, SENTENCE)
             local_once(syn, a.voice, SENTENCE)
             print(f"bundle {a.bundle}, voice {a.voice}, {os.cpu_count()} CPUs, median of {a.repeat} alternating runs")
