@@ -306,8 +306,10 @@ async def _body(stream: Any, first: Any, enc: Any, model_rate: int, sse: bool, r
         wall = time.perf_counter() - t0
         audio = samples / model_rate
         metrics.observe(outcome, fmt, ttfa, wall / audio if audio else None, audio)
-        log.info("speech %s: %s, %.2f s audio in %.2f s, first audio %s", fmt, outcome, audio, wall,
-                 f"{ttfa * 1e3:.0f} ms" if ttfa is not None else "-")
+        synth_first = stream.info.first_audio_s
+        log.info("speech %s: %s, %.2f s audio in %.2f s, first audio %s (synthesizer %s)", fmt, outcome, audio, wall,
+                 f"{ttfa * 1e3:.0f} ms" if ttfa is not None else "-",
+                 f"{synth_first * 1e3:.0f} ms" if synth_first is not None else "-")
 
 
 def _sse_delta(data: bytes) -> bytes:
