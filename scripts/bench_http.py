@@ -2,8 +2,12 @@
 Python API in-process, for about 100 and 1,000 units of text.
 
 The server runs as its own process (as deployed); the in-process runs use one Synthesizer in this
-process. Both are warmed up first; each cell is the median of ``--repeat`` runs, taken alternately
-(HTTP, in-process, HTTP, ...) so drift on this shared machine hits both alike.
+process. Both are warmed up first (``--warmup`` requests of each size); each cell is the median of
+``--repeat`` runs, taken alternately (HTTP, in-process, HTTP, ...) so drift on this shared machine hits
+both alike. "HTTP adds" is measured inside each request: the client's first byte minus the first-audio
+time the server's own Synthesizer reported for that request (from the server's log), so it is what
+uvicorn, FastAPI, the handler and loopback TCP add, free of run-to-run synthesis variance. The
+in-process column is there for scale.
 
     python scripts/bench_http.py [--bundle demo_out/bundle] [--voice demo_emo] [--repeat 5]
 """
@@ -12,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,6 +74,7 @@ def main() -> None:
     ap.add_argument("--voice", default="demo_emo")
     ap.add_argument("--units", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2, help="requests of each size, each side, before measuring")
     a = ap.parse_args()
     if not Path(a.bundle, "manifest.json").is_file():
         sys.exit(f"no bundle at {a.bundle}: run `make demo` first (or pass --bundle)")
@@ -75,8 +82,18 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     exe = shutil.which("sambert-deploy", path=str(Path(sys.executable).parent)) or "sambert-deploy"
-    server = subprocess.Popen([exe, "-q", "serve", a.bundle, "--port", str(port), "--max-concurrent", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen([exe, "serve", a.bundle, "--port", str(port), "--max-concurrent", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    synth_firsts: list[float] = []
+
+    def read_log() -> None:
+        assert server.stderr is not None
+        for line in server.stderr:
+            m = re.search(r"\(synthesizer ([\d.]+) ms\)", line)
+            if m:
+                synth_firsts.append(float(m.group(1)) / 1e3)
+
+    threading.Thread(target=read_log, daemon=True).start()
     url = f"http://127.0.0.1:{port}"
     try:
         import httpx
@@ -96,19 +113,32 @@ def main() -> None:
             http_once(client, url, a.voice, SENTENCE)
             local_once(syn, a.voice, SENTENCE)
             print(f"bundle {a.bundle}, voice {a.voice}, {os.cpu_count()} CPUs, median of {a.repeat} alternating runs")
-            print("| units | audio s | in-process first audio s | HTTP first byte s | HTTP adds ms | in-process RTF "
-                  "| HTTP RTF |")
-            print("|---" * 7 + "|")
+            print("| units | audio s | in-process first audio s | server's synthesizer first audio s | HTTP first "
+                  "byte s | HTTP adds ms (same request) | in-process RTF | HTTP RTF |")
+            print("|---" * 8 + "|")
             for units in a.units:
                 text = text_of(units)
-                h, p = [], []
+                for _ in range(a.warmup):
+                    http_once(client, url, a.voice, text)
+                    local_once(syn, a.voice, text)
+                h, p, added, server_first = [], [], [], []
                 for _ in range(a.repeat):
+                    seen = len(synth_firsts)
                     h.append(http_once(client, url, a.voice, text))
+                    for _ in range(100):  # the server logs the request when its stream ends
+                        if len(synth_firsts) > seen:
+                            break
+                        time.sleep(0.01)
+                    if len(synth_firsts) > seen:
+                        server_first.append(synth_firsts[-1])
+                        added.append(h[-1][0] - synth_firsts[-1])
                     p.append(local_once(syn, a.voice, text))
                 hf, pf = statistics.median(x[0] for x in h), statistics.median(x[0] for x in p)
                 ht, pt = statistics.median(x[1] for x in h), statistics.median(x[1] for x in p)
+                sf = f"{statistics.median(server_first):.3f}" if server_first else "-"
+                add = f"{statistics.median(added) * 1e3:+.1f}" if added else "-"
                 audio = p[0][2]
-                print(f"| {units} | {audio:.1f} | {pf:.3f} | {hf:.3f} | {(hf - pf) * 1e3:+.1f} | {pt / audio:.3f} | "
+                print(f"| {units} | {audio:.1f} | {pf:.3f} | {sf} | {hf:.3f} | {add} | {pt / audio:.3f} | "
                       f"{ht / audio:.3f} |", flush=True)
     finally:
         server.terminate()
