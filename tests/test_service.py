@@ -365,7 +365,7 @@ def test_failed_stream_releases_its_reader(tiny_bundles: dict[str, Path]) -> Non
     bad = "{zz_c$tone1$s_begin$word_begin$emotion_neutral$F7}\n"
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL) as syn:
         stream = syn.stream(symbols=iter([bad] + [_units(30, k) + "\n" for k in range(60)]))
-        with pytest.raises(InvalidInputError, match="sy symbol 'zz_c'"):
+        with pytest.raises(InvalidInputError, match="symbol line 1: unit 0 .*sy symbol 'zz_c'"):
             list(stream)
         assert _reader_threads() == []
 

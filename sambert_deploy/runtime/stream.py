@@ -350,7 +350,13 @@ class StreamState:
         pieces = split_units(units, p.max_units) if p.max_units and len(units) > p.max_units else [units]
         for piece in pieces:
             if piece:
-                self._pending.append(encode_units(piece, p.inventories))
+                try:
+                    self._pending.append(encode_units(piece, p.inventories))
+                except InvalidInputError as e:
+                    where = getattr(self.source, "where", None)  # symbol lines say which line
+                    if where is None:
+                        raise
+                    raise InvalidInputError(f"{where()}: {e}") from None
 
     # -- consumer side ---------------------------------------------------------------------------
     def _notify(self) -> None:

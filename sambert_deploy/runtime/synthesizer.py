@@ -111,6 +111,10 @@ class SymbolLines:
         self._next_line = 1
         self._finished = False
         self._pending = 0
+        self.last_line = 0  # line number of the sentence last returned, for errors found later
+
+    def where(self) -> str:
+        return f"symbol line {self.last_line}"
 
     def feed(self, piece: str) -> None:
         with self._lock:
@@ -137,6 +141,7 @@ class SymbolLines:
                 return None
             n, line = self._lines.pop(0)
             self._pending -= len(line)
+        self.last_line = n
         try:
             return parse_units(line)
         except InvalidInputError as e:
