@@ -128,7 +128,7 @@ def synth(bundle: Path, text: str | None, symbols_file: str | None, out: str, vo
 
     if (text is None) == (symbols_file is None):
         raise InvalidInputError("give TEXT (or - for stdin) or --symbols-file, not both")
-    if out == "-" and (text == "-" or symbols_file == "-") and sys.stdout.isatty() and sys.stdin.isatty():
+    if (text == "-" or symbols_file == "-") and sys.stdin.isatty():
         log.info("reading text from the terminal; end it with Ctrl-D")
     source: Any = None
     if symbols_file == "-":

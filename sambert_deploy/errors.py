@@ -30,7 +30,12 @@ class CheckpointError(SambertDeployError):
 
 
 class InvalidInputError(SambertDeployError, ValueError):
-    """Input text, symbols, voice, emotion or options are invalid."""
+    """Input text, symbols, voice, emotion or options are invalid. ``param`` names the request field
+    at fault where one is known (the HTTP server reports it in OpenAI's ``error.param``)."""
+
+    def __init__(self, message: str = "", param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class ExportError(SambertDeployError):

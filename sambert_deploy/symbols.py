@@ -162,7 +162,7 @@ class Inventories:
             if full in valid:
                 return full
         names = ", ".join(v.removeprefix("emotion_") for v in valid)
-        raise InvalidInputError(f"unknown emotion {name!r} for this voice; valid emotions: {names}")
+        raise InvalidInputError(f"unknown emotion {name!r} for this voice; valid emotions: {names}", param="emotion")
 
     def resolve_speaker(self, name: str) -> str:
         """A speaker name, case-insensitive and stripped -> the voice's token for it ('f7' -> 'F7').
@@ -177,7 +177,8 @@ class Inventories:
             for s in valid:
                 if s.casefold() == n:
                     return s
-        raise InvalidInputError(f"unknown speaker {name!r} for this voice; valid speakers: {', '.join(valid)}")
+        raise InvalidInputError(f"unknown speaker {name!r} for this voice; valid speakers: {', '.join(valid)}",
+                               param="speaker")
 
     def to_json(self) -> dict[str, list[str]]:
         return {name: list(getattr(self, name)) for name in STREAMS}

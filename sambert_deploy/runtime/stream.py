@@ -298,7 +298,7 @@ class StreamState:
                     if self.source.done:
                         if self._sentence_count == 0:
                             raise InvalidInputError("nothing to synthesize: the input has no speakable text or "
-                                                    "symbol units")
+                                                    "symbol units", param="input")
                         out.input_done = True
                     else:
                         out.need_input = True
@@ -504,11 +504,10 @@ class Stream:
     ``max_ahead`` windows are waiting; when it is garbage-collected its work is dropped.
     """
 
-    def __init__(self, state: StreamState, reader: threading.Thread | None = None):
+    def __init__(self, state: StreamState):
         import weakref
 
         self._state = state
-        self._reader = reader
         weakref.finalize(self, state.abandon).atexit = False  # at exit daemon workers just stop
 
     def __iter__(self) -> Stream:

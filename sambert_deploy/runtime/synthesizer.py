@@ -83,11 +83,11 @@ class SpeechOptions:
         lo, hi = SPEED_RANGE
         if isinstance(self.speed, bool) or not isinstance(self.speed, int | float) or not math.isfinite(self.speed) \
                 or not lo <= self.speed <= hi:
-            raise InvalidInputError(f"speed must be a number from {lo} to {hi}, got {self.speed!r}")
+            raise InvalidInputError(f"speed must be a number from {lo} to {hi}, got {self.speed!r}", param="speed")
         for name in ("voice", "emotion", "speaker"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
-                raise InvalidInputError(f"{name} must be a string, got {type(value).__name__}")
+                raise InvalidInputError(f"{name} must be a string, got {type(value).__name__}", param=name)
 
 
 @dataclass
@@ -248,7 +248,8 @@ class Synthesizer:
     def _voice_manifest(self, name: str | None) -> VoiceManifest:
         key = name or self.default_voice
         if key not in self.manifest.voices:
-            raise InvalidInputError(f"unknown voice '{key}'; valid voices: {', '.join(self.manifest.voices)}")
+            raise InvalidInputError(f"unknown voice '{key}'; valid voices: {', '.join(self.manifest.voices)}",
+                                    param="voice")
         return self.manifest.voices[key]
 
     # -- loading (once per voice, under a lock) ---------------------------------------------------
@@ -338,7 +339,7 @@ class Synthesizer:
         given: str | Iterable[str]
         if text is not None:
             if isinstance(text, str) and not text.strip():
-                raise InvalidInputError("nothing to synthesize: the text is empty")
+                raise InvalidInputError("nothing to synthesize: the text is empty", param="input")
             source = self._front_end(v, o.lexicon).reader(emotion=emo, speaker=spk)
             given = text
         else:
@@ -365,7 +366,7 @@ class Synthesizer:
             self._order += 1
             state.order = self._order
             self._scheduler.add(state, tuple({plan.am_lane, plan.voc_lane}))
-        stream = Stream(state, reader)  # its finalizer now owns the state's end
+        stream = Stream(state)  # its finalizer now owns the state's end
         if reader is not None:
             try:
                 reader.start()

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from ..errors import InvalidInputError, SambertDeployError
 from ..runtime.synthesizer import SPEED_RANGE, SpeechOptions, Synthesizer
-from .encode import FORMATS, STREAMED, encoder, encoding
+from .encode import FORMATS, encoder, encoding
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -223,28 +223,23 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> Any:
         try:
             opts = SpeechOptions(voice=voice, emotion=req.emotion, speaker=req.speaker, speed=req.speed)
         except InvalidInputError as e:
-            raise ApiError(400, str(e), param="speed") from None
+            raise ApiError(400, str(e), param=e.param) from None
         await admission.acquire()
         t0 = time.perf_counter()
+        stream = None
         try:
+            # The first chunk before the response starts: an error found by then is still a clean 4xx.
             stream = synth.stream(req.input, options=opts)
-        except SambertDeployError as e:
+            try:
+                first = await stream.__anext__()
+            except StopAsyncIteration:
+                first = None
+        except BaseException as e:
+            if stream is not None:
+                stream.close()
             await admission.release()
-            raise ApiError(400, str(e), param=_param_of(str(e))) from None
-        except BaseException:
-            await admission.release()
-            raise
-        try:
-            first = await stream.__anext__()
-        except StopAsyncIteration:
-            first = None
-        except SambertDeployError as e:
-            stream.close()
-            await admission.release()
-            raise ApiError(400, str(e), param=_param_of(str(e))) from None
-        except BaseException:
-            stream.close()
-            await admission.release()
+            if isinstance(e, SambertDeployError):
+                raise ApiError(400, str(e), param=getattr(e, "param", None)) from None
             raise
         enc = encoding(fmt, synth.sample_rate, req.sample_rate)
         body = _body(stream, first, enc, synth.sample_rate, req.stream_format == "sse", request, admission,
@@ -254,13 +249,6 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> Any:
         return StreamingResponse(body, media_type=media, headers=headers)
 
     return app
-
-
-def _param_of(message: str) -> str | None:
-    for p in ("emotion", "speaker", "voice", "speed", "input"):
-        if p in message:
-            return p
-    return None
 
 
 async def _body(stream: Any, first: Any, enc: Any, model_rate: int, sse: bool, request: Any, admission: Admission,
@@ -322,4 +310,4 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["STREAMED", "ServeConfig", "create_app"]
+__all__ = ["ServeConfig", "create_app"]

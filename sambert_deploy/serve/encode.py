@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 
 FORMATS = ("wav", "pcm", "flac", "mp3", "opus")
-STREAMED = ("wav", "pcm", "opus")
 CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg; codecs=opus"}
 
 
@@ -106,10 +105,6 @@ def encoding(fmt: str, model_rate: int, pcm_rate: int | None = None) -> Encoding
 def encoder(enc: Encoding, model_rate: int) -> Generator[bytes, np.ndarray | None, None]:
     """A generator: ``send(samples)`` returns the bytes ready so far; ``send(None)`` ends the stream and
     returns the rest. Prime it with ``next()``, which returns the header (possibly empty)."""
-    return _encode(enc, model_rate)
-
-
-def _encode(enc: Encoding, model_rate: int) -> Generator[bytes, np.ndarray | None, None]:
     if enc.format in ("wav", "pcm"):
         resample = Resampler() if enc.format == "pcm" and enc.sample_rate != model_rate else None
         x = yield (wav_header(enc.sample_rate) if enc.format == "wav" else b"")
