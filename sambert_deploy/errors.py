@@ -68,6 +68,14 @@ class MissingExtraError(SambertDeployError):
         )
 
 
+class PrecisionError(InvalidInputError):
+    """A requested precision cannot be used: the voice has no such variant, the variant failed its
+    quality gate, or the chosen backend cannot run it. The message names the fix."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(message, param="precision")
+
+
 class BackendClosedError(SambertDeployError):
     """A backend (or the Synthesizer owning it) was used after ``close()``; it never reopens silently."""
 

@@ -8,6 +8,7 @@ every graph file it names exists and has the recorded sha256 (cheap insurance ag
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,65 @@ class GateRecord:
                    dict(d.get("tolerances", {})))
 
 
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+@dataclass(frozen=True)
+class QualityRecord:
+    """How a reduced-precision variant compared with the FP32 graph it was made from.
+
+    ``metrics`` are measured on this voice's own mels (its acoustic model over a text corpus):
+    ``logmel_l1`` (nats, mean |log mel(variant) - log mel(fp32)|), ``logmel_l1_quiet`` (quietest 20%
+    of frames), ``pesq_vs_fp32`` (PESQ-wb; absent where PESQ finds no speech, e.g. random weights)
+    and ``snr_db``. ``reference`` is the same recipe judged on a real pretrained vocoder with real
+    speech (``sambert_deploy.quality``), absent where that harness was not installed. ``passed``
+    is every threshold of both; ``failures`` says which were not met.
+    """
+
+    passed: bool
+    metrics: dict[str, float]
+    thresholds: dict[str, float]
+    failures: tuple[str, ...] = ()
+    data: str = ""
+    reference: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"passed": self.passed, "metrics": self.metrics, "thresholds": self.thresholds,
+                "failures": list(self.failures), "data": self.data, "reference": self.reference}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> QualityRecord:
+        return cls(bool(d["passed"]), {k: float(v) for k, v in d["metrics"].items()},
+                   {k: float(v) for k, v in d["thresholds"].items()}, tuple(d.get("failures", ())),
+                   str(d.get("data", "")), d.get("reference"))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A reduced-precision form of one graph (the vocoder: 60-84% of the CPU time).
+
+    ``graph.file`` is the variant's own ONNX (``vocoder.fp16.onnx``, ``vocoder.int8.onnx``) or, for
+    ``bf16``, the FP32 graph itself: BF16 is an inference precision the backend applies (OpenVINO's
+    hint), not a graph. ``backends`` are those that run it; ``recipe`` how it was made.
+    """
+
+    precision: str
+    graph: GraphInfo
+    backends: tuple[str, ...]
+    quality: QualityRecord
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"precision": self.precision, "graph": {"name": self.graph.name, **self.graph.to_json()},
+                "backends": list(self.backends), "quality": self.quality.to_json(), "recipe": self.recipe}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Variant:
+        g = d["graph"]
+        return cls(str(d["precision"]), GraphInfo.from_json(g["name"], g), tuple(d["backends"]),
+                   QualityRecord.from_json(d["quality"]), dict(d.get("recipe", {})))
+
+
 @dataclass(frozen=True)
 class VoiceManifest:
     name: str
@@ -165,6 +225,7 @@ class VoiceManifest:
     graphs: dict[str, GraphInfo]
     provenance: dict[str, Any] = field(default_factory=dict)
     gate: GateRecord | None = None  # None: exported before the gate was recorded
+    variants: dict[str, Variant] = field(default_factory=dict)  # precision -> vocoder variant (sambert-deploy quantize)
 
     @property
     def speakers(self) -> tuple[str, ...]:
@@ -205,6 +266,8 @@ def voice_to_json(v: VoiceManifest) -> dict[str, Any]:
          "graphs": {k: g.to_json() for k, g in v.graphs.items()}, "provenance": v.provenance}
     if v.gate is not None:
         d["gate"] = v.gate.to_json()
+    if v.variants:
+        d["variants"] = {p: var.to_json() for p, var in v.variants.items()}
     return d
 
 
@@ -214,7 +277,10 @@ def write_manifest(root: Path, sample_rate: int, mel: dict[str, Any], voices: li
             "default_voice": voices[0].name, "voices": {v.name: voice_to_json(v) for v in voices},
             "provenance": provenance}
     path = root / MANIFEST
-    path.write_text(json.dumps(data, indent=1, ensure_ascii=False), "utf-8")
+    # Temp file, then a rename: a reader (or a crash) never sees half a manifest.
+    tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), "utf-8")
+    os.replace(tmp, path)
     return path
 
 
@@ -246,7 +312,8 @@ def read_manifest(bundle: str | Path, verify: bool = True) -> Manifest:
                 vocoder=VocoderInfo(**v["vocoder"]), inventories=inv,
                 graphs={k: GraphInfo.from_json(k, g) for k, g in v["graphs"].items()},
                 provenance=v.get("provenance", {}),
-                gate=GateRecord.from_json(v["gate"]) if v.get("gate") is not None else None)
+                gate=GateRecord.from_json(v["gate"]) if v.get("gate") is not None else None,
+                variants={p: Variant.from_json(x) for p, x in v.get("variants", {}).items()})
         m = Manifest(root=root, schema_version=d["schema_version"], model_type=d["model_type"],
                      sample_rate=int(d["sample_rate"]), mel=d["mel"], voices=voices,
                      default_voice=d["default_voice"], provenance=d.get("provenance", {}))
@@ -256,7 +323,7 @@ def read_manifest(bundle: str | Path, verify: bool = True) -> Manifest:
         from ..utils import file_sha256
 
         for v in voices.values():
-            for g in v.graphs.values():
+            for g in (*v.graphs.values(), *(var.graph for var in v.variants.values())):
                 gp = root / v.folder / g.file
                 if not gp.is_file():
                     raise BundleError(f"{gp} is missing from the bundle; re-export it")
