@@ -19,6 +19,10 @@ from .errors import SambertDeployError
 
 log = logging.getLogger("sambert_deploy")
 F = TypeVar("F", bound=Callable[..., Any])
+BACKEND_CHOICES = click.Choice(["auto", "cuda", "openvino", "cpu"])
+PRECISION_CHOICES = ["auto", "fp32", "fp16", "bf16", "int8"]
+PRECISION_HELP = ("Vocoder precision: auto (the fastest variant that passed its quality gate and runs on the "
+                  "vocoder's backend) or one of fp32, fp16, bf16, int8 (built by sambert-deploy quantize).")
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -94,6 +98,41 @@ def export(model_dir: Path | None, out: Path, voices: tuple[str, ...], all_voice
 
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--precision", "precisions", default="fp16,bf16,int8", show_default=True,
+              help="Comma-separated vocoder variants to build: fp16, bf16, int8.")
+@click.option("--voice", "voices", multiple=True, help="Voice(s) to quantize (default: every voice).")
+@click.option("--corpus", type=click.Path(path_type=Path),
+              help="UTF-8 text, one sentence a line, spoken by the voice to calibrate and judge (default: packaged).")
+@click.option("--int8-keep", help="INT8 recipe: comma-separated conv roles kept FP32 (pre, post, up, res, role@stage, "
+                                  "*@stage); default: the recipe chosen on the real vocoder (docs/quality.md).")
+@click.option("--no-reference", is_flag=True, help="Skip judging the recipe on the real pretrained vocoder.")
+@handle_errors
+def quantize(bundle: Path, precisions: str, voices: tuple[str, ...], corpus: Path | None, int8_keep: str | None,
+             no_reference: bool) -> None:
+    """Build reduced-precision vocoders in BUNDLE, each judged against FP32 and recorded with its quality.
+
+    A variant that fails its gate is recorded as failed and never used (sambert-deploy info says why).
+    """
+    try:
+        from .calibration.bundle import QuantizeOptions, quantize_bundle
+        from .calibration.precision import DEFAULT_INT8, Int8Recipe
+    except ImportError as e:
+        from .errors import MissingExtraError
+
+        raise MissingExtraError(e.name or "onnx", "quantize") from None
+    recipe = DEFAULT_INT8
+    if int8_keep is not None:
+        recipe = Int8Recipe(keep_roles=tuple(r.strip() for r in int8_keep.split(",") if r.strip()))
+    opts = QuantizeOptions(precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()), voices=voices,
+                           corpus=corpus, recipe=recipe, reference=not no_reference)
+    results = quantize_bundle(bundle, opts)
+    for name, res in results.items():
+        for var in res.variants.values():
+            click.echo(f"{name} {var.precision}: {_quality_line(var.quality)}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("text", required=False)
 @click.option("--symbols-file", help="File of ttsfrd symbol lines ('<n>\\t<units>'), or - for stdin.")
 @click.option("-o", "--output", "out", required=True, help="Output .wav, or - for raw s16le PCM on stdout.")
@@ -101,10 +140,12 @@ def export(model_dir: Path | None, out: Path, voices: tuple[str, ...], all_voice
 @click.option("--emotion", help="Emotion, e.g. happy (the *_emo voices); any case.")
 @click.option("--speaker", help="Speaker token (default: the voice's first).")
 @click.option("--lexicon", type=click.Path(path_type=Path), help="User lexicon file (word -> pinyin) for the front end.")
-@click.option("--backend", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--backend", type=BACKEND_CHOICES, default="auto", show_default=True,
+              help="cpu is ONNX Runtime's CPU provider; auto puts the vocoder on OpenVINO when installed.")
 @click.option("--strict", is_flag=True, help="Fail instead of falling back to another backend.")
-@click.option("--am-backend", type=click.Choice(["auto", "cuda", "cpu"]), help="Backend of the acoustic model only.")
-@click.option("--voc-backend", type=click.Choice(["auto", "cuda", "cpu"]), help="Backend of the vocoder only.")
+@click.option("--am-backend", type=BACKEND_CHOICES, help="Backend of the acoustic model only.")
+@click.option("--voc-backend", type=BACKEND_CHOICES, help="Backend of the vocoder only.")
+@click.option("--precision", default="auto", show_default=True, help=PRECISION_HELP)
 @click.option("--threads", default=0, type=click.IntRange(0, 256), help="CPU thread budget (0: every CPU this process may use).")
 @click.option("--chunk", default=None, type=click.IntRange(1, 100000), help="Vocoder chunk in mel frames.")
 @click.option("--first-chunk", default=None, type=click.IntRange(1, 100000), help="First vocoder chunk of a sentence.")
@@ -115,8 +156,8 @@ def export(model_dir: Path | None, out: Path, voices: tuple[str, ...], all_voice
 @handle_errors
 def synth(bundle: Path, text: str | None, symbols_file: str | None, out: str, voice: str | None, emotion: str | None,
           speaker: str | None, lexicon: Path | None, backend: str, strict: bool, am_backend: str | None,
-          voc_backend: str | None, threads: int, chunk: int | None, first_chunk: int | None, max_units: int,
-          speed: float) -> None:
+          voc_backend: str | None, precision: str, threads: int, chunk: int | None, first_chunk: int | None,
+          max_units: int, speed: float) -> None:
     """Synthesize TEXT (or '-' for stdin, or --symbols-file) with BUNDLE into a WAV file or stdout.
 
     Stdin is read as it arrives: each sentence is spoken as soon as it is complete. Text that
@@ -145,7 +186,7 @@ def synth(bundle: Path, text: str | None, symbols_file: str | None, out: str, vo
                                 **{k: v for k, v in (("vocoder_chunk", chunk), ("first_chunk", first_chunk)) if v})
     call = SpeechOptions(voice=voice, emotion=emotion, speaker=speaker, speed=speed, lexicon=lexicon)
     with Synthesizer(bundle, voice=voice, backend=backend, strict=strict, threads=threads, options=stream_opts,
-                     am_backend=am_backend, voc_backend=voc_backend) as syn:
+                     am_backend=am_backend, voc_backend=voc_backend, precision=precision) as syn:
         is_text = symbols_file is None
         log.info("loaded in %.2f s (sessions%s)", syn.load(voice, text=is_text),
                  " and front-end dictionaries" if is_text else "")
@@ -161,9 +202,9 @@ def synth(bundle: Path, text: str | None, symbols_file: str | None, out: str, vo
             st = stream.info
         audio_s = n / syn.sample_rate
         am_b, voc_b = syn.backends().get(st.voice, (syn.am_backend, syn.voc_backend))
-        log.info("%d sentence(s), %d units -> %.2f s audio in %.2f s (RTF %.3f, first audio %.0f ms) on %s/%s -> %s",
-                 st.sentences, st.units, audio_s, st.elapsed_s, st.elapsed_s / max(audio_s, 1e-9),
-                 (st.first_audio_s or 0) * 1e3, am_b, voc_b, out)
+        log.info("%d sentence(s), %d units -> %.2f s audio in %.2f s (RTF %.3f, first audio %.0f ms) on %s/%s "
+                 "(vocoder %s) -> %s", st.sentences, st.units, audio_s, st.elapsed_s, st.elapsed_s / max(audio_s, 1e-9),
+                 (st.first_audio_s or 0) * 1e3, am_b, voc_b, syn.precisions().get(st.voice, "?"), out)
 
 
 def _stdin_lines() -> Any:
@@ -216,11 +257,12 @@ def symbols(text: str, emotion: str | None, speaker: str, lexicon: Path | None, 
 @click.option("--max-input-chars", default=4096, show_default=True, type=click.IntRange(1, 10**7))
 @click.option("--api-key", "api_key", help="Require 'Authorization: Bearer KEY' on /v1/*.")
 @click.option("--api-key-file", type=click.Path(path_type=Path), help="File with one API key per line.")
-@click.option("--backend", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--backend", type=BACKEND_CHOICES, default="auto", show_default=True)
+@click.option("--precision", default="auto", show_default=True, help=PRECISION_HELP)
 @click.option("--threads", default=0, type=click.IntRange(0, 256), help="CPU budget (0: every CPU this process may use).")
 @handle_errors
 def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: int, max_input_chars: int,
-          api_key: str | None, api_key_file: Path | None, backend: str, threads: int) -> None:
+          api_key: str | None, api_key_file: Path | None, backend: str, precision: str, threads: int) -> None:
     """Serve BUNDLE over HTTP: OpenAI's /v1/audio/speech (streamed), voices, models, health, metrics and a
     browser page at /."""
     from .errors import InvalidInputError, MissingExtraError
@@ -238,9 +280,10 @@ def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: in
             keys += [k.strip() for k in api_key_file.read_text("utf-8").splitlines() if k.strip()]
         except OSError as e:
             raise InvalidInputError(f"cannot read --api-key-file {api_key_file}: {e}") from None
-    with Synthesizer(bundle, backend=backend, threads=threads) as syn:
+    with Synthesizer(bundle, backend=backend, threads=threads, precision=precision) as syn:
         loaded = syn.load("*")
-        log.info("loaded %d voice(s) in %.2f s; backends %s", len(syn.voices()), loaded, syn.backends())
+        log.info("loaded %d voice(s) in %.2f s; backends %s; vocoder precision %s", len(syn.voices()), loaded,
+                 syn.backends(), syn.precisions())
         cfg = ServeConfig(max_concurrent=max_concurrent, max_queue=max_queue, max_input_chars=max_input_chars,
                           api_keys=tuple(keys), load_seconds=loaded)
         uvicorn.run(create_app(syn, cfg), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
@@ -263,10 +306,29 @@ def info(bundle: Path) -> None:
         click.echo(f"    emotions: {', '.join(e.removeprefix('emotion_') for e in v.emotions)}")
         click.echo(f"    graphs: {', '.join(f'{g.name} ({g.precision})' for g in v.graphs.values())}")
         click.echo(f"    parity gate: {_gate_line(v.gate)}")
+        if not v.variants:
+            click.echo("    vocoder variants: none (sambert-deploy quantize BUNDLE --precision fp16,bf16,int8)")
+        for var in v.variants.values():
+            click.echo(f"    vocoder {var.precision}: {var.graph.file} on {'/'.join(var.backends)}; "
+                       f"{_quality_line(var.quality)}")
     # What actually opens, not what onnxruntime lists: a listed CUDA provider may lack a driver.
     probe = probe_backends(m.graph_path(m.voice(None), "dur_step"))
     for kind, problem in probe.items():
         click.echo(f"backend {kind}: " + ("opens" if problem is None else f"listed but unusable: {problem}"))
+
+
+def _quality_line(q: Any) -> str:
+    m = q.metrics
+    parts = [f"log-mel L1 {m['logmel_l1']:.3f} nats (quiet {m.get('logmel_l1_quiet', float('nan')):.3f})"]
+    if "pesq_vs_fp32" in m:
+        parts.append(f"PESQ vs fp32 {m['pesq_vs_fp32']:.2f}")
+    parts.append(f"SNR {m.get('snr_db', float('nan')):.1f} dB")
+    ref = q.reference
+    if ref:
+        parts.append(f"real vocoder: log-mel L1 {ref.get('logmel_l1', float('nan')):.3f}, PESQ vs recording "
+                     f"{ref.get('pesq_vs_recording', float('nan')):.2f} (fp32 {ref.get('fp32_pesq_vs_recording', float('nan')):.2f})")
+    verdict = "gate passed" if q.passed else "gate FAILED: " + "; ".join(q.failures)
+    return ", ".join(parts) + f"; {verdict}"
 
 
 def _gate_line(gate: Any) -> str:

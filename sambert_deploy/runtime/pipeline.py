@@ -14,8 +14,9 @@ import numpy as np
 
 from ..symbols import EncodedUnits, encode_symbols
 from .acoustic import AcousticModel
-from .backends import BackendOptions
+from .backends import BackendOptions, available_backends
 from .manifest import Manifest, read_manifest
+from .precision import choose_vocoder
 from .vocoder import Vocoder
 
 
@@ -30,11 +31,15 @@ class OneShotResult:
 
 class OneShot:
     def __init__(self, bundle: Manifest | str | Path, voice: str | None = None, backend: str = "cpu",
-                 options: BackendOptions | None = None):
+                 options: BackendOptions | None = None, precision: str = "fp32", voc_backend: str | None = None):
+        """``precision``/``voc_backend``: the vocoder variant and its backend, as a Synthesizer would
+        choose them (a reduced-precision stream is compared with its own one-shot output)."""
         self.manifest = bundle if isinstance(bundle, Manifest) else read_manifest(bundle)
         self.voice = self.manifest.voice(voice)
         self.am = AcousticModel(self.manifest, self.voice, backend, options)
-        self.voc = Vocoder(self.manifest, self.voice, backend, options)
+        vb = voc_backend or backend
+        choice = choose_vocoder(self.voice, precision, vb, voc_backend is not None, available_backends())
+        self.voc = Vocoder(self.manifest, self.voice, choice.backend, options, choice)
 
     def __enter__(self) -> OneShot:
         return self

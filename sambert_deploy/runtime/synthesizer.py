@@ -33,8 +33,9 @@ import numpy as np
 from ..errors import BackendUnavailableError, InvalidInputError, SynthesizerClosedError
 from ..symbols import Unit, parse_units
 from .acoustic import AcousticModel
-from .backends import BackendOptions, available_cpus, select_backend
+from .backends import BackendOptions, available_backends, available_cpus, select_backend
 from .manifest import Manifest, VoiceManifest, read_manifest
+from .precision import check_precision, choose_vocoder
 from .scheduler import Scheduler
 from .stream import AudioChunk, Stream, StreamInfo, StreamPlan, StreamState, UnitSource, read_input
 from .vocoder import Vocoder
@@ -97,6 +98,7 @@ class _Voice:
     voc: Vocoder
     am_backend: str
     voc_backend: str
+    precision: str  # of the vocoder
     frontends: dict[str, Any] = field(default_factory=dict)  # lexicon path ('' = none) -> FrontEnd
 
 
@@ -162,16 +164,21 @@ class SymbolLines:
 class Synthesizer:
     """Streams speech from an exported bundle; safe to share between threads.
 
-    ``backend``: ``auto`` (best present; a provider that is listed but cannot open a session falls
-    back, logged), ``cuda`` or ``cpu``; ``strict`` raises :class:`BackendUnavailableError` instead
-    of falling back. ``am_backend``/``voc_backend`` place the stages separately (e.g. the acoustic
-    model on the GPU, the vocoder on the CPU for small GPUs). ``threads``: the CPU budget shared by
-    all streams (0: every CPU this process may use). ``gpu_streams``: graph calls in flight on a GPU.
+    ``backend``: ``auto`` (best present per stage; a provider that is listed but cannot open a
+    session falls back, logged), ``cuda``, ``openvino`` or ``cpu`` (ONNX Runtime); ``strict`` raises
+    :class:`BackendUnavailableError` instead of falling back. ``am_backend``/``voc_backend`` place
+    the stages separately (``auto`` puts the vocoder on OpenVINO when it is installed and the
+    acoustic model's per-step decoder on ONNX Runtime, where each measured fastest). ``precision``:
+    the vocoder's, ``auto`` (the fastest variant that passed its quality gate and runs on the
+    vocoder's backend) or one of fp32, fp16, bf16, int8 (an error if that variant is missing, failed
+    its gate or cannot run here). ``threads``: the CPU budget shared by all streams (0: every CPU this
+    process may use). ``gpu_streams``: graph calls in flight on a GPU.
     """
 
     def __init__(self, bundle: str | Path | Manifest, voice: str | None = None, backend: str = "auto",
                  strict: bool = False, threads: int = 0, options: StreamOptions | None = None,
-                 am_backend: str | None = None, voc_backend: str | None = None, gpu_streams: int = 2):
+                 am_backend: str | None = None, voc_backend: str | None = None, gpu_streams: int = 2,
+                 precision: str = "auto"):
         self.manifest = bundle if isinstance(bundle, Manifest) else read_manifest(bundle)
         if options is not None and not isinstance(options, StreamOptions):
             raise InvalidInputError(f"options must be a StreamOptions, got {type(options).__name__}")
@@ -181,9 +188,10 @@ class Synthesizer:
                                     f"{gpu_streams}")
         self.cpu_budget = threads or available_cpus()
         self.strict = strict
-        chosen = select_backend(backend, strict) if not (am_backend and voc_backend) else "cpu"
-        self.am_backend = select_backend(am_backend, strict) if am_backend else chosen
-        self.voc_backend = select_backend(voc_backend, strict) if voc_backend else chosen
+        self.precision = check_precision(precision)
+        self.am_backend = select_backend(am_backend or backend, strict, stage="am")
+        self.voc_backend = select_backend(voc_backend or backend, strict, stage="vocoder")
+        self._voc_backend_given = (voc_backend or backend) != "auto"
         self.default_voice = self.manifest.voice(voice).name
         # Each graph call on the CPU is single-threaded: the budget is spent as calls running at once
         # (windows of one stream, and other streams), which uses cores better than intra-op threads
@@ -198,8 +206,8 @@ class Synthesizer:
         # reloads would collect pools). The finalizer may run in any thread, a worker holding the
         # scheduler's lock included, so it hands the shutdown to a thread of its own.
         weakref.finalize(self, _shutdown_later, self._scheduler).atexit = False
-        log.info("backends requested: acoustic model on %s, vocoder on %s; CPU budget %d thread(s)",
-                 self.am_backend, self.voc_backend, self.cpu_budget)
+        log.info("backends requested: acoustic model on %s, vocoder on %s (precision %s); CPU budget %d thread(s)",
+                 self.am_backend, self.voc_backend, self.precision, self.cpu_budget)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -241,6 +249,11 @@ class Synthesizer:
         with self._load_lock:
             return {name: (v.am_backend, v.voc_backend) for name, v in self._voices.items()}
 
+    def precisions(self) -> dict[str, str]:
+        """Per loaded voice, the precision its vocoder runs in (``auto`` resolved)."""
+        with self._load_lock:
+            return {name: v.precision for name, v in self._voices.items()}
+
     def _check_open(self) -> None:
         if self._closed:
             raise SynthesizerClosedError("this Synthesizer is closed; create a new one")
@@ -269,10 +282,13 @@ class Synthesizer:
         while True:
             am = voc = None
             try:
+                choice = choose_vocoder(vm, self.precision, voc_kind, self._voc_backend_given or self.strict,
+                                        available_backends())
                 am = AcousticModel(self.manifest, vm, am_kind, self.backend_options)
-                voc = Vocoder(self.manifest, vm, voc_kind, self.backend_options)
-                log.info("voice %s: acoustic model on %s, vocoder on %s", vm.name, am_kind, voc_kind)
-                return _Voice(vm, am, voc, am_kind, voc_kind)
+                voc = Vocoder(self.manifest, vm, choice.backend, self.backend_options, choice)
+                log.info("voice %s: acoustic model on %s, vocoder on %s in %s", vm.name, am_kind, choice.backend,
+                         choice.precision)
+                return _Voice(vm, am, voc, am_kind, choice.backend, choice.precision)
             except BackendUnavailableError as e:
                 if am is not None:
                     am.close()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from .backends import BackendOptions, CancelToken, make_backend
 from .chunking import Window
 from .manifest import Manifest, VoiceManifest
+from .precision import VocoderChoice, choose_vocoder
 
 
 class Vocoder:
@@ -16,9 +19,14 @@ class Vocoder:
     on any threads, and the samples are the same."""
 
     def __init__(self, manifest: Manifest, voice: VoiceManifest, backend: str = "cpu",
-                 options: BackendOptions | None = None):
+                 options: BackendOptions | None = None, choice: VocoderChoice | None = None):
+        """``choice`` (:func:`~.precision.choose_vocoder`) selects a reduced-precision variant and its
+        backend; without it, the FP32 graph on ``backend``."""
         self.info = voice.vocoder
-        self.session = make_backend(backend, manifest.graph_path(voice, "vocoder"), options).open()
+        self.choice = choice or choose_vocoder(voice, "fp32", backend, True, [backend])
+        opts = replace(options or BackendOptions(), precision_hint=self.choice.hint)
+        path = manifest.root / voice.folder / self.choice.graph.file
+        self.session = make_backend(self.choice.backend, path, opts).open()
 
     def close(self) -> None:
         self.session.close()

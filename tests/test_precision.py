@@ -1,0 +1,182 @@
+"""Vocoder variants: the quantize step on a bundle, their manifest records, and how the runtime picks
+one (the quality of the recipes themselves is gated on a real vocoder in tests/test_quality.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from sambert_deploy.cli import main
+from sambert_deploy.errors import InvalidInputError, MissingExtraError, PrecisionError
+from sambert_deploy.runtime.manifest import QualityRecord, Variant, read_manifest
+from sambert_deploy.runtime.pipeline import OneShot
+from sambert_deploy.runtime.precision import choose_vocoder
+from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
+
+from .test_runtime import CHUNKS, _units
+
+pytest.importorskip("openvino", reason="the openvino extra is part of the test install (make test)")
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The causal tiny bundle with fp16, bf16 and int8 vocoders built and judged (no real-vocoder run:
+    tests/test_quality.py covers that)."""
+    from sambert_deploy.calibration.bundle import QuantizeOptions, quantize_bundle
+
+    b = tmp_path_factory.mktemp("quantized") / "bundle"
+    shutil.copytree(tiny_bundles["causal"], b)
+    quantize_bundle(b, QuantizeOptions(reference=False))
+    return b
+
+
+def _force(bundle: Path, precision: str, passed: bool) -> None:
+    """Rewrite one variant's verdict (the tiny vocoder's random weights decide nothing about speech)."""
+    p = bundle / "manifest.json"
+    d = json.loads(p.read_text("utf-8"))
+    for v in d["voices"].values():
+        q = v["variants"][precision]["quality"]
+        q["passed"], q["failures"] = passed, ([] if passed else ["log-mel L1 0.900 > 0.15 nats"])
+    p.write_text(json.dumps(d), "utf-8")
+
+
+def test_quantize_records_every_variant(quantized: Path) -> None:
+    m = read_manifest(quantized)  # verifies the new files' sha256 too
+    v = m.voice(None)
+    assert set(v.variants) == {"fp16", "bf16", "int8"}
+    assert v.variants["bf16"].graph.file == v.graphs["vocoder"].file  # a hint, not a graph
+    assert v.variants["bf16"].backends == ("openvino",)
+    for p in ("fp16", "int8"):
+        var = v.variants[p]
+        assert var.graph.file == f"vocoder.{p}.onnx" and (quantized / v.folder / var.graph.file).is_file()
+        assert var.graph.precision == p
+        q = var.quality
+        assert {"logmel_l1", "logmel_l1_quiet", "snr_db"} <= set(q.metrics)
+        assert q.passed == (not q.failures)
+    assert v.variants["int8"].recipe["quantized"] > 0
+    # No temp leftovers in the voice folder, and the calibration mels are cached.
+    names = [p.name for p in (quantized / v.folder).iterdir()]
+    assert not [n for n in names if n.startswith(".")], names
+    assert any(n.startswith("calibration-") for n in names)
+
+
+def test_info_shows_each_variant(quantized: Path) -> None:
+    r = CliRunner().invoke(main, ["info", str(quantized)])
+    assert r.exit_code == 0, r.output
+    for p in ("fp16", "bf16", "int8"):
+        assert f"vocoder {p}:" in r.output
+    assert "log-mel L1" in r.output and "gate" in r.output
+
+
+@pytest.mark.parametrize("precision,backend", [("fp16", "cpu"), ("int8", "cpu"), ("int8", "openvino"),
+                                               ("bf16", "openvino"), ("fp32", "openvino")])
+def test_reduced_precision_stream_equals_its_own_one_shot(quantized: Path, tmp_path: Path, precision: str,
+                                                          backend: str) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(quantized, b)
+    if precision != "fp32":
+        _force(b, precision, True)
+    sym = _units(40, 3)
+    with OneShot(b, precision=precision, voc_backend=backend) as one:
+        ref = one.run(sym)
+    assert one.voc.choice.precision == precision and one.voc.choice.backend == backend
+    for opts in CHUNKS[:3] + [StreamOptions()]:
+        with Synthesizer(b, am_backend="cpu", voc_backend=backend, precision=precision, options=opts) as syn:
+            audio = syn.synthesize(symbols=sym)
+            assert syn.precisions() == {syn.default_voice: precision}
+        assert audio.shape == ref.audio.shape
+        assert float(np.abs(audio - ref.audio).max()) <= 1e-5, (precision, backend, opts)
+
+
+def test_auto_takes_the_fastest_passing_variant(quantized: Path, tmp_path: Path) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(quantized, b)
+    _force(b, "int8", False)
+    _force(b, "bf16", True)
+    _force(b, "fp16", False)
+    vm = read_manifest(b).voice(None)
+    assert choose_vocoder(vm, "auto", "openvino", False, ["openvino", "cpu"]).precision == "bf16"
+    assert choose_vocoder(vm, "auto", "cpu", False, ["openvino", "cpu"]).precision == "fp32"
+    _force(b, "int8", True)
+    vm = read_manifest(b).voice(None)
+    assert choose_vocoder(vm, "auto", "openvino", False, ["openvino", "cpu"]).precision == "int8"
+    assert choose_vocoder(vm, "auto", "cuda", False, ["cuda", "cpu"]).precision == "fp32"  # fp16 failed
+    _force(b, "fp16", True)
+    vm = read_manifest(b).voice(None)
+    assert choose_vocoder(vm, "auto", "cuda", False, ["cuda", "cpu"]).precision == "fp16"
+    with Synthesizer(b, precision="auto") as syn:
+        syn.load(text=False)
+        assert syn.precisions() == {syn.default_voice: "int8"}
+        assert syn.backends()[syn.default_voice][1] == "openvino"
+
+
+def test_precision_mistakes_are_typed_errors_naming_the_fix(quantized: Path, tiny_bundles: dict[str, Path],
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(PrecisionError, match="unknown; choose one of auto, fp32"):
+        Synthesizer(quantized, precision="int4")
+    with Synthesizer(tiny_bundles["causal"], precision="int8") as syn:  # no variants built
+        with pytest.raises(PrecisionError, match="sambert-deploy quantize BUNDLE --precision int8"):
+            syn.load(text=False)
+    b = tmp_path / "b"
+    shutil.copytree(quantized, b)
+    _force(b, "int8", False)
+    with Synthesizer(b, precision="int8") as syn, pytest.raises(PrecisionError, match="failed its quality gate"):
+        syn.load(text=False)
+    _force(b, "bf16", True)
+    with Synthesizer(b, voc_backend="cpu", precision="bf16") as syn, \
+            pytest.raises(PrecisionError, match="runs on openvino, not on cpu"):
+        syn.load(text=False)
+    vm = read_manifest(b).voice(None)
+    with pytest.raises(PrecisionError, match=r"pip install 'sambert-deploy\[openvino\]'"):
+        choose_vocoder(vm, "bf16", "cpu", False, ["cpu"])  # openvino not installed
+    r = CliRunner().invoke(main, ["synth", str(b), "-o", str(tmp_path / "x.wav"), "--precision", "int8", "--symbols-file",
+                                  str(_symbols_file(tmp_path))])
+    assert r.exit_code == 2 and "failed its quality gate" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["quantize", str(b), "--precision", "int4"])
+    assert r.exit_code == 2 and "can build fp16, bf16, int8" in r.output
+    r = CliRunner().invoke(main, ["quantize", str(b), "--int8-keep", "pre,bogus"])
+    assert r.exit_code == 2 and "'bogus' is not a conv role" in r.output
+    monkeypatch.setitem(__import__("sys").modules, "openvino", None)
+    from sambert_deploy.calibration.bundle import QuantizeOptions, quantize_bundle
+
+    with pytest.raises(MissingExtraError, match=r"sambert-deploy\[openvino\]"):
+        quantize_bundle(b, QuantizeOptions(precisions=("bf16",), reference=False))
+
+
+def _symbols_file(tmp_path: Path) -> Path:
+    p = tmp_path / "s.txt"
+    p.write_text("0\t" + _units(5) + "\n", "utf-8")
+    return p
+
+
+def test_calibration_corpus_errors(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+    from sambert_deploy.calibration.bundle import QuantizeOptions, quantize_bundle
+    from sambert_deploy.calibration.mels import CalibrationMels
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only a comment\n\n", "utf-8")
+    with pytest.raises(InvalidInputError, match="has no sentences"):
+        quantize_bundle(tiny_bundles["causal"], QuantizeOptions(corpus=empty, reference=False))
+    m = read_manifest(tiny_bundles["causal"])
+    with pytest.raises(InvalidInputError, match="corpus is empty"):
+        CalibrationMels(m, m.voice(None), [])
+    with pytest.raises(InvalidInputError, match="gave no speech"):
+        CalibrationMels(m, m.voice(None), ["。。。", "   "], cache=False).mels()
+    mels = CalibrationMels(m, m.voice(None), ["你好。", "今天天气很好。"], cache=False)
+    assert len(list(mels)) == len(list(mels)) >= 2  # re-iterable
+
+
+def test_quality_record_round_trips() -> None:
+    q = QualityRecord(False, {"logmel_l1": 0.2, "snr_db": 3.0}, {"logmel_l1_max": 0.15}, ("x",), "d", {"a": 1})
+    assert QualityRecord.from_json(json.loads(json.dumps(q.to_json()))) == q
+    from sambert_deploy.runtime.manifest import GraphInfo, TensorSpec
+
+    g = GraphInfo("vocoder", "v.onnx", "0" * 64, (TensorSpec("mel", "float32", (1, 80, "num_frames")),), (), "int8")
+    var = Variant("int8", g, ("openvino", "cpu"), q, {"recipe": "keep pre"})
+    assert Variant.from_json(json.loads(json.dumps(var.to_json()))) == replace(var)
