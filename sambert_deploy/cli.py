@@ -294,10 +294,13 @@ def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: in
 @handle_errors
 def info(bundle: Path) -> None:
     """Describe a bundle: voices, emotions, speakers, graphs, provenance."""
-    from .runtime.backends import probe_backends
+    from .runtime.backends import available_backends, probe_backends, select_backend
     from .runtime.manifest import read_manifest
+    from .runtime.precision import choose_vocoder
 
     m = read_manifest(bundle)
+    present = available_backends()
+    am_auto, voc_auto = select_backend("auto", stage="am"), select_backend("auto", stage="vocoder")
     click.echo(f"bundle {bundle}: schema {m.schema_version}, {m.model_type}, {m.sample_rate} Hz")
     for v in m.voices.values():
         click.echo(f"  voice {v.name}: vocoder {'causal' if v.vocoder.causal else 'non-causal'} "
@@ -311,6 +314,9 @@ def info(bundle: Path) -> None:
         for var in v.variants.values():
             click.echo(f"    vocoder {var.precision}: {var.graph.file} on {'/'.join(var.backends)}; "
                        f"{_quality_line(var.quality)}")
+        choice = choose_vocoder(v, "auto", voc_auto, False, present)
+        click.echo(f"    here, auto runs the acoustic model on {am_auto} (fp32) and the vocoder on {choice.backend} "
+                   f"({choice.precision})")
     # What actually opens, not what onnxruntime lists: a listed CUDA provider may lack a driver.
     probe = probe_backends(m.graph_path(m.voice(None), "dur_step"))
     for kind, problem in probe.items():

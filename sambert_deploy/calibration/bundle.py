@@ -18,7 +18,8 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -236,10 +237,24 @@ def _build(precision: str, fp32: Path, tmp: Path, calib: list[dict[str, np.ndarr
     if precision == "fp16":
         convert_fp16(fp32, out, probe=calib[:2])
         return out, {"kind": "fp16 weights and compute, fp32 inputs/outputs, range-guarded nodes kept fp32"}
-    report = quantize_int8(fp32, out, calib, recipe)
+    with _quiet_root_logger():
+        report = quantize_int8(fp32, out, calib, recipe)
     return out, {"kind": "int8 Q/DQ (static, per-channel weights)", "recipe": recipe.label(),
                  "keep_roles": list(recipe.keep_roles), "kept_fp32": len(report.kept_fp32),
                  "quantized": len(report.quantized), "calibration_feeds": report.calibration_feeds}
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs a line per copied bias (hundreds) and a pre-processing hint to the
+    root logger; keep its warnings and errors only, then restore the caller's level."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _run_all(path: Path, backend: str, hint: str | None, mels: list[np.ndarray]) -> list[np.ndarray]:
