@@ -106,6 +106,26 @@ def test_precision_hint_is_checked(vocoder: Path) -> None:
         assert be.run({"mel": _mel(5)})["audio"].shape == (1, 1, 1000)
 
 
+def test_attention_graphs_compile_and_match(tiny_bundles: dict[str, Path]) -> None:
+    """Every graph of a voice opens with one thread per stream (OpenVINO 2026.4 crashed the process
+    compiling the decoder step's attention in f32 so), and the decoder step matches ORT."""
+    m = read_manifest(tiny_bundles["causal"])
+    voice = m.voice(None)
+    for graph in voice.graphs:
+        with OpenVinoBackend(m.graph_path(voice, graph), BackendOptions(threads=1)) as be:
+            assert be.output_names
+    sizes = {"x_window": 7, "x_window_plus_one": 8, "h_window": 5}
+    with OrtBackend(m.graph_path(voice, "decoder_step")) as ref, \
+            OpenVinoBackend(m.graph_path(voice, "decoder_step"), BackendOptions(threads=1)) as be:
+        rng = np.random.default_rng(3)
+        feeds = {n: rng.standard_normal([d if isinstance(d, int) else sizes[d] for d in i.shape]).astype(np.float32)
+                 for n, i in ref.inputs.items()}
+        want, got = ref.run(feeds), be.run(feeds)
+        assert list(got) == list(want)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 # -- interface ----------------------------------------------------------------------------------------
 
 def test_inputs_are_checked_centrally(vocoder: Path) -> None:

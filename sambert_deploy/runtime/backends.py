@@ -478,7 +478,20 @@ class OpenVinoBackend(Backend):
             # read_model first: its ports carry the ONNX tensor names alone, where the compiled model's
             # may add internal aliases of the same tensor.
             model = core.read_model(str(self.path))
-            compiled = core.compile_model(model, "CPU", config)
+            if any(op.get_type_name() == "Softmax" for op in model.get_ops()):
+                # OpenVINO 2026.4 crashes the process (SIGSEGV in the CPU plugin's attention
+                # tokenization, at compile time) on the tiny decoder_step in f32 with one thread per
+                # stream. Attention graphs are the acoustic model's, which auto leaves on ORT anyway;
+                # the vocoder has none and keeps its fused kernels.
+                config["SNIPPETS_MODE"] = "DISABLE"
+            try:
+                compiled = core.compile_model(model, "CPU", config)
+            except RuntimeError as e:
+                if "SNIPPETS_MODE" not in str(e):
+                    raise
+                # An internal key a later OpenVINO may no longer accept (and may no longer need).
+                del config["SNIPPETS_MODE"]
+                compiled = core.compile_model(model, "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError for everything
             raise BundleError(openvino_error_message(self.path, e, ov.get_version())) from None
         self._compiled = compiled
