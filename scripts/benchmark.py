@@ -1,30 +1,60 @@
-"""Benchmark: the streaming ONNX runtime against the PyTorch-eager way ModelScope runs the model.
+"""Benchmark: runtime configurations side by side against the PyTorch-eager way ModelScope runs the model.
 
 For inputs of about 15, 100, 300, 1000 and 3000 units (one symbol line each, the worst case: no
-sentence punctuation) and each available backend, it prints time to first audio, RTF and peak RSS
-(peak GPU memory on CUDA), and beside them the project's faithful torch rebuild run whole-utterance
-(reference decoder loop keeping every attention map, whole-mel vocoder), as ratios. Every measurement
-runs in a fresh process so peak RSS is its own. The baseline is skipped above ``--baseline-max`` units
-(its [M, M] attention maps alone would need the memory printed instead).
+sentence punctuation) and each runtime configuration (``--configs``: a label and its Synthesizer
+arguments; by default ONNX Runtime FP32, OpenVINO FP32/BF16/INT8 vocoders, ONNX Runtime INT8 and
+``auto``, what a user gets), it prints time to first audio, RTF, peak RSS (peak GPU memory on CUDA)
+and where the busy time went (front end / acoustic model / vocoder), beside the project's faithful
+torch rebuild run whole-utterance (reference decoder loop keeping every attention map, whole-mel
+vocoder), as ratios against that baseline and against ``--reference`` (``ort-fp32``, the previous
+runtime) measured in the same run. Every measurement runs in a fresh process so peak RSS is its own.
+The baseline is skipped above ``--baseline-max`` units (its [M, M] attention maps alone would need
+the memory printed instead). A configuration that cannot run (a variant missing or failed its
+quality gate: PrecisionError) prints one row saying why. ``--png`` draws RTF and peak RSS against
+input length, one line per configuration and one for the baseline.
 
-    python scripts/benchmark.py [--bundle demo_out/bundle] [--sizes 15 100 300 1000 3000] [--gpu]
-    python scripts/benchmark.py --sweep --sizes 100 1200   # vocoder chunk x max_ahead, runtime only
+    python scripts/benchmark.py [--bundle demo_out/bundle] [--sizes 15 100 300 1000 3000] [--png docs/benchmark.png]
+    python scripts/benchmark.py --configs ort-fp32 ov-int8 'mine:voc_backend=openvino,precision=bf16'
+    python scripts/benchmark.py --sweep --sizes 100 1200   # vocoder chunk x max_ahead per config, runtime only
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sambert_deploy.runtime.backends import available_cpus
 from sambert_deploy.utils import peak_rss_mb
 
 SEED_TEXT = ("一个开源的语音合成工具，把声学模型和声码器从训练检查点导出成小而快的部署版本。"
              "我们先把文字转换成音素，再逐步生成梅尔频谱，最后用声码器一块一块地合成音频。")
+
+# label -> Synthesizer keyword arguments. Explicit ones run strict (no silent fallback to another
+# backend); ``auto`` is every default, what a user gets.
+PRESETS: dict[str, dict[str, Any]] = {
+    "ort-fp32": {"backend": "cpu", "precision": "fp32", "strict": True},
+    "ov-fp32": {"am_backend": "cpu", "voc_backend": "openvino", "precision": "fp32", "strict": True},
+    "ov-bf16": {"am_backend": "cpu", "voc_backend": "openvino", "precision": "bf16", "strict": True},
+    "ov-int8": {"am_backend": "cpu", "voc_backend": "openvino", "precision": "int8", "strict": True},
+    "ort-int8": {"backend": "cpu", "precision": "int8", "strict": True},
+    "auto": {},
+    "cuda": {"backend": "cuda", "strict": True},  # added by --gpu
+}
+DEFAULT_CONFIGS = ["ort-fp32", "ov-fp32", "ov-bf16", "ov-int8", "ort-int8", "auto"]
+CONFIG_KEYS = {"backend": str, "am_backend": str, "voc_backend": str, "precision": str, "strict": bool,
+               "gpu_streams": int}
+# Acceptance targets of the precision issue (drawn on the figure).
+TARGET_RTF = 0.06
+TARGET_RSS_MB = 600
 
 
 def units_line(n: int) -> str:
@@ -39,28 +69,76 @@ def units_line(n: int) -> str:
     return format_units((units * (n // len(units) + 1))[:n])
 
 
-def run_ours(bundle: str, voice: str, n: int, backend: str, threads: int, chunk: int = 0, ahead: int = 0) -> dict:
+def parse_config(spec: str) -> tuple[str, dict[str, Any]]:
+    """``LABEL`` (a preset) or ``LABEL:key=value,key=value`` (Synthesizer keyword arguments)."""
+    label, sep, rest = spec.partition(":")
+    if not sep:
+        if label not in PRESETS:
+            raise argparse.ArgumentTypeError(f"unknown config '{label}' (presets: {', '.join(PRESETS)}; or "
+                                             "LABEL:key=value,...)")
+        return label, dict(PRESETS[label])
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in CONFIG_KEYS:
+            raise argparse.ArgumentTypeError(f"config '{spec}': expected key=value with key one of "
+                                             f"{', '.join(CONFIG_KEYS)}")
+        kind = CONFIG_KEYS[key]
+        kwargs[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return label, kwargs
+
+
+def config_device(kwargs: dict[str, Any]) -> str:
+    return "cuda" if "cuda" in (kwargs.get(k) for k in ("backend", "am_backend", "voc_backend")) else "cpu"
+
+
+# -- children (one measurement each, in a fresh process) ---------------------------------------------
+def run_ours(bundle: str, voice: str, n: int, kwargs: dict[str, Any], threads: int, chunk: int = 0, ahead: int = 0,
+             voc_threads: int = 0) -> dict:
+    from sambert_deploy.errors import SambertDeployError
     from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
 
     line = units_line(n)
-    gpu_peak = None
     opts = StreamOptions(max_ahead=ahead or None, **({"vocoder_chunk": chunk} if chunk else {}))
-    with Synthesizer(bundle, voice=voice, backend=backend, strict=True, threads=threads, options=opts) as syn:
+    try:
+        syn = Synthesizer(bundle, voice=voice, threads=threads, options=opts, **kwargs)
+        syn.load(voice, text=False)
+    except SambertDeployError as e:  # PrecisionError, BackendUnavailableError, MissingExtraError
+        return {"error": f"{type(e).__name__}: {e}", "skip": True}
+    with syn:
+        if voc_threads:
+            _vocoder_threads(syn, voice, voc_threads)
         syn.synthesize(symbols=units_line(8))  # session warm-up outside the timing
         t0 = time.perf_counter()
         first = None
         samples = 0
-        for c in syn.stream(symbols=line):
-            if first is None:
-                first = time.perf_counter() - t0
-            samples += len(c.samples)
+        with syn.stream(symbols=line) as stream:
+            for c in stream:
+                if first is None:
+                    first = time.perf_counter() - t0
+                samples += len(c.samples)
+            info = stream.info
         total = time.perf_counter() - t0
         rate = syn.sample_rate
-    if backend == "cuda":
-        gpu_peak = _gpu_peak_mb()
+        (am_be, voc_be), = syn.backends().values()
+        prec, = syn.precisions().values()
+    gpu_peak = _gpu_peak_mb() if config_device(kwargs) == "cuda" else None
     audio = samples / rate
-    return {"first": first, "total": total, "audio": audio, "rtf": total / audio,
-            "rss": peak_rss_mb(), "gpu": gpu_peak}
+    return {"first": first, "total": total, "audio": audio, "rtf": total / audio, "rss": peak_rss_mb(),
+            "gpu": gpu_peak, "runs": f"{am_be} + {voc_be} {prec}", "frontend_s": info.frontend_busy_s,
+            "acoustic_s": info.acoustic_busy_s, "vocoder_s": info.vocoder_busy_s}
+
+
+def _vocoder_threads(syn: Any, voice: str, threads: int) -> None:
+    """Sweep only: reopen the loaded voice's vocoder with ``threads`` intra-op threads per call (the
+    Synthesizer runs every graph call single-threaded; this reaches into it to measure the alternative)."""
+    from sambert_deploy.runtime.backends import BackendOptions
+    from sambert_deploy.runtime.vocoder import Vocoder
+
+    v = syn._voices[syn.manifest.voice(voice).name]
+    choice = v.voc.choice
+    v.voc.close()
+    v.voc = Vocoder(syn.manifest, v.manifest, choice.backend, BackendOptions(threads=threads), choice)
 
 
 def run_torch(model_dir: str, voice: str, n: int, threads: int, device: str) -> dict:
@@ -93,7 +171,7 @@ def run_torch(model_dir: str, voice: str, n: int, threads: int, device: str) -> 
     audio = len(wav) / vf.sample_rate
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     return {"first": total, "total": total, "audio": audio, "rtf": total / audio,
-            "rss": peak_rss_mb(), "gpu": gpu}
+            "rss": peak_rss_mb(), "gpu": gpu, "runs": f"torch {device} fp32"}
 
 
 def _gpu_peak_mb() -> float | None:
@@ -105,15 +183,71 @@ def _gpu_peak_mb() -> float | None:
         return None
 
 
-def child(kind: str, *args: str, timeout: float) -> dict | None:
-    cmd = [sys.executable, __file__, "--child", kind, *args]
+def child(spec: dict, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout {timeout:.0f} s"}
     if p.returncode != 0:
-        return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1][:80]}
+        return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1][:160]}
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def measure(spec: dict, repeat: int, timeout: float) -> dict:
+    """``repeat`` fresh-process runs of one cell: the medians, and each run's value under ``all_*``."""
+    runs = []
+    for _ in range(repeat):
+        r = child(spec, timeout)
+        if "error" in r:
+            return r
+        runs.append(r)
+    out = dict(runs[0])
+    for key in ("first", "total", "audio", "rtf", "rss", "frontend_s", "acoustic_s", "vocoder_s"):
+        if runs[0].get(key) is not None:
+            out[key] = statistics.median(r[key] for r in runs)
+            out["all_" + key] = [r[key] for r in runs]
+    return out
+
+
+# -- the table -----------------------------------------------------------------------------------
+HEADER = ("| units | config | runs on (am + vocoder precision) | audio s | first audio ms | RTF | peak RSS MB | "
+          "speed-up vs torch | speed-up vs {ref} | RSS torch / this | RSS {ref} / this | busy front end / acoustic / "
+          "vocoder % | busy / wall |")
+
+
+def _ok(d: dict | None) -> bool:
+    return bool(d) and "error" not in d  # type: ignore[operator]
+
+
+def _num(d: dict, key: str, fmt: str, scale: float = 1.0) -> str:
+    v = d.get(key)
+    if v is None:
+        return "-"
+    cell = format(v * scale, fmt)
+    spread = d.get("all_" + key)
+    if spread and len(spread) > 1:
+        cell += f" ({format(min(spread) * scale, fmt)}-{format(max(spread) * scale, fmt)})"
+    return cell
+
+
+def row(n: int, label: str, r: dict, torch_r: dict | None, ref: dict | None, is_torch: bool = False) -> str:
+    if not _ok(r):
+        return "| " + " | ".join([str(n), label, r.get("error", "failed")] + ["-"] * 10) + " |"
+    rss = _num(r, "rss", ".0f") + (f" (GPU {r['gpu']:.0f})" if r.get("gpu") is not None else "")
+    cells = [str(n), label, r.get("runs", "-"), f"{r['audio']:.1f}", _num(r, "first", ".0f", 1000.0),
+             _num(r, "rtf", ".3f"), rss]
+    for base in (torch_r, ref):
+        cells.append(f"{base['rtf'] / r['rtf']:.2f}x" if _ok(base) and not is_torch else "-")
+    for base in (torch_r, ref):
+        cells.append(f"{base['rss'] / r['rss']:.2f}x" if _ok(base) and not is_torch else "-")
+    if is_torch:
+        cells += ["- (whole utterance)", "-"]
+    else:
+        busy = [r["frontend_s"], r["acoustic_s"], r["vocoder_s"]]
+        tot = sum(busy) or 1.0
+        cells += [" / ".join(f"{100 * b / tot:.0f}" for b in busy), f"{sum(busy) / r['total']:.2f}"]
+    return "| " + " | ".join(cells) + " |"
 
 
 def main() -> None:
@@ -122,79 +256,182 @@ def main() -> None:
     ap.add_argument("--model-dir", default="demo_out/model")
     ap.add_argument("--voice", default="demo_emo")
     ap.add_argument("--sizes", type=int, nargs="+", default=[15, 100, 300, 1000, 3000])
+    ap.add_argument("--configs", type=parse_config, nargs="+", default=None, metavar="CONFIG",
+                    help=f"runtime configurations: a preset ({', '.join(PRESETS)}) or LABEL:key=value,... with "
+                         f"Synthesizer keys {', '.join(CONFIG_KEYS)} (default: {' '.join(DEFAULT_CONFIGS)})")
+    ap.add_argument("--reference", default="ort-fp32", help="config the 'speed-up vs' column compares against")
     ap.add_argument("--threads", type=int, default=available_cpus())
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="fresh-process runs per runtime cell: medians, (min-max) beside them; the baseline runs once")
     ap.add_argument("--baseline-max", type=int, default=1200, help="largest input the torch baseline runs")
-    ap.add_argument("--gpu", action="store_true", help="also CUDA EP and torch on CUDA")
+    ap.add_argument("--gpu", action="store_true", help="also the cuda config and torch on CUDA")
+    ap.add_argument("--png", type=Path, help="write RTF and peak RSS vs input length here (matplotlib)")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--sweep", action="store_true",
-                    help="no baseline: the runtime alone for each --vocoder-chunks x --ahead (how the defaults were chosen)")
+                    help="no baseline: the runtime alone for each config x --vocoder-chunks x --ahead x "
+                         "--vocoder-threads (how the defaults were chosen)")
     ap.add_argument("--vocoder-chunks", type=int, nargs="+", default=[64, 128, 256, 512])
     ap.add_argument("--ahead", type=int, nargs="+", default=[0], help="StreamOptions.max_ahead values (0: default)")
-    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--vocoder-threads", type=int, nargs="+", default=[0],
+                    help="sweep: intra-op threads per vocoder call (0: the Synthesizer's, one)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        kind, *rest = a.child
-        if kind == "ours":
-            res = run_ours(rest[0], rest[1], int(rest[2]), rest[3], *map(int, rest[4:]))
+        spec = json.loads(a.child)
+        if spec.pop("kind") == "ours":
+            res = run_ours(**spec)
         else:
-            res = run_torch(rest[0], rest[1], int(rest[2]), int(rest[3]), rest[4])
+            res = run_torch(**spec)
         print(json.dumps(res))
         return
     if not Path(a.bundle, "manifest.json").is_file():
         sys.exit(f"no bundle at {a.bundle}: run `make demo` first (or pass --bundle/--model-dir)")
-    backends = ["cpu"] + (["cuda"] if a.gpu else [])
+    configs = dict(a.configs or [(c, dict(PRESETS[c])) for c in DEFAULT_CONFIGS])
+    if a.gpu:
+        configs.setdefault("cuda", dict(PRESETS["cuda"]))
     if a.sweep:
-        sweep(a, backends)
+        sweep(a, configs)
         return
-    print(f"threads {a.threads}; bundle {a.bundle}; voice {a.voice}; baseline = torch rebuild, reference decoder loop, "
-          "whole utterance", flush=True)
-    hdr = ("| units | backend | audio s | ours first audio s | ours RTF | ours peak RSS MB | torch first audio s | "
-           "torch RTF | torch peak RSS MB | RTF speed-up | first-audio / torch total | RSS ratio |")
-    print(hdr)
-    print("|---" * 12 + "|")
+    print(f"{machine()}; threads {a.threads}; bundle {a.bundle}; voice {a.voice}; baseline = torch rebuild, "
+          "reference decoder loop, whole utterance; random weights (speed and memory only); "
+          f"load average {load_average()} at start", flush=True)
+    print(HEADER.format(ref=a.reference))
+    print("|---" * (HEADER.count("|") - 1) + "|")
+    results: dict[str, dict[int, dict]] = {}
+    devices = sorted({config_device(kw) for kw in configs.values()})
     for n in a.sizes:
-        for be in backends:
-            ours = child("ours", a.bundle, a.voice, str(n), be, str(a.threads), timeout=a.timeout)
-            dev = "cuda" if be == "cuda" else "cpu"
+        baselines: dict[str, dict] = {}
+        for dev in devices:
             if n <= a.baseline_max:
-                base = child("torch", a.model_dir, a.voice, str(n), str(a.threads), dev, timeout=a.timeout)
+                base = child({"kind": "torch", "model_dir": a.model_dir, "voice": a.voice, "n": n,
+                              "threads": a.threads, "device": dev}, a.timeout)
             else:
                 steps = n * 6 // 3  # ~6 frames a unit, 3 frames a step
                 gb = 2 * 12 * 8 * steps * steps * 4 / 2**30
                 base = {"error": f"skipped (> --baseline-max; attention maps alone ~{gb:.0f} GB)"}
-            print(_row(n, be, ours, base), flush=True)
+            baselines[dev] = base
+            results.setdefault(f"torch ({dev})", {})[n] = base
+            print(row(n, f"torch ({dev})", base, None, None, is_torch=True), flush=True)
+        for label, kw in configs.items():
+            first_error = next((r for r in results.get(label, {}).values() if r.get("skip")), None)
+            if first_error is not None:  # the voice cannot load this way: the same at every size
+                r = {**first_error, "error": first_error["error"].split(":", 1)[0] + " (as in its first row)"}
+            else:
+                r = measure({"kind": "ours", "bundle": a.bundle, "voice": a.voice, "n": n, "kwargs": kw,
+                             "threads": a.threads}, a.repeat, a.timeout)
+            results.setdefault(label, {})[n] = r
+            ref = results.get(a.reference, {}).get(n) if label != a.reference else None
+            print(row(n, label, r, baselines[config_device(kw)], ref), flush=True)
+    print(f"load average {load_average()} at the end (other work on this machine skews every number)")
+    if a.png:
+        plot(results, a.png, a.threads)
+        print(f"figure: {a.png}")
 
 
-def sweep(a: argparse.Namespace, backends: list[str]) -> None:
-    print(f"threads {a.threads}; bundle {a.bundle}; voice {a.voice}; runtime only, first vocoder chunk 24")
-    print("| units | backend | vocoder chunk | max_ahead | first audio s | RTF | peak RSS MB |")
-    print("|---" * 7 + "|")
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{available_cpus()} CPUs ({model})"
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def plot(results: dict[str, dict[int, dict]], path: Path, threads: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    fig, (ax_rtf, ax_rss) = plt.subplots(1, 2, figsize=(13, 5.6))
+    for label, by_size in results.items():
+        pts = sorted((n, r) for n, r in by_size.items() if _ok(r))
+        torch = label.startswith("torch")
+        style = {"color": "black", "linestyle": "--", "marker": "s"} if torch else {"marker": "o"}
+        if not pts:
+            if torch:
+                continue
+            err = next(iter(by_size.values()), {}).get("error", "")
+            why = ("failed its quality gate" if "quality gate" in err else "variant not built" if " has no " in err
+                   else err.split(":", 1)[0][:40] or "failed")
+            ax_rtf.plot([], [], label=f"{label}: not run ({why})", linestyle=":", color="grey")
+            continue
+        xs = [n for n, _ in pts]
+        runs = pts[0][1].get("runs", "")
+        name = f"{label}: {runs}" if not torch else f"{label}, whole utterance"
+        ax_rtf.plot(xs, [r["rtf"] for _, r in pts], label=name, **style)
+        ax_rss.plot(xs, [r["rss"] for _, r in pts], label=name, **style)
+    ax_rtf.axhline(TARGET_RTF, color="tab:red", linewidth=0.8, linestyle=":")
+    ax_rtf.annotate(f"target RTF {TARGET_RTF}", (0.01, TARGET_RTF), xycoords=("axes fraction", "data"),
+                    color="tab:red", fontsize=8, va="bottom")
+    ax_rss.axhline(TARGET_RSS_MB, color="tab:red", linewidth=0.8, linestyle=":")
+    ax_rss.annotate(f"target {TARGET_RSS_MB} MB", (0.01, TARGET_RSS_MB), xycoords=("axes fraction", "data"),
+                    color="tab:red", fontsize=8, va="bottom")
+    for ax, ylabel, title in ((ax_rtf, "RTF (compute s / audio s, lower is better)", "Real-time factor"),
+                              (ax_rss, "peak RSS MB (own process)", "Peak memory")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+        ax.set_xlabel("input length (units, one symbol line)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_rtf.legend(fontsize=7.5, loc="upper right")
+    fig.suptitle(f"sambert_deploy runtime configurations vs torch baseline: {machine()}, {threads} threads; "
+                 f"random weights (speed and memory only, not quality); {datetime.date.today().isoformat()}",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".benchmark-", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=110)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+
+
+def sweep(a: argparse.Namespace, configs: dict[str, dict[str, Any]]) -> None:
+    print(f"{machine()}; threads {a.threads}; bundle {a.bundle}; voice {a.voice}; runtime only, first vocoder "
+          "chunk 24")
+    print("| units | config | vocoder chunk | max_ahead | vocoder threads/call | first audio ms | RTF | peak RSS MB | "
+          "busy front end / acoustic / vocoder % | busy / wall |")
+    print("|---" * 10 + "|")
     for n in a.sizes:
-        for be in backends:
+        for label, kw in configs.items():
             for chunk in a.vocoder_chunks:
                 for w in a.ahead:
-                    r = child("ours", a.bundle, a.voice, str(n), be, str(a.threads), str(chunk), str(w),
-                              timeout=a.timeout)
-                    cells = ([f"{r['first']:.3f}", f"{r['rtf']:.3f}", f"{r['rss']:.0f}"] if r and "error" not in r
-                             else ["-", "-", (r or {}).get("error", "failed")])
-                    print("| " + " | ".join([str(n), be, str(chunk), str(w), *cells]) + " |", flush=True)
-
-
-def _row(n: int, be: str, o: dict | None, b: dict | None) -> str:
-    def f(d: dict | None, k: str, fmt: str) -> str:
-        if not d or "error" in d:
-            return "-"
-        v = d.get(k)
-        return "-" if v is None else format(v, fmt)
-
-    cells = [str(n), be, f(o, "audio", ".1f"), f(o, "first", ".3f"), f(o, "rtf", ".3f"), f(o, "rss", ".0f"),
-             f(b, "first", ".2f"), f(b, "rtf", ".3f"), f(b, "rss", ".0f")]
-    if o and b and "error" not in o and "error" not in b:
-        cells += [f"{b['rtf'] / o['rtf']:.2f}x", f"{o['first'] / b['total']:.3f}", f"{b['rss'] / o['rss']:.1f}x"]
-    else:
-        note = (b or {}).get("error") or (o or {}).get("error") or ""
-        cells += ["-", "-", note]
-    return "| " + " | ".join(cells) + " |"
+                    for vt in a.vocoder_threads:
+                        r = measure({"kind": "ours", "bundle": a.bundle, "voice": a.voice, "n": n, "kwargs": kw,
+                                     "threads": a.threads, "chunk": chunk, "ahead": w, "voc_threads": vt},
+                                    a.repeat, a.timeout)
+                        if _ok(r):
+                            busy = [r["frontend_s"], r["acoustic_s"], r["vocoder_s"]]
+                            tot = sum(busy) or 1.0
+                            cells = [_num(r, "first", ".0f", 1000.0), _num(r, "rtf", ".3f"), _num(r, "rss", ".0f"),
+                                     " / ".join(f"{100 * b / tot:.0f}" for b in busy),
+                                     f"{sum(busy) / r['total']:.2f}"]
+                        else:
+                            cells = ["-", "-", "-", r.get("error", "failed"), "-"]
+                        print("| " + " | ".join([str(n), label, str(chunk), str(w), str(vt or 1), *cells]) + " |",
+                              flush=True)
 
 
 if __name__ == "__main__":
