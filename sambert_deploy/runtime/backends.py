@@ -493,7 +493,7 @@ class OpenVinoBackend(Backend):
                 del config["SNIPPETS_MODE"]
                 compiled = core.compile_model(model, "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError for everything
-            raise BundleError(openvino_error_message(self.path, e, ov.get_version())) from None
+            raise BundleError(openvino_error_message(self.path, e, ov.get_version().split("-")[0])) from None
         self._compiled = compiled
         # What OpenVINO chose, read back: it may change a hint the CPU cannot honour (f16 -> bf16 on
         # AVX512_BF16 without FP16 units).
