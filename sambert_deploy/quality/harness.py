@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..runtime.backends import Backend, BackendOptions, InputMeta, make_backend
+from ..runtime.backends import Backend, BackendOptions, make_backend
 from .audio import Recording
 from .metrics import logmel_l1, pesq_wb, snr_db
 
@@ -116,42 +116,11 @@ GATES: dict[str, Gate] = {
 # ----------------------------------------------------------------------------------------------
 
 
-class _LocalOpenVino(Backend):
-    """Stand-in until the runtime's make_backend("openvino") lands (TEMPORARY)."""
-
-    kind = "openvino"
-
-    def __init__(self, path: Path, threads: int, hint: str):
-        super().__init__(path, BackendOptions(threads=threads))
-        self.hint = hint
-
-    def _open(self) -> tuple[dict[str, InputMeta], list[str]]:
-        import openvino as ov
-
-        core = ov.Core()
-        hint = {"f32": "f32", "bf16": "bf16", "f16": "f16"}[self.hint]
-        self.compiled = core.compile_model(str(self.path), "CPU", {"INFERENCE_NUM_THREADS": self.options.threads,
-                                                                    "INFERENCE_PRECISION_HINT": hint})
-        self.request = self.compiled.create_infer_request()
-        ins = {"mel": InputMeta("mel", np.float32, (1, 80, None))}
-        return ins, ["audio"]
-
-    def _run(self, feeds: Mapping[str, np.ndarray], token: object) -> dict[str, np.ndarray]:
-        res = self.request.infer(dict(feeds))
-        return {"audio": np.array(res[self.compiled.outputs[0]])}
-
-
 def open_backend(kind: str, path: Path, threads: int, precision_hint: str | None = None) -> Backend:
     """The runtime's own backend for ``kind`` (``cpu`` = ORT CPU, ``openvino``)."""
     if kind == "openvino" and not precision_hint:
-        precision_hint = "f32"
-    try:
-        opts = BackendOptions(threads=threads, precision_hint=precision_hint)  # type: ignore[call-arg]
-    except TypeError:
-        opts = BackendOptions(threads=threads)
-        if kind == "openvino":
-            return _LocalOpenVino(path, threads, precision_hint or "f32").open()
-    return make_backend(kind, path, opts).open()
+        precision_hint = "f32"  # never OpenVINO's own default (bf16 on avx512_bf16 CPUs)
+    return make_backend(kind, path, BackendOptions(threads=threads, precision_hint=precision_hint)).open()
 
 
 @dataclass
