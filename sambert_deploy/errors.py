@@ -62,10 +62,9 @@ class BackendUnavailableError(SambertDeployError):
 class MissingExtraError(SambertDeployError):
     """An optional dependency group is not installed."""
 
-    def __init__(self, module: str, extra: str):
-        super().__init__(
-            f"'{module}' is not installed; it is needed here. Install it with: pip install 'sambert-deploy[{extra}]'"
-        )
+    def __init__(self, module: str, extra: str, install: str | None = None):
+        command = install or f"pip install 'sambert-deploy[{extra}]'"
+        super().__init__(f"'{module}' is not installed; it is needed here. Install it with: {command}")
 
 
 class PrecisionError(InvalidInputError):

@@ -80,17 +80,21 @@ def mel_basis(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS, f
     return weights.astype(np.float32)
 
 
-def log_mel(audio: np.ndarray) -> np.ndarray:
-    """HiFiGAN's training mel: reflect pad (n_fft-hop)/2, Hann STFT center=False, magnitude,
-    slaney mel, log(clamp(x, 1e-5)). float32 [80, len(audio)//hop]."""
+def log_mel(audio: np.ndarray, sr: int = SAMPLE_RATE, n_fft: int = N_FFT, hop: int = HOP, win: int = WIN,
+            n_mels: int = N_MELS, fmin: float = FMIN, fmax: float = FMAX) -> np.ndarray:
+    """HiFiGAN's training mel: reflect pad (n_fft-hop)/2, Hann STFT center=False (a window shorter than
+    n_fft centred in it, as torch.stft pads it), magnitude, slaney mel, log(clamp(x, 1e-5)).
+    float32 [n_mels, len(audio)//hop]. Defaults: HiFiGAN V1 at 22050 Hz; a bundle passes its own."""
     y = np.asarray(audio, dtype=np.float64).reshape(-1)
-    pad = (N_FFT - HOP) // 2
+    pad = (n_fft - hop) // 2
     y = np.pad(y, (pad, pad), mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(y, N_FFT)[::HOP]
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(WIN) / WIN)  # periodic Hann (torch.hann_window)
+    frames = np.lib.stride_tricks.sliding_window_view(y, n_fft)[::hop]
+    window = np.zeros(n_fft)
+    off = (n_fft - win) // 2
+    window[off:off + win] = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)  # periodic Hann
     spec = np.fft.rfft(frames * window, axis=-1)
     mag = np.sqrt(spec.real**2 + spec.imag**2 + 1e-9)
-    mel = mel_basis() @ mag.T.astype(np.float32)
+    mel = mel_basis(sr, n_fft, n_mels, fmin, fmax) @ mag.T.astype(np.float32)
     return np.log(np.maximum(mel, 1e-5)).astype(np.float32)
 
 

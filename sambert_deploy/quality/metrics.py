@@ -4,6 +4,8 @@ so waveform SNR punishes inaudible differences; it is reported for scale only.""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .audio import SAMPLE_RATE, log_mel, resample
@@ -18,11 +20,12 @@ def _same_length(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a[:n], b[:n]
 
 
-def logmel_l1(ref: np.ndarray, deg: np.ndarray) -> tuple[float, float]:
+def logmel_l1(ref: np.ndarray, deg: np.ndarray, **mel: Any) -> tuple[float, float]:
     """Mean |log mel(ref) - log mel(deg)| in nats: over all frames, and over the quietest
-    :data:`QUIET_FRACTION` of frames by the reference's mel energy (where INT8 noise floors show)."""
+    :data:`QUIET_FRACTION` of frames by the reference's mel energy (where INT8 noise floors show).
+    ``mel``: :func:`~.audio.log_mel` settings (default HiFiGAN V1's)."""
     ref, deg = _same_length(ref, deg)
-    mr, md = log_mel(ref), log_mel(deg)
+    mr, md = log_mel(ref, **mel), log_mel(deg, **mel)
     diff = np.abs(mr - md)
     energy = np.exp(mr).sum(axis=0)
     k = max(1, int(round(QUIET_FRACTION * energy.size)))
