@@ -16,6 +16,8 @@ input length, one line per configuration and one for the baseline.
     python scripts/benchmark.py [--bundle demo_out/bundle] [--sizes 15 100 300 1000 3000] [--png docs/benchmark.png]
     python scripts/benchmark.py --configs ort-fp32 ov-int8 'mine:voc_backend=openvino,precision=bf16'
     python scripts/benchmark.py --sweep --sizes 100 1200   # vocoder chunk x max_ahead per config, runtime only
+    python scripts/benchmark.py --configs 'x:voc_backend=openvino,ov.CPU_RUNTIME_CACHE_CAPACITY=0,env.ONEDNN_PRIMITIVE_CACHE_CAPACITY=0'
+    (exploration: ov.* are extra OpenVINO compile properties, env.* environment variables of the child)
 """
 
 from __future__ import annotations
@@ -80,9 +82,12 @@ def parse_config(spec: str) -> tuple[str, dict[str, Any]]:
     kwargs: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
+        if eq and key.startswith(("env.", "ov.")) and len(key) > 4:
+            kwargs[key] = int(value) if value.isdigit() else value  # exploration only: see run_ours
+            continue
         if not eq or key not in CONFIG_KEYS:
             raise argparse.ArgumentTypeError(f"config '{spec}': expected key=value with key one of "
-                                             f"{', '.join(CONFIG_KEYS)}")
+                                             f"{', '.join(CONFIG_KEYS)} (or env.NAME / ov.PROPERTY)")
         kind = CONFIG_KEYS[key]
         kwargs[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     return label, kwargs
@@ -100,6 +105,10 @@ def run_ours(bundle: str, voice: str, n: int, kwargs: dict[str, Any], threads: i
 
     line = units_line(n)
     opts = StreamOptions(max_ahead=ahead or None, **({"vocoder_chunk": chunk} if chunk else {}))
+    kwargs = {k: v for k, v in kwargs.items() if not k.startswith("env.")}  # set by child() in the environment
+    ov_props = {k[3:]: kwargs.pop(k) for k in list(kwargs) if k.startswith("ov.")}
+    if ov_props:
+        _openvino_properties(ov_props)
     try:
         syn = Synthesizer(bundle, voice=voice, threads=threads, options=opts, **kwargs)
         syn.load(voice, text=False)
@@ -109,6 +118,7 @@ def run_ours(bundle: str, voice: str, n: int, kwargs: dict[str, Any], threads: i
         if voc_threads:
             _vocoder_threads(syn, voice, voc_threads)
         syn.synthesize(symbols=units_line(8))  # session warm-up outside the timing
+        load = OtherLoad()
         t0 = time.perf_counter()
         first = None
         samples = 0
@@ -119,6 +129,7 @@ def run_ours(bundle: str, voice: str, n: int, kwargs: dict[str, Any], threads: i
                 samples += len(c.samples)
             info = stream.info
         total = time.perf_counter() - t0
+        others = load.share()
         rate = syn.sample_rate
         (am_be, voc_be), = syn.backends().values()
         prec, = syn.precisions().values()
@@ -126,7 +137,7 @@ def run_ours(bundle: str, voice: str, n: int, kwargs: dict[str, Any], threads: i
     audio = samples / rate
     return {"first": first, "total": total, "audio": audio, "rtf": total / audio, "rss": peak_rss_mb(),
             "gpu": gpu_peak, "runs": f"{am_be} + {voc_be} {prec}", "frontend_s": info.frontend_busy_s,
-            "acoustic_s": info.acoustic_busy_s, "vocoder_s": info.vocoder_busy_s}
+            "acoustic_s": info.acoustic_busy_s, "vocoder_s": info.vocoder_busy_s, "others": others}
 
 
 def _vocoder_threads(syn: Any, voice: str, threads: int) -> None:
@@ -139,6 +150,18 @@ def _vocoder_threads(syn: Any, voice: str, threads: int) -> None:
     choice = v.voc.choice
     v.voc.close()
     v.voc = Vocoder(syn.manifest, v.manifest, choice.backend, BackendOptions(threads=threads), choice)
+
+
+def _openvino_properties(props: dict[str, Any]) -> None:
+    """Exploration only: extra compile properties for every OpenVINO session of this process."""
+    from sambert_deploy.runtime.backends import OpenVinoBackend
+
+    base = OpenVinoBackend.config
+
+    def config(self: Any) -> dict[str, Any]:
+        return {**base(self), **props}
+
+    OpenVinoBackend.config = config  # type: ignore[method-assign]
 
 
 def run_torch(model_dir: str, voice: str, n: int, threads: int, device: str) -> dict:
@@ -161,6 +184,7 @@ def run_torch(model_dir: str, voice: str, n: int, threads: int, device: str) -> 
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+        load = OtherLoad()
         t0 = time.perf_counter()
         out = am(*args)  # reference path: keeps every attention map, as ModelScope's call does
         valid = int(out["LR_length_rounded"][0])
@@ -168,10 +192,49 @@ def run_torch(model_dir: str, voice: str, n: int, threads: int, device: str) -> 
         if device == "cuda":
             torch.cuda.synchronize()
         total = time.perf_counter() - t0
+        others = load.share()
     audio = len(wav) / vf.sample_rate
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     return {"first": total, "total": total, "audio": audio, "rtf": total / audio,
-            "rss": peak_rss_mb(), "gpu": gpu, "runs": f"torch {device} fp32"}
+            "rss": peak_rss_mb(), "gpu": gpu, "runs": f"torch {device} fp32", "others": others}
+
+
+def _cpu_busy_s() -> float | None:
+    """CPU seconds the whole machine has been busy (all CPUs, steal included), from /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """The share of the machine's CPUs busy with work other than this process's, from now until
+    ``share()``: the noise of a shared machine, printed beside each measurement."""
+
+    def __init__(self) -> None:
+        self.busy, self.own, self.t = _cpu_busy_s(), time.process_time(), time.perf_counter()
+
+    def share(self) -> float | None:
+        busy = _cpu_busy_s()
+        if busy is None or self.busy is None:
+            return None
+        wall = time.perf_counter() - self.t
+        others = (busy - self.busy) - (time.process_time() - self.own)
+        return max(0.0, others / (wall * (os.cpu_count() or 1))) if wall > 0 else None
+
+
+def wait_idle(limit: float, busy_max: float = 0.25) -> None:
+    """Wait up to ``limit`` seconds for the machine to be mostly idle (others' share < ``busy_max``)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        probe = OtherLoad()
+        time.sleep(2.0)
+        share = probe.share()
+        if share is None or share < busy_max:
+            return
 
 
 def _gpu_peak_mb() -> float | None:
@@ -183,10 +246,16 @@ def _gpu_peak_mb() -> float | None:
         return None
 
 
+WAIT_IDLE = 0.0  # --wait-idle
+
+
 def child(spec: dict, timeout: float) -> dict:
+    if WAIT_IDLE:
+        wait_idle(WAIT_IDLE)
     cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
+    env = {**os.environ, **{k[4:]: str(v) for k, v in spec.get("kwargs", {}).items() if k.startswith("env.")}}
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout {timeout:.0f} s"}
     if p.returncode != 0:
@@ -203,7 +272,7 @@ def measure(spec: dict, repeat: int, timeout: float) -> dict:
             return r
         runs.append(r)
     out = dict(runs[0])
-    for key in ("first", "total", "audio", "rtf", "rss", "frontend_s", "acoustic_s", "vocoder_s"):
+    for key in ("first", "total", "audio", "rtf", "rss", "frontend_s", "acoustic_s", "vocoder_s", "others"):
         if runs[0].get(key) is not None:
             out[key] = statistics.median(r[key] for r in runs)
             out["all_" + key] = [r[key] for r in runs]
@@ -213,7 +282,7 @@ def measure(spec: dict, repeat: int, timeout: float) -> dict:
 # -- the table -----------------------------------------------------------------------------------
 HEADER = ("| units | config | runs on (am + vocoder precision) | audio s | first audio ms | RTF | peak RSS MB | "
           "speed-up vs torch | speed-up vs {ref} | RSS torch / this | RSS {ref} / this | busy front end / acoustic / "
-          "vocoder % | busy / wall |")
+          "vocoder % | busy / wall | other load % |")
 
 
 def _ok(d: dict | None) -> bool:
@@ -233,7 +302,7 @@ def _num(d: dict, key: str, fmt: str, scale: float = 1.0) -> str:
 
 def row(n: int, label: str, r: dict, torch_r: dict | None, ref: dict | None, is_torch: bool = False) -> str:
     if not _ok(r):
-        return "| " + " | ".join([str(n), label, r.get("error", "failed")] + ["-"] * 10) + " |"
+        return "| " + " | ".join([str(n), label, r.get("error", "failed")] + ["-"] * 11) + " |"
     rss = _num(r, "rss", ".0f") + (f" (GPU {r['gpu']:.0f})" if r.get("gpu") is not None else "")
     cells = [str(n), label, r.get("runs", "-"), f"{r['audio']:.1f}", _num(r, "first", ".0f", 1000.0),
              _num(r, "rtf", ".3f"), rss]
@@ -247,6 +316,7 @@ def row(n: int, label: str, r: dict, torch_r: dict | None, ref: dict | None, is_
         busy = [r["frontend_s"], r["acoustic_s"], r["vocoder_s"]]
         tot = sum(busy) or 1.0
         cells += [" / ".join(f"{100 * b / tot:.0f}" for b in busy), f"{sum(busy) / r['total']:.2f}"]
+    cells.append(_num(r, "others", ".0f", 100.0))
     return "| " + " | ".join(cells) + " |"
 
 
@@ -267,6 +337,9 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="also the cuda config and torch on CUDA")
     ap.add_argument("--png", type=Path, help="write RTF and peak RSS vs input length here (matplotlib)")
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                    help="before each measurement wait up to S seconds for other work on the machine to stop "
+                         "(the 'other load %%' column shows what ran beside each measurement)")
     ap.add_argument("--sweep", action="store_true",
                     help="no baseline: the runtime alone for each config x --vocoder-chunks x --ahead x "
                          "--vocoder-threads (how the defaults were chosen)")
@@ -284,6 +357,8 @@ def main() -> None:
             res = run_torch(**spec)
         print(json.dumps(res))
         return
+    global WAIT_IDLE
+    WAIT_IDLE = a.wait_idle
     if not Path(a.bundle, "manifest.json").is_file():
         sys.exit(f"no bundle at {a.bundle}: run `make demo` first (or pass --bundle/--model-dir)")
     configs = dict(a.configs or [(c, dict(PRESETS[c])) for c in DEFAULT_CONFIGS])
@@ -308,7 +383,8 @@ def main() -> None:
             else:
                 steps = n * 6 // 3  # ~6 frames a unit, 3 frames a step
                 gb = 2 * 12 * 8 * steps * steps * 4 / 2**30
-                base = {"error": f"skipped (> --baseline-max; attention maps alone ~{gb:.0f} GB)"}
+                base = {"error": f"skipped (> --baseline-max {a.baseline_max}"
+                                 + (f"; attention maps alone ~{gb:.0f} GB)" if gb >= 1 else ")")}
             baselines[dev] = base
             results.setdefault(f"torch ({dev})", {})[n] = base
             print(row(n, f"torch ({dev})", base, None, None, is_torch=True), flush=True)
@@ -412,8 +488,8 @@ def sweep(a: argparse.Namespace, configs: dict[str, dict[str, Any]]) -> None:
     print(f"{machine()}; threads {a.threads}; bundle {a.bundle}; voice {a.voice}; runtime only, first vocoder "
           "chunk 24")
     print("| units | config | vocoder chunk | max_ahead | vocoder threads/call | first audio ms | RTF | peak RSS MB | "
-          "busy front end / acoustic / vocoder % | busy / wall |")
-    print("|---" * 10 + "|")
+          "busy front end / acoustic / vocoder % | busy / wall | other load % |")
+    print("|---" * 11 + "|")
     for n in a.sizes:
         for label, kw in configs.items():
             for chunk in a.vocoder_chunks:
@@ -427,9 +503,9 @@ def sweep(a: argparse.Namespace, configs: dict[str, dict[str, Any]]) -> None:
                             tot = sum(busy) or 1.0
                             cells = [_num(r, "first", ".0f", 1000.0), _num(r, "rtf", ".3f"), _num(r, "rss", ".0f"),
                                      " / ".join(f"{100 * b / tot:.0f}" for b in busy),
-                                     f"{sum(busy) / r['total']:.2f}"]
+                                     f"{sum(busy) / r['total']:.2f}", _num(r, "others", ".0f", 100.0)]
                         else:
-                            cells = ["-", "-", "-", r.get("error", "failed"), "-"]
+                            cells = ["-", "-", "-", r.get("error", "failed"), "-", "-"]
                         print("| " + " | ".join([str(n), label, str(chunk), str(w), str(vt or 1), *cells]) + " |",
                               flush=True)
 
