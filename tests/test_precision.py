@@ -105,15 +105,24 @@ def test_auto_takes_the_fastest_passing_variant(quantized: Path, tmp_path: Path)
     assert choose_vocoder(vm, "auto", "cpu", False, ["openvino", "cpu"]).precision == "fp32"
     _force(b, "int8", True)
     vm = read_manifest(b).voice(None)
-    assert choose_vocoder(vm, "auto", "openvino", False, ["openvino", "cpu"]).precision == "int8"
+    assert choose_vocoder(vm, "auto", "openvino", False, ["openvino", "cpu"]).precision == "bf16"
+    assert choose_vocoder(vm, "auto", "cpu", False, ["openvino", "cpu"]).precision == "int8"
     assert choose_vocoder(vm, "auto", "cuda", False, ["cuda", "cpu"]).precision == "fp32"  # fp16 failed
     _force(b, "fp16", True)
     vm = read_manifest(b).voice(None)
     assert choose_vocoder(vm, "auto", "cuda", False, ["cuda", "cpu"]).precision == "fp16"
     with Synthesizer(b, precision="auto") as syn:
         syn.load(text=False)
-        assert syn.precisions() == {syn.default_voice: "int8"}
-        assert syn.backends()[syn.default_voice][1] == "openvino"
+        assert syn.precisions() == {syn.default_voice: "bf16"}
+        assert syn.backends()[syn.default_voice] == ("cpu", "openvino")  # the decoder step stays on ORT
+    for p in ("fp16", "bf16", "int8"):
+        _force(b, p, False)
+    vm = read_manifest(b).voice(None)
+    # Nothing reduced passed: OpenVINO's FP32 brings nothing over ONNX Runtime's, so auto takes ORT.
+    c = choose_vocoder(vm, "auto", "openvino", False, ["openvino", "cpu"])
+    assert (c.precision, c.backend) == ("fp32", "cpu")
+    c = choose_vocoder(vm, "auto", "openvino", True, ["openvino", "cpu"])  # named: kept
+    assert (c.precision, c.backend) == ("fp32", "openvino")
 
 
 def test_precision_mistakes_are_typed_errors_naming_the_fix(quantized: Path, tiny_bundles: dict[str, Path],

@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 # Fastest first, per vocoder backend (scripts/benchmark.py --precisions, 2-core AVX512 CPU; README).
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cuda": ("fp16", "fp32"),
-    "openvino": ("int8", "bf16", "fp32"),
-    "cpu": ("fp32",),
+    "openvino": ("bf16", "int8", "fp32"),
+    "cpu": ("int8", "fp32"),
 }
 
 
@@ -57,6 +57,10 @@ def choose_vocoder(voice: VoiceManifest, requested: str, backend: str, backend_g
     if requested == "auto":
         for p in AUTO_ORDER.get(backend, ("fp32",)):
             if p == "fp32":
+                if backend == "openvino" and not backend_given and "cpu" in available:
+                    # OpenVINO's FP32 vocoder is no faster than ONNX Runtime's on single-threaded calls
+                    # (613-651 vs 616-700 ms a 291-frame window) and compiles each new window length.
+                    return VocoderChoice("fp32", voice.graphs["vocoder"], "cpu", None, None)
                 return fp32
             var = voice.variants.get(p)
             if var is not None and var.quality.passed and backend in var.backends:

@@ -189,7 +189,10 @@ class Synthesizer:
         self.cpu_budget = threads or available_cpus()
         self.strict = strict
         self.precision = check_precision(precision)
-        self.am_backend = select_backend(am_backend or backend, strict, stage="am")
+        # OpenVINO's decoder step measured 2x slower than ONNX Runtime's (2.85 vs 1.35 ms a call):
+        # backend="openvino" means the vocoder; the acoustic model goes there only when named.
+        self.am_backend = select_backend(am_backend or ("cpu" if backend == "openvino" else backend), strict,
+                                         stage="am")
         self.voc_backend = select_backend(voc_backend or backend, strict, stage="vocoder")
         self._voc_backend_given = (voc_backend or backend) != "auto"
         self.default_voice = self.manifest.voice(voice).name
