@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from sambert_deploy.calibration.bundle import compare
 from sambert_deploy.cli import main
 from sambert_deploy.errors import InvalidInputError, MissingExtraError, PrecisionError
 from sambert_deploy.runtime.manifest import QualityRecord, Variant, read_manifest
@@ -86,12 +87,40 @@ def test_reduced_precision_stream_equals_its_own_one_shot(quantized: Path, tmp_p
     with OneShot(b, precision=precision, voc_backend=backend) as one:
         ref = one.run(sym)
     assert one.voc.choice.precision == precision and one.voc.choice.backend == backend
+    with OneShot(b, precision="fp32", voc_backend="cpu") as one:
+        fp32 = one.run(sym).audio
+    m = read_manifest(b)
     for opts in CHUNKS[:3] + [StreamOptions()]:
         with Synthesizer(b, am_backend="cpu", voc_backend=backend, precision=precision, options=opts) as syn:
             audio = syn.synthesize(symbols=sym)
             assert syn.precisions() == {syn.default_voice: precision}
         assert audio.shape == ref.audio.shape
-        assert float(np.abs(audio - ref.audio).max()) <= 1e-5, (precision, backend, opts)
+        if (precision, backend) != ("int8", "openvino"):
+            assert float(np.abs(audio - ref.audio).max()) <= 1e-5, (precision, backend, opts)
+            continue
+        # OpenVINO's INT8 kernels depend on the window length (padded to 32-frame buckets): a tiny
+        # difference before a Quantize node flips a rounding, so samples differ (8e-5 here; 0.27 at
+        # full size, where bf16 and ORT's int8 do too). What must hold is that chunking adds no
+        # error on top of the precision's own: the stream is as far from FP32 as its one-shot.
+        whole = compare([fp32], [ref.audio], m.sample_rate, m.mel)["logmel_l1"]
+        streamed = compare([fp32], [audio], m.sample_rate, m.mel)["logmel_l1"]
+        assert abs(streamed - whole) <= 0.1 * whole + 1e-3, (whole, streamed, opts)
+
+
+@pytest.mark.parametrize("variant", ["causal", "noncausal"])
+def test_openvino_stream_equals_its_one_shot_with_bucketed_windows(tiny_bundles: dict[str, Path], variant: str) -> None:
+    """OpenVINO windows of the causal vocoder are padded to a multiple of 32 frames (one compilation
+    per bucket, not per sentence end), which changes no sample; the non-causal vocoder's are not."""
+    sym = "\n".join([_units(40, 5), _units(13, 6), _units(3, 7)])
+    with OneShot(tiny_bundles[variant], precision="fp32", voc_backend="openvino") as one:
+        refs = [one.run(line).audio for line in sym.splitlines()]
+    ref = np.concatenate(refs)
+    for opts in (StreamOptions(postnet_chunk=3, vocoder_chunk=7, first_chunk=2), StreamOptions()):
+        with Synthesizer(tiny_bundles[variant], am_backend="cpu", voc_backend="openvino", precision="fp32",
+                         options=opts) as syn:
+            audio = syn.synthesize(symbols=sym)
+        assert audio.shape == ref.shape
+        assert float(np.abs(audio - ref).max()) <= 1e-5, opts
 
 
 def test_auto_takes_the_fastest_passing_variant(quantized: Path, tmp_path: Path) -> None:

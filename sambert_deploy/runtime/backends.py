@@ -138,6 +138,9 @@ class Backend(ABC):
     """
 
     kind = "abstract"
+    # Whether each new input shape costs a compilation (OpenVINO: +150-250 ms the first time a vocoder
+    # window length is seen); callers then round lengths up to a few buckets where that is exact.
+    compiles_per_shape = False
 
     def __init__(self, path: str | Path, options: BackendOptions | None = None):
         self.path = Path(path)
@@ -449,6 +452,7 @@ class OpenVinoBackend(Backend):
     """
 
     kind = "openvino"
+    compiles_per_shape = True
 
     def __init__(self, path: str | Path, options: BackendOptions | None = None):
         super().__init__(path, options)
