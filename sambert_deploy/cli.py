@@ -128,7 +128,7 @@ def quantize(bundle: Path, precisions: str, voices: tuple[str, ...], corpus: Pat
     results = quantize_bundle(bundle, opts)
     for name, res in results.items():
         for var in res.variants.values():
-            click.echo(f"{name} {var.precision}: {_quality_line(var.quality)}")
+            click.echo(f"{name} {var.precision}: {var.quality.summary()}")
 
 
 @main.command()
@@ -313,7 +313,7 @@ def info(bundle: Path) -> None:
             click.echo("    vocoder variants: none (sambert-deploy quantize BUNDLE --precision fp16,bf16,int8)")
         for var in v.variants.values():
             click.echo(f"    vocoder {var.precision}: {var.graph.file} on {'/'.join(var.backends)}; "
-                       f"{_quality_line(var.quality)}")
+                       f"{var.quality.summary()}")
         choice = choose_vocoder(v, "auto", voc_auto, False, present)
         click.echo(f"    here, auto runs the acoustic model on {am_auto} (fp32) and the vocoder on {choice.backend} "
                    f"({choice.precision})")
@@ -321,20 +321,6 @@ def info(bundle: Path) -> None:
     probe = probe_backends(m.graph_path(m.voice(None), "dur_step"))
     for kind, problem in probe.items():
         click.echo(f"backend {kind}: " + ("opens" if problem is None else f"listed but unusable: {problem}"))
-
-
-def _quality_line(q: Any) -> str:
-    m = q.metrics
-    parts = [f"log-mel L1 {m['logmel_l1']:.3f} nats (quiet {m.get('logmel_l1_quiet', float('nan')):.3f})"]
-    if "pesq_vs_fp32" in m:
-        parts.append(f"PESQ vs fp32 {m['pesq_vs_fp32']:.2f}")
-    parts.append(f"SNR {m.get('snr_db', float('nan')):.1f} dB")
-    ref = q.reference
-    if ref:
-        parts.append(f"real vocoder: log-mel L1 {ref.get('logmel_l1', float('nan')):.3f}, PESQ vs recording "
-                     f"{ref.get('pesq_vs_recording', float('nan')):.2f} (fp32 {ref.get('fp32_pesq_vs_recording', float('nan')):.2f})")
-    verdict = "gate passed" if q.passed else "gate FAILED: " + "; ".join(q.failures)
-    return ", ".join(parts) + f"; {verdict}"
 
 
 def _gate_line(gate: Any) -> str:

@@ -182,6 +182,22 @@ class QualityRecord:
         return {"passed": self.passed, "metrics": self.metrics, "thresholds": self.thresholds,
                 "failures": list(self.failures), "data": self.data, "reference": self.reference}
 
+    def summary(self) -> str:
+        """One line: the metrics, the real-vocoder check and the verdict (``info``, ``quantize``)."""
+        m, nan = self.metrics, float("nan")
+        parts = [f"log-mel L1 {m['logmel_l1']:.3f} nats (quiet {m.get('logmel_l1_quiet', nan):.3f})"]
+        if "pesq_vs_fp32" in m:
+            parts.append(f"PESQ vs fp32 {m['pesq_vs_fp32']:.2f}")
+        parts.append(f"SNR {m.get('snr_db', nan):.1f} dB")
+        ref = self.reference
+        if ref:
+            parts.append(f"real vocoder: log-mel L1 {ref.get('logmel_l1', nan):.3f}, PESQ vs recording "
+                         f"{ref.get('pesq_vs_recording', nan):.2f} (fp32 {ref.get('fp32_pesq_vs_recording', nan):.2f})")
+        else:
+            parts.append("real vocoder: not checked")
+        verdict = "gate passed" if self.passed else "gate FAILED: " + "; ".join(self.failures)
+        return ", ".join(parts) + f"; {verdict}"
+
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> QualityRecord:
         return cls(bool(d["passed"]), {k: float(v) for k, v in d["metrics"].items()},
