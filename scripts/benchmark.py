@@ -336,6 +336,8 @@ def main() -> None:
     ap.add_argument("--baseline-max", type=int, default=1200, help="largest input the torch baseline runs")
     ap.add_argument("--gpu", action="store_true", help="also the cuda config and torch on CUDA")
     ap.add_argument("--png", type=Path, help="write RTF and peak RSS vs input length here (matplotlib)")
+    ap.add_argument("--json", type=Path, help="also write the raw results here")
+    ap.add_argument("--from-json", type=Path, help="no measurement: the table (and --png) from a --json file")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                     help="before each measurement wait up to S seconds for other work on the machine to stop "
@@ -359,6 +361,9 @@ def main() -> None:
         return
     global WAIT_IDLE
     WAIT_IDLE = a.wait_idle
+    if a.from_json:
+        replay(a)
+        return
     if not Path(a.bundle, "manifest.json").is_file():
         sys.exit(f"no bundle at {a.bundle}: run `make demo` first (or pass --bundle/--model-dir)")
     configs = dict(a.configs or [(c, dict(PRESETS[c])) for c in DEFAULT_CONFIGS])
@@ -399,9 +404,51 @@ def main() -> None:
             ref = results.get(a.reference, {}).get(n) if label != a.reference else None
             print(row(n, label, r, baselines[config_device(kw)], ref), flush=True)
     print(f"load average {load_average()} at the end (other work on this machine skews every number)")
+    meta = {"machine": machine(), "threads": a.threads, "date": datetime.date.today().isoformat(),
+            "reference": a.reference, "configs": configs}
+    if a.json:
+        _write_atomic(a.json, json.dumps({**meta, "results": results}, indent=1).encode())
+        print(f"results: {a.json}")
     if a.png:
-        plot(results, a.png, a.threads)
+        plot(results, a.png, meta)
         print(f"figure: {a.png}")
+
+
+def replay(a: argparse.Namespace) -> None:
+    """The table and the figure again from a ``--json`` file (no measurement)."""
+    saved = json.loads(Path(a.from_json).read_text())
+    results = {label: {int(n): r for n, r in by_size.items()} for label, by_size in saved["results"].items()}
+    ref_label = saved["reference"]
+    print(f"{saved['machine']}; threads {saved['threads']}; measured {saved['date']} (replayed from {a.from_json})")
+    print(HEADER.format(ref=ref_label))
+    print("|---" * (HEADER.count("|") - 1) + "|")
+    for n in sorted({n for by_size in results.values() for n in by_size}):
+        for label, by_size in results.items():
+            if n not in by_size:
+                continue
+            if label.startswith("torch"):
+                print(row(n, label, by_size[n], None, None, is_torch=True))
+                continue
+            dev = config_device(saved["configs"].get(label, {}))
+            ref = results.get(ref_label, {}).get(n) if label != ref_label else None
+            print(row(n, label, by_size[n], results.get(f"torch ({dev})", {}).get(n), ref))
+    if a.png:
+        plot(results, a.png, saved)
+        print(f"figure: {a.png}")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place (readers never see half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def machine() -> str:
@@ -424,18 +471,23 @@ def load_average() -> str:
         return "unknown"
 
 
-def plot(results: dict[str, dict[int, dict]], path: Path, threads: int) -> None:
+def plot(results: dict[str, dict[int, dict]], path: Path, meta: dict[str, Any]) -> None:
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
-    fig, (ax_rtf, ax_rss) = plt.subplots(1, 2, figsize=(13, 5.6))
+    fig, (ax_rtf, ax_rss) = plt.subplots(1, 2, figsize=(13, 6.2))
+    noisy_any = False
+    palette = plt.get_cmap("tab10").colors
+    configs = [label for label in results if not label.startswith("torch")]
     for label, by_size in results.items():
         pts = sorted((n, r) for n, r in by_size.items() if _ok(r))
         torch = label.startswith("torch")
-        style = {"color": "black", "linestyle": "--", "marker": "s"} if torch else {"marker": "o"}
+        color = "black" if torch else palette[configs.index(label) % len(palette)]
         if not pts:
             if torch:
                 continue
@@ -445,18 +497,23 @@ def plot(results: dict[str, dict[int, dict]], path: Path, threads: int) -> None:
             ax_rtf.plot([], [], label=f"{label}: not run ({why})", linestyle=":", color="grey")
             continue
         xs = [n for n, _ in pts]
-        runs = pts[0][1].get("runs", "")
-        name = f"{label}: {runs}" if not torch else f"{label}, whole utterance"
-        ax_rtf.plot(xs, [r["rtf"] for _, r in pts], label=name, **style)
-        ax_rss.plot(xs, [r["rss"] for _, r in pts], label=name, **style)
-    ax_rtf.axhline(TARGET_RTF, color="tab:red", linewidth=0.8, linestyle=":")
-    ax_rtf.annotate(f"target RTF {TARGET_RTF}", (0.01, TARGET_RTF), xycoords=("axes fraction", "data"),
-                    color="tab:red", fontsize=8, va="bottom")
-    ax_rss.axhline(TARGET_RSS_MB, color="tab:red", linewidth=0.8, linestyle=":")
-    ax_rss.annotate(f"target {TARGET_RSS_MB} MB", (0.01, TARGET_RSS_MB), xycoords=("axes fraction", "data"),
-                    color="tab:red", fontsize=8, va="bottom")
+        name = f"{label}, whole utterance" if torch else f"{label}: {pts[0][1].get('runs', '')}"
+        for ax, key in ((ax_rtf, "rtf"), (ax_rss, "rss")):
+            ax.plot(xs, [r[key] for _, r in pts], label=name if ax is ax_rtf else None, color=color,
+                            linestyle="--" if torch else "-", marker="s" if torch else "o")
+            # hollow: other work used more than a quarter of the machine during that measurement
+            noisy = [(n, r[key]) for n, r in pts if (r.get("others") or 0.0) > 0.25]
+            noisy_any |= bool(noisy)
+            if noisy:
+                ax.plot([n for n, _ in noisy], [v for _, v in noisy], linestyle="none", marker="s" if torch else "o",
+                        markersize=7, markerfacecolor="white", markeredgecolor=color)
+    for ax, target, text in ((ax_rtf, TARGET_RTF, f"target RTF <= {TARGET_RTF}"),
+                             (ax_rss, TARGET_RSS_MB, f"target < {TARGET_RSS_MB} MB")):
+        ax.axhline(target, color="tab:red", linewidth=0.9, linestyle=":")
+        ax.annotate(text, (0.99, target), xycoords=("axes fraction", "data"), color="tab:red", fontsize=8,
+                    ha="right", va="top", xytext=(0, -2), textcoords="offset points")
     for ax, ylabel, title in ((ax_rtf, "RTF (compute s / audio s, lower is better)", "Real-time factor"),
-                              (ax_rss, "peak RSS MB (own process)", "Peak memory")):
+                              (ax_rss, "peak RSS MB (own process, lower is better)", "Peak memory")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         for axis in (ax.xaxis, ax.yaxis):
@@ -466,22 +523,17 @@ def plot(results: dict[str, dict[int, dict]], path: Path, threads: int) -> None:
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-    ax_rtf.legend(fontsize=7.5, loc="upper right")
-    fig.suptitle(f"sambert_deploy runtime configurations vs torch baseline: {machine()}, {threads} threads; "
-                 f"random weights (speed and memory only, not quality); {datetime.date.today().isoformat()}",
-                 fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".benchmark-", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(fig)
+    note = "; hollow marker: other work used > 25% of the CPUs during that measurement" if noisy_any else ""
+    fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False,
+               title=f"config: acoustic model backend + vocoder backend precision{note}", title_fontsize=8)
+    fig.suptitle(f"sambert_deploy runtime configurations vs the torch baseline: {meta['machine']}, "
+                 f"{meta['threads']} threads; random weights (speed and memory only, not quality); "
+                 f"{meta['date']}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.11, 1, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    _write_atomic(path, buf.getvalue())
 
 
 def sweep(a: argparse.Namespace, configs: dict[str, dict[str, Any]]) -> None:
