@@ -2,9 +2,10 @@
 
 A bundle's FP32 graphs always exist; ``sambert-deploy quantize`` adds reduced-precision variants of
 the vocoder, each with the quality record of its gate (:class:`~.manifest.Variant`). ``auto`` takes
-the fastest variant that passed its gate and that the vocoder's backend runs, in the order measured
-by ``scripts/benchmark.py`` (README, "Precision"); an explicit precision that cannot be honoured is
-a :class:`PrecisionError` naming the fix, never a silent FP32 fallback.
+the fastest variant that passed its gate, on the fastest backend present that runs it (a backend the
+user named is kept), in the order measured by ``scripts/benchmark.py`` (:data:`AUTO_ORDER`); an
+explicit precision that cannot be honoured is a :class:`PrecisionError` naming the fix, never a
+silent FP32 fallback.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from .manifest import PRECISIONS, GraphInfo, Variant, VoiceManifest
 
 log = logging.getLogger(__name__)
 
-# Fastest first, per vocoder backend (scripts/benchmark.py --precisions, 2-core AVX512 CPU; README).
-AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "cuda": ("fp16", "fp32"),
-    "openvino": ("bf16", "int8", "fp32"),
-    "cpu": ("int8", "fp32"),
+# Fastest first: (precision, backend) for a vocoder whose backend ``auto`` chose, by where that choice
+# landed (scripts/benchmark.py, 2-core AVX512-BF16 CPU without AMX, README "Measured"): ONNX Runtime's
+# INT8 vocoder streams as fast as OpenVINO's BF16 (RTF 0.106-0.115 vs 0.107-0.122 from 300 to 3,000
+# units) in half the memory (peak RSS 474-479 MB vs 815-1,002 MB), so it goes first.
+AUTO_ORDER: dict[str, tuple[tuple[str, str], ...]] = {
+    "cuda": (("fp16", "cuda"), ("fp32", "cuda")),
+    "openvino": (("int8", "cpu"), ("bf16", "openvino"), ("int8", "openvino"), ("fp32", "cpu")),
+    "cpu": (("int8", "cpu"), ("bf16", "openvino"), ("int8", "openvino"), ("fp32", "cpu")),
 }
 
 
@@ -55,16 +59,15 @@ def choose_vocoder(voice: VoiceManifest, requested: str, backend: str, backend_g
     if requested == "fp32":
         return fp32
     if requested == "auto":
-        for p in AUTO_ORDER.get(backend, ("fp32",)):
+        # A backend the user named is kept; one that auto chose may give way to a faster pair.
+        order = [(p, b) for p, b in AUTO_ORDER.get(backend, (("fp32", backend),))
+                 if (b == backend if backend_given else b in available)]
+        for p, b in order:
             if p == "fp32":
-                if backend == "openvino" and not backend_given and "cpu" in available:
-                    # OpenVINO's FP32 vocoder is no faster than ONNX Runtime's on single-threaded calls
-                    # (613-651 vs 616-700 ms a 291-frame window) and compiles each new window length.
-                    return VocoderChoice("fp32", voice.graphs["vocoder"], "cpu", None, None)
-                return fp32
+                return VocoderChoice("fp32", voice.graphs["vocoder"], b, "f32" if b == "openvino" else None, None)
             var = voice.variants.get(p)
-            if var is not None and var.quality.passed and backend in var.backends:
-                return _choice(var, backend)
+            if var is not None and var.quality.passed and b in var.backends:
+                return _choice(var, b)
         return fp32
     var = voice.variants.get(requested)
     if var is None:
