@@ -160,7 +160,7 @@ def test_cancel_mid_sentence_frees_the_workers_promptly(tiny_bundles: dict[str, 
 def test_abandoned_stream_stops_using_cpu(tiny_bundles: dict[str, Path]) -> None:
     """A stream that is still referenced but no longer read stops at its bounded look-ahead: its
     workers wait on a condition (no polling) and the process burns no CPU."""
-    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=StreamOptions(vocoder_chunk=8, max_ahead=3)) as syn:
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=StreamOptions(vocoder_chunk=8, postnet_chunk=8, max_ahead=3)) as syn:
         stream = syn.stream(symbols=_units(400, 4))
         next(stream)
         state = stream._state

@@ -160,9 +160,11 @@ class AcousticModel:
             out[t] = y[0, 0, 0]
         return out
 
-    def sentence(self, plan: SentencePlan, postnet_chunk: int = 48, kv_block: int = 64) -> SentenceAcoustic:
-        """The decoder and postnet state of one sentence, advanced one mel block at a time."""
-        return SentenceAcoustic(self, plan, postnet_chunk, kv_block)
+    def sentence(self, plan: SentencePlan, postnet_chunk: int = 48, kv_block: int = 64,
+                 first_chunk: int | None = None) -> SentenceAcoustic:
+        """The decoder and postnet state of one sentence, advanced one mel block at a time
+        (``first_chunk``: a smaller first postnet chunk, where a listener waits for the first audio)."""
+        return SentenceAcoustic(self, plan, postnet_chunk, kv_block, first_chunk)
 
 
 class SentenceAcoustic:
@@ -176,7 +178,8 @@ class SentenceAcoustic:
     is the same; the LSTM state is carried between chunks.
     """
 
-    def __init__(self, am: AcousticModel, plan: SentencePlan, postnet_chunk: int = 48, kv_block: int = 64):
+    def __init__(self, am: AcousticModel, plan: SentencePlan, postnet_chunk: int = 48, kv_block: int = 64,
+                 first_chunk: int | None = None):
         info = am.info
         self.am, self.plan, self.kv_block = am, plan, kv_block
         self.r, self.n_mels = info.outputs_per_step, info.num_mels
@@ -198,7 +201,8 @@ class SentenceAcoustic:
         self._buf_start = 0
         self._step_index = 0
         self._decoded = 0
-        self._cutter = WindowCutter(plan.valid_frames, postnet_chunk, info.postnet_left, info.postnet_right)
+        self._cutter = WindowCutter(plan.valid_frames, postnet_chunk, info.postnet_left, info.postnet_right,
+                                    first_chunk)
         self._h = np.zeros((1, 1, info.postnet_lstm_units), np.float32)
         self._c = np.zeros_like(self._h)
         self._blocks = 0

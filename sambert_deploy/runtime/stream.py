@@ -318,7 +318,10 @@ class StreamState:
             if sentence_plan.valid_frames == 0:
                 log.warning("sentence %d produced no frames (all durations round to 0)", index)
                 continue
-            self._sentence = p.am.sentence(sentence_plan, p.postnet_chunk, p.kv_block)
+            # Where a listener waits, the first postnet chunk is just the first vocoder window: the
+            # first audio then waits for 16 frames of decoder steps and postnet, not 48.
+            first = min(p.first_chunk, p.postnet_chunk) if self._listener_waiting else None
+            self._sentence = p.am.sentence(sentence_plan, p.postnet_chunk, p.kv_block, first)
             ctx = p.voc.info
             self._voc_cut = WindowCutter(sentence_plan.valid_frames, p.vocoder_chunk, ctx.context_left,
                                          ctx.context_right, p.first_chunk if self._listener_waiting else None)

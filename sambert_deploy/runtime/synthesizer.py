@@ -53,7 +53,7 @@ class StreamOptions:
 
     postnet_chunk: int = 48  # mel frames per postnet chunk (one acoustic task)
     vocoder_chunk: int = 256  # mel frames per vocoder window (context overhead 35/256 for the causal one)
-    first_chunk: int = 24  # first vocoder window of a stream (and after waiting for input): first-audio latency
+    first_chunk: int = 16  # first vocoder window and postnet chunk of a stream (and after waiting for input)
     max_units: int | None = 300  # split longer sentences at prosodic breaks; None: never split
     kv_block: int = 64  # decoder memory keys/values computed this many steps at a time
     max_ahead: int | None = None  # windows a stream may have waiting/running/unconsumed; None: budget + 2
