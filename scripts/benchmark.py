@@ -15,7 +15,9 @@ input length, one line per configuration and one for the baseline.
 
     python scripts/benchmark.py [--bundle demo_out/bundle] [--sizes 15 100 300 1000 3000] [--png docs/benchmark.png]
     python scripts/benchmark.py --configs ort-fp32 ov-int8 'mine:voc_backend=openvino,precision=bf16'
+    python scripts/benchmark.py --precisions fp32 fp16 bf16 int8   # ort-P and ov-P for each
     python scripts/benchmark.py --sweep --sizes 100 1200   # vocoder chunk x max_ahead per config, runtime only
+    python scripts/benchmark.py --sweep --configs ov-bf16 --vocoder-chunks 256 --stream-options first_chunk=12,24
     python scripts/benchmark.py --configs 'x:voc_backend=openvino,ov.CPU_RUNTIME_CACHE_CAPACITY=0,env.ONEDNN_PRIMITIVE_CACHE_CAPACITY=0'
     (exploration: ov.* are extra OpenVINO compile properties, env.* environment variables of the child)
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import statistics
@@ -93,18 +96,24 @@ def parse_config(spec: str) -> tuple[str, dict[str, Any]]:
     return label, kwargs
 
 
+def precision_configs(precision: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(f"ort-{precision}", {"backend": "cpu", "precision": precision, "strict": True}),
+            (f"ov-{precision}", {"am_backend": "cpu", "voc_backend": "openvino", "precision": precision,
+                                 "strict": True})]
+
+
 def config_device(kwargs: dict[str, Any]) -> str:
     return "cuda" if "cuda" in (kwargs.get(k) for k in ("backend", "am_backend", "voc_backend")) else "cpu"
 
 
 # -- children (one measurement each, in a fresh process) ---------------------------------------------
-def run_ours(bundle: str, voice: str, n: int, kwargs: dict[str, Any], threads: int, chunk: int = 0, ahead: int = 0,
-             voc_threads: int = 0) -> dict:
+def run_ours(bundle: str, voice: str, n: int, kwargs: dict[str, Any], threads: int,
+             options: dict[str, Any] | None = None, voc_threads: int = 0) -> dict:
     from sambert_deploy.errors import SambertDeployError
     from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
 
     line = units_line(n)
-    opts = StreamOptions(max_ahead=ahead or None, **({"vocoder_chunk": chunk} if chunk else {}))
+    opts = StreamOptions(**(options or {}))
     kwargs = {k: v for k, v in kwargs.items() if not k.startswith("env.")}  # set by child() in the environment
     ov_props = {k[3:]: kwargs.pop(k) for k in list(kwargs) if k.startswith("ov.")}
     if ov_props:
@@ -329,6 +338,8 @@ def main() -> None:
     ap.add_argument("--configs", type=parse_config, nargs="+", default=None, metavar="CONFIG",
                     help=f"runtime configurations: a preset ({', '.join(PRESETS)}) or LABEL:key=value,... with "
                          f"Synthesizer keys {', '.join(CONFIG_KEYS)} (default: {' '.join(DEFAULT_CONFIGS)})")
+    ap.add_argument("--precisions", nargs="+", metavar="P",
+                    help="shorthand: configs ort-P and ov-P (acoustic model on ORT, vocoder on OpenVINO) for each P")
     ap.add_argument("--reference", default="ort-fp32", help="config the 'speed-up vs' column compares against")
     ap.add_argument("--threads", type=int, default=available_cpus())
     ap.add_argument("--repeat", type=int, default=1,
@@ -344,8 +355,10 @@ def main() -> None:
                          "(the 'other load %%' column shows what ran beside each measurement)")
     ap.add_argument("--sweep", action="store_true",
                     help="no baseline: the runtime alone for each config x --vocoder-chunks x --ahead x "
-                         "--vocoder-threads (how the defaults were chosen)")
+                         "--stream-options x --vocoder-threads (how the defaults were chosen)")
     ap.add_argument("--vocoder-chunks", type=int, nargs="+", default=[64, 128, 256, 512])
+    ap.add_argument("--stream-options", type=stream_option, nargs="+", default=[], metavar="NAME=V1,V2",
+                    help="sweep: more StreamOptions fields and their values, e.g. first_chunk=12,24 postnet_chunk=24,48")
     ap.add_argument("--ahead", type=int, nargs="+", default=[0], help="StreamOptions.max_ahead values (0: default)")
     ap.add_argument("--vocoder-threads", type=int, nargs="+", default=[0],
                     help="sweep: intra-op threads per vocoder call (0: the Synthesizer's, one)")
@@ -366,6 +379,8 @@ def main() -> None:
         return
     if not Path(a.bundle, "manifest.json").is_file():
         sys.exit(f"no bundle at {a.bundle}: run `make demo` first (or pass --bundle/--model-dir)")
+    if a.precisions:
+        a.configs = (a.configs or []) + [pair for p in a.precisions for pair in precision_configs(p)]
     configs = dict(a.configs or [(c, dict(PRESETS[c])) for c in DEFAULT_CONFIGS])
     if a.gpu:
         configs.setdefault("cuda", dict(PRESETS["cuda"]))
@@ -537,29 +552,48 @@ def plot(results: dict[str, dict[int, dict]], path: Path, meta: dict[str, Any]) 
 
 
 def sweep(a: argparse.Namespace, configs: dict[str, dict[str, Any]]) -> None:
-    print(f"{machine()}; threads {a.threads}; bundle {a.bundle}; voice {a.voice}; runtime only, first vocoder "
-          "chunk 24")
-    print("| units | config | vocoder chunk | max_ahead | vocoder threads/call | first audio ms | RTF | peak RSS MB | "
+    grid: dict[str, list[Any]] = {"vocoder_chunk": a.vocoder_chunks, "max_ahead": [w or None for w in a.ahead]}
+    for item in a.stream_options:
+        grid[item[0]] = item[1]
+    names = list(grid)
+    print(f"{machine()}; threads {a.threads}; bundle {a.bundle}; voice {a.voice}; runtime only; StreamOptions "
+          "defaults where not swept")
+    print("| units | config | " + " | ".join(names) + " | vocoder threads/call | first audio ms | RTF | peak RSS MB | "
           "busy front end / acoustic / vocoder % | busy / wall | other load % |")
-    print("|---" * 11 + "|")
+    print("|---" * (len(names) + 10) + "|")
     for n in a.sizes:
         for label, kw in configs.items():
-            for chunk in a.vocoder_chunks:
-                for w in a.ahead:
-                    for vt in a.vocoder_threads:
-                        r = measure({"kind": "ours", "bundle": a.bundle, "voice": a.voice, "n": n, "kwargs": kw,
-                                     "threads": a.threads, "chunk": chunk, "ahead": w, "voc_threads": vt},
-                                    a.repeat, a.timeout)
-                        if _ok(r):
-                            busy = [r["frontend_s"], r["acoustic_s"], r["vocoder_s"]]
-                            tot = sum(busy) or 1.0
-                            cells = [_num(r, "first", ".0f", 1000.0), _num(r, "rtf", ".3f"), _num(r, "rss", ".0f"),
-                                     " / ".join(f"{100 * b / tot:.0f}" for b in busy),
-                                     f"{sum(busy) / r['total']:.2f}", _num(r, "others", ".0f", 100.0)]
-                        else:
-                            cells = ["-", "-", "-", r.get("error", "failed"), "-", "-"]
-                        print("| " + " | ".join([str(n), label, str(chunk), str(w), str(vt or 1), *cells]) + " |",
-                              flush=True)
+            for values in itertools.product(*grid.values()):
+                options = {k: v for k, v in zip(names, values, strict=True) if v is not None}
+                for vt in a.vocoder_threads:
+                    r = measure({"kind": "ours", "bundle": a.bundle, "voice": a.voice, "n": n, "kwargs": kw,
+                                 "threads": a.threads, "options": options, "voc_threads": vt}, a.repeat, a.timeout)
+                    if _ok(r):
+                        busy = [r["frontend_s"], r["acoustic_s"], r["vocoder_s"]]
+                        tot = sum(busy) or 1.0
+                        cells = [_num(r, "first", ".0f", 1000.0), _num(r, "rtf", ".3f"), _num(r, "rss", ".0f"),
+                                 " / ".join(f"{100 * b / tot:.0f}" for b in busy), f"{sum(busy) / r['total']:.2f}",
+                                 _num(r, "others", ".0f", 100.0)]
+                    else:
+                        cells = ["-", "-", "-", r.get("error", "failed"), "-", "-"]
+                    shown = [str(v if v is not None else "default") for v in values]
+                    print("| " + " | ".join([str(n), label, *shown, str(vt or 1), *cells]) + " |", flush=True)
+
+
+def stream_option(spec: str) -> tuple[str, list[int | None]]:
+    """``name=v1,v2`` for the sweep: a StreamOptions field and its values (``none`` for None)."""
+    from dataclasses import fields
+
+    from sambert_deploy.runtime.synthesizer import StreamOptions
+
+    name, eq, values = spec.partition("=")
+    known = [f.name for f in fields(StreamOptions)]
+    if not eq or name not in known:
+        raise argparse.ArgumentTypeError(f"expected NAME=v1,v2 with NAME one of {', '.join(known)}")
+    try:
+        return name, [None if v.lower() == "none" else int(v) for v in values.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{spec}: values must be integers or none") from None
 
 
 if __name__ == "__main__":
