@@ -560,7 +560,7 @@ def sweep(a: argparse.Namespace, configs: dict[str, dict[str, Any]]) -> None:
           "defaults where not swept")
     print("| units | config | " + " | ".join(names) + " | vocoder threads/call | first audio ms | RTF | peak RSS MB | "
           "busy front end / acoustic / vocoder % | busy / wall | other load % |")
-    print("|---" * (len(names) + 10) + "|")
+    print("|---" * (len(names) + 9) + "|")
     for n in a.sizes:
         for label, kw in configs.items():
             for values in itertools.product(*grid.values()):
