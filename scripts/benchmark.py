@@ -7,7 +7,9 @@ arguments; by default ONNX Runtime FP32, OpenVINO FP32/BF16/INT8 vocoders, ONNX 
 and where the busy time went (front end / acoustic model / vocoder), beside the project's faithful
 torch rebuild run whole-utterance (reference decoder loop keeping every attention map, whole-mel
 vocoder), as ratios against that baseline and against ``--reference`` (``ort-fp32``, the previous
-runtime) measured in the same run. Every measurement runs in a fresh process so peak RSS is its own.
+runtime) measured in the same run. "Worst gap": with playback starting at the first chunk, how late the
+latest chunk arrived (0: the audio plays without a gap; else the buffer that would hide it). Every
+measurement runs in a fresh process so peak RSS is its own.
 The baseline is skipped above ``--baseline-max`` units (its [M, M] attention maps alone would need
 the memory printed instead). A configuration that cannot run (a variant missing or failed its
 quality gate: PrecisionError) prints one row saying why. ``--png`` draws RTF and peak RSS against
@@ -131,10 +133,13 @@ def run_ours(bundle: str, voice: str, n: int, kwargs: dict[str, Any], threads: i
         t0 = time.perf_counter()
         first = None
         samples = 0
+        late = 0.0  # playback from the first chunk on: how late the latest chunk came (the buffer that hides it)
         with syn.stream(symbols=line) as stream:
             for c in stream:
+                now = time.perf_counter() - t0
                 if first is None:
-                    first = time.perf_counter() - t0
+                    first = now
+                late = max(late, now - (first + samples / syn.sample_rate))
                 samples += len(c.samples)
             info = stream.info
         total = time.perf_counter() - t0
@@ -146,7 +151,8 @@ def run_ours(bundle: str, voice: str, n: int, kwargs: dict[str, Any], threads: i
     audio = samples / rate
     return {"first": first, "total": total, "audio": audio, "rtf": total / audio, "rss": peak_rss_mb(),
             "gpu": gpu_peak, "runs": f"{am_be} + {voc_be} {prec}", "frontend_s": info.frontend_busy_s,
-            "acoustic_s": info.acoustic_busy_s, "vocoder_s": info.vocoder_busy_s, "others": others}
+            "acoustic_s": info.acoustic_busy_s, "vocoder_s": info.vocoder_busy_s, "others": others,
+            "underrun": late}
 
 
 def _vocoder_threads(syn: Any, voice: str, threads: int) -> None:
@@ -281,7 +287,8 @@ def measure(spec: dict, repeat: int, timeout: float) -> dict:
             return r
         runs.append(r)
     out = dict(runs[0])
-    for key in ("first", "total", "audio", "rtf", "rss", "frontend_s", "acoustic_s", "vocoder_s", "others"):
+    for key in ("first", "total", "audio", "rtf", "rss", "frontend_s", "acoustic_s", "vocoder_s", "others",
+                "underrun"):
         if runs[0].get(key) is not None:
             out[key] = statistics.median(r[key] for r in runs)
             out["all_" + key] = [r[key] for r in runs]
@@ -289,7 +296,8 @@ def measure(spec: dict, repeat: int, timeout: float) -> dict:
 
 
 # -- the table -----------------------------------------------------------------------------------
-HEADER = ("| units | config | runs on (am + vocoder precision) | audio s | first audio ms | RTF | peak RSS MB | "
+HEADER = ("| units | config | runs on (am + vocoder precision) | audio s | first audio ms | worst gap ms | RTF | "
+          "peak RSS MB | "
           "speed-up vs torch | speed-up vs {ref} | RSS torch / this | RSS {ref} / this | busy front end / acoustic / "
           "vocoder % | busy / wall | other load % |")
 
@@ -311,10 +319,10 @@ def _num(d: dict, key: str, fmt: str, scale: float = 1.0) -> str:
 
 def row(n: int, label: str, r: dict, torch_r: dict | None, ref: dict | None, is_torch: bool = False) -> str:
     if not _ok(r):
-        return "| " + " | ".join([str(n), label, r.get("error", "failed")] + ["-"] * 11) + " |"
+        return "| " + " | ".join([str(n), label, r.get("error", "failed")] + ["-"] * 12) + " |"
     rss = _num(r, "rss", ".0f") + (f" (GPU {r['gpu']:.0f})" if r.get("gpu") is not None else "")
     cells = [str(n), label, r.get("runs", "-"), f"{r['audio']:.1f}", _num(r, "first", ".0f", 1000.0),
-             _num(r, "rtf", ".3f"), rss]
+             _num(r, "underrun", ".0f", 1000.0), _num(r, "rtf", ".3f"), rss]
     for base in (torch_r, ref):
         cells.append(f"{base['rtf'] / r['rtf']:.2f}x" if _ok(base) and not is_torch else "-")
     for base in (torch_r, ref):
@@ -559,8 +567,8 @@ def sweep(a: argparse.Namespace, configs: dict[str, dict[str, Any]]) -> None:
     print(f"{machine()}; threads {a.threads}; bundle {a.bundle}; voice {a.voice}; runtime only; StreamOptions "
           "defaults where not swept")
     print("| units | config | " + " | ".join(names) + " | vocoder threads/call | first audio ms | RTF | peak RSS MB | "
-          "busy front end / acoustic / vocoder % | busy / wall | other load % |")
-    print("|---" * (len(names) + 9) + "|")
+          "busy front end / acoustic / vocoder % | busy / wall | other load % | worst gap ms |")
+    print("|---" * (len(names) + 10) + "|")
     for n in a.sizes:
         for label, kw in configs.items():
             for values in itertools.product(*grid.values()):
@@ -573,9 +581,9 @@ def sweep(a: argparse.Namespace, configs: dict[str, dict[str, Any]]) -> None:
                         tot = sum(busy) or 1.0
                         cells = [_num(r, "first", ".0f", 1000.0), _num(r, "rtf", ".3f"), _num(r, "rss", ".0f"),
                                  " / ".join(f"{100 * b / tot:.0f}" for b in busy), f"{sum(busy) / r['total']:.2f}",
-                                 _num(r, "others", ".0f", 100.0)]
+                                 _num(r, "others", ".0f", 100.0), _num(r, "underrun", ".0f", 1000.0)]
                     else:
-                        cells = ["-", "-", "-", r.get("error", "failed"), "-", "-"]
+                        cells = ["-", "-", "-", r.get("error", "failed"), "-", "-", "-"]
                     shown = [str(v if v is not None else "default") for v in values]
                     print("| " + " | ".join([str(n), label, *shown, str(vt or 1), *cells]) + " |", flush=True)
 
