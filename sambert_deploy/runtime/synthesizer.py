@@ -288,7 +288,10 @@ class Synthesizer:
                 choice = choose_vocoder(vm, self.precision, voc_kind, self._voc_backend_given or self.strict,
                                         available_backends())
                 am = AcousticModel(self.manifest, vm, am_kind, self.backend_options)
-                voc = Vocoder(self.manifest, vm, choice.backend, self.backend_options, choice)
+                ctx = vm.vocoder
+                window = self.options.vocoder_chunk + ctx.context_left + ctx.context_right
+                voc = Vocoder(self.manifest, vm, choice.backend, self.backend_options, choice,
+                              window_frames=max(window, self.options.first_chunk + ctx.context_right))
                 log.info("voice %s: acoustic model on %s, vocoder on %s in %s", vm.name, am_kind, choice.backend,
                          choice.precision)
                 return _Voice(vm, am, voc, am_kind, choice.backend, choice.precision)

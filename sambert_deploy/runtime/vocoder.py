@@ -11,7 +11,7 @@ from .chunking import Window
 from .manifest import Manifest, VoiceManifest
 from .precision import VocoderChoice, choose_vocoder
 
-SHAPE_BUCKET = 32  # frames: window lengths rounded up to a multiple where padding is exact
+SHAPE_BUCKET = 32  # frames: the smallest padded window; longer ones double up to the regular window
 
 
 class Vocoder:
@@ -21,10 +21,13 @@ class Vocoder:
     on any threads, and the samples are the same."""
 
     def __init__(self, manifest: Manifest, voice: VoiceManifest, backend: str = "cpu",
-                 options: BackendOptions | None = None, choice: VocoderChoice | None = None):
+                 options: BackendOptions | None = None, choice: VocoderChoice | None = None,
+                 window_frames: int | None = None):
         """``choice`` (:func:`~.precision.choose_vocoder`) selects a reduced-precision variant and its
-        backend; without it, the FP32 graph on ``backend``."""
+        backend; without it, the FP32 graph on ``backend``. ``window_frames``: the streams' regular
+        window (chunk plus context), the largest length a shape-compiling backend is padded to."""
         self.info = voice.vocoder
+        self.window_frames = window_frames
         self.choice = choice or choose_vocoder(voice, "fp32", backend, True, [backend])
         opts = replace(options or BackendOptions(), precision_hint=self.choice.hint)
         path = manifest.root / voice.folder / self.choice.graph.file
@@ -46,9 +49,22 @@ class Vocoder:
 
     def _run(self, mel: np.ndarray, validate: bool, token: CancelToken | None, pad_ok: bool = False) -> np.ndarray:
         n = len(mel)
-        if pad_ok and self.session.compiles_per_shape and n % SHAPE_BUCKET:
+        if pad_ok and self.session.compiles_per_shape:
             # A backend that compiles every new length sees a handful of lengths instead of one per
-            # sentence end (measured on OpenVINO: a new 121-frame window 339 ms, a seen one 139 ms).
-            mel = np.concatenate([mel, np.zeros((SHAPE_BUCKET - n % SHAPE_BUCKET, mel.shape[1]), mel.dtype)])
+            # sentence end (OpenVINO: a new 121-frame window took 339 ms, a seen one 139 ms), and
+            # keeps memory per length it has seen (about 55 MB each for the full-size vocoder with
+            # two requests): 32, 64, 128, ... frames below the regular window, then the window itself.
+            size = self._bucket(n)
+            if size > n:
+                mel = np.concatenate([mel, np.zeros((size - n, mel.shape[1]), mel.dtype)])
         feeds = {"mel": np.ascontiguousarray(mel.T[None], np.float32)}
         return self.session.run(feeds, validate=validate, token=token)["audio"].reshape(-1)
+
+    def _bucket(self, n: int) -> int:
+        full = self.window_frames
+        if full is None or n > full:  # no regular window (one-shot), or a whole utterance
+            return -(-n // SHAPE_BUCKET) * SHAPE_BUCKET
+        size = SHAPE_BUCKET
+        while size < n and 2 * size < full:
+            size *= 2
+        return size if size >= n else full
