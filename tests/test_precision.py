@@ -98,7 +98,7 @@ def test_reduced_precision_stream_equals_its_own_one_shot(quantized: Path, tmp_p
         if (precision, backend) != ("int8", "openvino"):
             assert float(np.abs(audio - ref.audio).max()) <= 1e-5, (precision, backend, opts)
             continue
-        # OpenVINO's INT8 kernels depend on the window length (padded to 32-frame buckets): a tiny
+        # OpenVINO's INT8 kernels depend on the window length (padded to bucket lengths): a tiny
         # difference before a Quantize node flips a rounding, so samples differ (8e-5 here; 0.27 at
         # full size, where bf16 and ORT's int8 do too). What must hold is that chunking adds no
         # error on top of the precision's own: the stream is as far from FP32 as its one-shot.
@@ -109,8 +109,9 @@ def test_reduced_precision_stream_equals_its_own_one_shot(quantized: Path, tmp_p
 
 @pytest.mark.parametrize("variant", ["causal", "noncausal"])
 def test_openvino_stream_equals_its_one_shot_with_bucketed_windows(tiny_bundles: dict[str, Path], variant: str) -> None:
-    """OpenVINO windows of the causal vocoder are padded to a multiple of 32 frames (one compilation
-    per bucket, not per sentence end), which changes no sample; the non-causal vocoder's are not."""
+    """OpenVINO windows of the causal vocoder are padded to a few bucket lengths (one compilation and
+    one set of buffers per bucket, not per sentence end), which changes no sample; the non-causal
+    vocoder's are not."""
     sym = "\n".join([_units(40, 5), _units(13, 6), _units(3, 7)])
     with OneShot(tiny_bundles[variant], precision="fp32", voc_backend="openvino") as one:
         refs = [one.run(line).audio for line in sym.splitlines()]
