@@ -395,7 +395,9 @@ def main() -> None:
     if a.sweep:
         sweep(a, configs)
         return
-    print(f"{machine()}; threads {a.threads}; bundle {a.bundle}; voice {a.voice}; baseline = torch rebuild, "
+    revision = git_revision()
+    print(f"revision {revision}; {machine()}; threads {a.threads}; bundle {a.bundle}; voice {a.voice}; "
+          "baseline = torch rebuild, "
           "reference decoder loop, whole utterance; random weights (speed and memory only); "
           f"load average {load_average()} at start", flush=True)
     print(HEADER.format(ref=a.reference))
@@ -428,7 +430,7 @@ def main() -> None:
             print(row(n, label, r, baselines[config_device(kw)], ref), flush=True)
     print(f"load average {load_average()} at the end (other work on this machine skews every number)")
     meta = {"machine": machine(), "threads": a.threads, "date": datetime.date.today().isoformat(),
-            "reference": a.reference, "configs": configs}
+            "revision": revision, "reference": a.reference, "configs": configs}
     if a.json:
         _write_atomic(a.json, json.dumps({**meta, "results": results}, indent=1).encode())
         print(f"results: {a.json}")
@@ -442,7 +444,8 @@ def replay(a: argparse.Namespace) -> None:
     saved = json.loads(Path(a.from_json).read_text())
     results = {label: {int(n): r for n, r in by_size.items()} for label, by_size in saved["results"].items()}
     ref_label = saved["reference"]
-    print(f"{saved['machine']}; threads {saved['threads']}; measured {saved['date']} (replayed from {a.from_json})")
+    print(f"revision {saved.get('revision', 'unknown')}; {saved['machine']}; threads {saved['threads']}; measured "
+          f"{saved['date']} (replayed from {a.from_json})")
     print(HEADER.format(ref=ref_label))
     print("|---" * (HEADER.count("|") - 1) + "|")
     for n in sorted({n for by_size in results.values() for n in by_size}):
@@ -485,6 +488,19 @@ def machine() -> str:
     except OSError:
         pass
     return f"{available_cpus()} CPUs ({model})"
+
+
+def git_revision() -> str:
+    """The checkout measured (children import the working tree): short hash, ``+dirty`` with local edits."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (rev or "unknown") + ("+dirty" if dirty else "")
 
 
 def load_average() -> str:
@@ -551,7 +567,7 @@ def plot(results: dict[str, dict[int, dict]], path: Path, meta: dict[str, Any]) 
                title=f"config: acoustic model backend + vocoder backend precision{note}", title_fontsize=8)
     fig.suptitle(f"sambert_deploy runtime configurations vs the torch baseline: {meta['machine']}, "
                  f"{meta['threads']} threads; random weights (speed and memory only, not quality); "
-                 f"{meta['date']}", fontsize=10)
+                 f"{meta['date']}" + (f", revision {meta['revision']}" if meta.get("revision") else ""), fontsize=10)
     fig.tight_layout(rect=(0, 0.11, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
