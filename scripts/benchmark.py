@@ -18,6 +18,8 @@ input length, one line per configuration and one for the baseline.
     python scripts/benchmark.py [--bundle demo_out/bundle] [--sizes 15 100 300 1000 3000] [--png docs/benchmark.png]
     python scripts/benchmark.py --configs ort-fp32 ov-int8 'mine:voc_backend=openvino,precision=bf16'
     python scripts/benchmark.py --precisions fp32 fp16 bf16 int8   # ort-P and ov-P for each
+    python scripts/benchmark.py --sizes 100 300 1200 --configs ort-fp32 auto --repeat 3 --wait-idle 120 --baseline-max 0
+    python scripts/benchmark.py --from-json results.json --png docs/benchmark.png   # a --json run again, no measuring
     python scripts/benchmark.py --sweep --sizes 100 1200   # vocoder chunk x max_ahead per config, runtime only
     python scripts/benchmark.py --sweep --configs ov-bf16 --vocoder-chunks 256 --stream-options first_chunk=12,24
     python scripts/benchmark.py --configs 'x:voc_backend=openvino,ov.CPU_RUNTIME_CACHE_CAPACITY=0,env.ONEDNN_PRIMITIVE_CACHE_CAPACITY=0'
