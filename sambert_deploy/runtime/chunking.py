@@ -32,7 +32,8 @@ class Window:
 
 
 class WindowCutter:
-    """Windows of ``chunk`` new rows (the first one ``first_chunk``) with up to ``left`` rows of context
+    """Windows of ``chunk`` new rows (the first one ``first_chunk``, the next ones doubling from it up to
+    ``chunk``) with up to ``left`` rows of context
     before and ``right`` after, over ``total`` rows that arrive in blocks of any size.
 
     With the network's exact receptive field the chunks concatenate to the whole-sequence output.
@@ -87,7 +88,10 @@ class WindowCutter:
         win = Window(self._buf[ws - self._buf_start:need - self._buf_start], self.done - ws, b - ws, self.done,
                      b == self.total)
         self.done = b
-        self._size = self.chunk
+        # After a small first window the windows double up to ``chunk``: jumping straight from 16 to
+        # 256 frames left playback waiting 370-640 ms after the first chunk (benchmark "worst gap");
+        # doubling keeps each window ready before the audio before it has played.
+        self._size = min(self.chunk, 2 * self._size) if self._size < self.chunk else self.chunk
         drop = max(0, self.done - self.left) - self._buf_start
         if drop > 0:
             self._buf = self._buf[drop:]
