@@ -119,6 +119,8 @@ def test_listings_health_metrics_page(client: TestClient) -> None:
     voices = client.get("/v1/audio/voices").json()["voices"]
     assert voices[0]["id"] == "tiny_emo" and "happy" in voices[0]["emotions"] and voices[0]["speakers"]
     assert "tts-1" in [m["id"] for m in client.get("/v1/models").json()["data"]]
+    health = client.get("/health").json()
+    assert health["vocoder_precision"] == {"tiny_emo": "fp32"}  # loaded, and no variants built
     m = client.get("/metrics").text
     for name in ("sambert_requests_total", "sambert_time_to_first_audio_seconds_bucket", "sambert_real_time_factor_count",
                  "sambert_audio_seconds_total", "sambert_streams_in_flight", "sambert_load_seconds"):

@@ -175,7 +175,8 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> Any:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "voices": synth.voices(), "load_seconds": round(cfg.load_seconds, 3),
-                "backends": {k: list(v) for k, v in synth.backends().items()}, "sample_rate": synth.sample_rate,
+                "backends": {k: list(v) for k, v in synth.backends().items()},
+                "vocoder_precision": synth.precisions(), "sample_rate": synth.sample_rate,
                 "streams_running": admission.running, "streams_queued": admission.waiting}
 
     @app.get("/metrics", include_in_schema=False)
