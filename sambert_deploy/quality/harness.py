@@ -117,9 +117,7 @@ GATES: dict[str, Gate] = {
 
 
 def open_backend(kind: str, path: Path, threads: int, precision_hint: str | None = None) -> Backend:
-    """The runtime's own backend for ``kind`` (``cpu`` = ORT CPU, ``openvino``)."""
-    if kind == "openvino" and not precision_hint:
-        precision_hint = "f32"  # never OpenVINO's own default (bf16 on avx512_bf16 CPUs)
+    """The runtime's own backend for ``kind`` (``cpu`` = ORT CPU, ``openvino``: f32 unless hinted)."""
     return make_backend(kind, path, BackendOptions(threads=threads, precision_hint=precision_hint)).open()
 
 

@@ -466,7 +466,7 @@ class OpenVinoBackend(Backend):
         streams = max(1, available_cpus() // per_call)
         return {
             # Explicit: on a CPU with BF16 (AVX512_BF16, AMX) OpenVINO's default is bf16, not f32.
-            "INFERENCE_PRECISION_HINT": check_precision_hint(self.options.precision_hint) or "f32",
+            "INFERENCE_PRECISION_HINT": self.options.precision_hint or "f32",
             "INFERENCE_NUM_THREADS": per_call * streams,
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": streams,

@@ -55,7 +55,7 @@ def choose_vocoder(voice: VoiceManifest, requested: str, backend: str, backend_g
     backend may be taken if it is present). ``available`` lists the backends present here.
     """
     check_precision(requested)
-    fp32 = VocoderChoice("fp32", voice.graphs["vocoder"], backend, "f32" if backend == "openvino" else None, None)
+    fp32 = VocoderChoice("fp32", voice.graphs["vocoder"], backend, precision_hint("fp32", backend), None)
     if requested == "fp32":
         return fp32
     if requested == "auto":
@@ -64,7 +64,7 @@ def choose_vocoder(voice: VoiceManifest, requested: str, backend: str, backend_g
                  if (b == backend if backend_given else b in available)]
         for p, b in order:
             if p == "fp32":
-                return VocoderChoice("fp32", voice.graphs["vocoder"], b, "f32" if b == "openvino" else None, None)
+                return VocoderChoice("fp32", voice.graphs["vocoder"], b, precision_hint("fp32", b), None)
             var = voice.variants.get(p)
             if var is not None and var.quality.passed and b in var.backends:
                 return _choice(var, b)
@@ -90,8 +90,13 @@ def choose_vocoder(voice: VoiceManifest, requested: str, backend: str, backend_g
     return _choice(var, usable[0])
 
 
+def precision_hint(precision: str, backend: str) -> str | None:
+    """OpenVINO's inference precision for a vocoder of ``precision``: BF16 is the hint itself, every
+    other graph runs as written (f32). None on ONNX Runtime, which computes in the graph's types."""
+    if backend != "openvino":
+        return None
+    return "bf16" if precision == "bf16" else "f32"
+
+
 def _choice(var: Variant, backend: str) -> VocoderChoice:
-    hint = None
-    if backend == "openvino":
-        hint = "bf16" if var.precision == "bf16" else "f32"
-    return VocoderChoice(var.precision, var.graph, backend, hint, var)
+    return VocoderChoice(var.precision, var.graph, backend, precision_hint(var.precision, backend), var)
