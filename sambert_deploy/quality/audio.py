@@ -104,10 +104,10 @@ def log_mel(audio: np.ndarray, sr: int = SAMPLE_RATE, n_fft: int = N_FFT, hop: i
 
 
 def resample(audio: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray:
-    from scipy.signal import resample_poly
-
     if sr_in == sr_out:
         return np.asarray(audio, dtype=np.float32)
+    from scipy.signal import resample_poly
+
     g = gcd(sr_in, sr_out)
     return resample_poly(np.asarray(audio, dtype=np.float64), sr_out // g, sr_in // g).astype(np.float32)
 
