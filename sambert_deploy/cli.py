@@ -10,6 +10,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -105,10 +106,12 @@ def export(model_dir: Path | None, out: Path, voices: tuple[str, ...], all_voice
               help="UTF-8 text, one sentence a line, spoken by the voice to calibrate and judge (default: packaged).")
 @click.option("--int8-keep", help="INT8 recipe: comma-separated conv roles kept FP32 (pre, post, up, res, role@stage, "
                                   "*@stage); default: the recipe chosen on the real vocoder (docs/quality.md).")
+@click.option("--int8-symmetric", is_flag=True,
+              help="INT8 with symmetric int8 activations (zero point 0), the only kind TensorRT builds engines from.")
 @click.option("--no-reference", is_flag=True, help="Skip judging the recipe on the real pretrained vocoder.")
 @handle_errors
 def quantize(bundle: Path, precisions: str, voices: tuple[str, ...], corpus: Path | None, int8_keep: str | None,
-             no_reference: bool) -> None:
+             int8_symmetric: bool, no_reference: bool) -> None:
     """Build reduced-precision vocoders in BUNDLE, each judged against FP32 and recorded with its quality.
 
     A variant that fails its gate is recorded as failed and never used (sambert-deploy info says why).
@@ -123,6 +126,8 @@ def quantize(bundle: Path, precisions: str, voices: tuple[str, ...], corpus: Pat
     recipe = DEFAULT_INT8
     if int8_keep is not None:
         recipe = Int8Recipe(keep_roles=tuple(r.strip() for r in int8_keep.split(",") if r.strip()))
+    if int8_symmetric:
+        recipe = replace(recipe, symmetric=True)
     opts = QuantizeOptions(precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()), voices=voices,
                            corpus=corpus, recipe=recipe, reference=not no_reference)
     results = quantize_bundle(bundle, opts)

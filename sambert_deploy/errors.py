@@ -86,3 +86,12 @@ class SynthesizerClosedError(SambertDeployError):
 class StreamCancelledError(SambertDeployError):
     """Raised inside a cancelled stream's work to stop it between (or during) graph calls. A cancelled
     :class:`~sambert_deploy.runtime.stream.Stream` itself just ends; callers never see this error."""
+
+
+class CudaError(BackendUnavailableError):
+    """A CUDA runtime call failed (its name, code and CUDA's own text are in the message)."""
+
+
+class EngineMismatchError(BundleError):
+    """A TensorRT engine was built for another TensorRT, GPU, precision, profile or ONNX graph than the
+    one in use now; the message names the field and the command that rebuilds it."""

@@ -206,6 +206,7 @@ def _build(precision: str, fp32: Path, tmp: Path, calib: list[dict[str, np.ndarr
         report = quantize_int8(fp32, out, calib, recipe)
     return out, {"kind": "int8 Q/DQ (static, per-channel weights)", "recipe": recipe.label(),
                  "keep_roles": list(recipe.keep_roles), "kept_fp32": len(report.kept_fp32),
+                 "activations": "int8 symmetric" if recipe.symmetric else "uint8 asymmetric",
                  "quantized": len(report.quantized), "calibration_feeds": report.calibration_feeds}
 
 

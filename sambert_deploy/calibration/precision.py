@@ -200,6 +200,9 @@ class Int8Recipe:
     keep_roles: tuple[str, ...] = ()
     keep_layers: tuple[str, ...] = ()
     name: str = ""
+    # Symmetric int8 activations (zero point 0) instead of asymmetric uint8: TensorRT's explicit
+    # quantization takes only these; ONNX Runtime and OpenVINO run both.
+    symmetric: bool = False
 
     def kept(self, layers: Iterable[ConvLayer]) -> set[str]:
         """Names of the nodes this recipe keeps FP32."""
@@ -218,9 +221,10 @@ class Int8Recipe:
 
     def label(self) -> str:
         if self.name:
-            return self.name
+            return self.name + (", symmetric int8 activations" if self.symmetric else "")
         parts = list(self.keep_roles) + ([f"{len(self.keep_layers)} layers"] if self.keep_layers else [])
-        return "keep " + "+".join(parts) if parts else "all int8"
+        label = "keep " + "+".join(parts) if parts else "all int8"
+        return label + (", symmetric int8 activations" if self.symmetric else "")
 
 
 # Chosen by scripts/quality.py --sweep on the universal HiFiGAN V1 with real speech (docs/quality.md):
@@ -302,10 +306,10 @@ def quantize_int8(src: Path, dst: Path, calibration: Iterable[dict[str, np.ndarr
         quantize_static(
             str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(CONV_OPS), per_channel=True, reduce_range=False,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8 if recipe.symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_exclude=sorted(kept), calibrate_method=method,
             calibration_providers=["CPUExecutionProvider"],
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": recipe.symmetric,
                            "CalibTensorRangeSymmetric": False},
             calibration_cache_path=str(calibration_cache) if calibration_cache is not None else None)
         del tmp
