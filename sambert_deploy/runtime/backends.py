@@ -38,12 +38,14 @@ _ORT_TO_NUMPY = {
     "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(double)": np.float64,
 }
 
-BACKENDS = ("auto", "cuda", "openvino", "cpu")
+BACKENDS = ("auto", "tensorrt", "cuda", "openvino", "cpu")
 PRECISION_HINTS = ("f32", "bf16", "f16")
 # ``auto``, best first, per pipeline stage. OpenVINO runs the vocoder's convolutions faster than ORT
 # (291 frames, AVX512_BF16 CPU: 1.8x with bf16 on one thread, 1.6x in f32 on two; even in f32 on one),
 # but the acoustic model's decoder step is faster in ORT (~1 ms a call against ~3 ms: per-call overhead).
-AUTO_ORDER = {"am": ("cuda", "cpu"), "vocoder": ("cuda", "openvino", "cpu")}
+# TensorRT runs only the vocoder (its engines are built per window profile; the acoustic model's
+# per-step decoder is launch-bound and stays on the CUDA EP with its key/value window on the device).
+AUTO_ORDER = {"am": ("cuda", "cpu"), "vocoder": ("tensorrt", "cuda", "openvino", "cpu")}
 
 
 def available_cpus() -> int:
@@ -116,6 +118,7 @@ class BackendOptions:
     graph_optimization: str = "all"
     extra_session_options: dict[str, str] = field(default_factory=dict)
     precision_hint: str | None = None
+    gpu_mem_limit: int | None = None  # bytes the CUDA EP's arena may hold (the --max-gpu-memory budget)
 
     def __post_init__(self) -> None:
         check_precision_hint(self.precision_hint)
@@ -336,10 +339,15 @@ class OrtCudaBackend(OrtBackend):
     kind = "cuda"
 
     def providers(self) -> list[Any]:
-        return [("CUDAExecutionProvider", {"device_id": self.options.device_id,
-                                           "cudnn_conv_algo_search": self.options.cudnn_conv_algo_search,
-                                           "do_copy_in_default_stream": True}),
-                "CPUExecutionProvider"]
+        cuda_options: dict[str, Any] = {"device_id": self.options.device_id,
+                                        "cudnn_conv_algo_search": self.options.cudnn_conv_algo_search,
+                                        "do_copy_in_default_stream": True}
+        if self.options.gpu_mem_limit is not None:
+            # The arena otherwise grows by powers of two past a budget; with a limit, allocations
+            # beyond it fail (ORT's out-of-memory error) instead of taking another tenant's memory.
+            cuda_options["gpu_mem_limit"] = int(self.options.gpu_mem_limit)
+            cuda_options["arena_extend_strategy"] = "kSameAsRequested"
+        return [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
 
     def to_device(self, a: np.ndarray) -> Any:
         return _ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), "cuda", self.options.device_id)
@@ -598,6 +606,10 @@ def available_backends() -> list[str]:
         provs = _ort().get_available_providers()
     except ImportError:
         provs = []
+    from .trt_backend import tensorrt_missing
+
+    if tensorrt_missing() is None:
+        found.append("tensorrt")
     if "CUDAExecutionProvider" in provs:
         found.append("cuda")
     if _openvino_missing() is None:
@@ -607,6 +619,10 @@ def available_backends() -> list[str]:
 
 
 def _unavailable_reason(kind: str) -> str:
+    if kind == "tensorrt":
+        from .trt_backend import tensorrt_missing
+
+        return tensorrt_missing() or "TensorRT failed to start"
     if kind == "cuda":
         return ("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu on a machine with an "
                 "NVIDIA GPU: pip uninstall onnxruntime && pip install onnxruntime-gpu)")
@@ -615,16 +631,20 @@ def _unavailable_reason(kind: str) -> str:
     return f"unknown backend '{kind}'; choose one of {', '.join(BACKENDS)}"
 
 
-def select_backend(requested: str = "auto", strict: bool = False, stage: str = "am") -> str:
+def select_backend(requested: str = "auto", strict: bool = False, stage: str = "am",
+                   exclude: frozenset[str] = frozenset()) -> str:
     """Resolve ``auto``/a named backend to one that is present for ``stage`` (``am`` or ``vocoder``),
-    logging each fallback and its reason. ``auto`` takes the stage's best (:data:`AUTO_ORDER`); a named
-    backend that is missing falls back along that order, or raises when ``strict``."""
+    logging each fallback and its reason. ``auto`` takes the stage's best (:data:`AUTO_ORDER`) not in
+    ``exclude``; a named backend that is missing falls back along that order, or raises when ``strict``."""
     if requested not in BACKENDS:
         raise InvalidInputError(f"backend '{requested}' is unknown; choose one of {', '.join(BACKENDS)}")
     if stage not in AUTO_ORDER:
         raise InvalidInputError(f"stage '{stage}' is unknown; choose one of {', '.join(AUTO_ORDER)}")
+    if stage == "am" and requested == "tensorrt":
+        raise InvalidInputError("TensorRT runs the vocoder only; put the acoustic model on cuda or cpu "
+                                "(--am-backend cuda)", param="am_backend")
     present = available_backends()
-    best = AUTO_ORDER[stage]
+    best = tuple(b for b in AUTO_ORDER[stage] if b not in exclude)
     if requested == "auto":
         order = list(best)
     else:
@@ -649,6 +669,10 @@ def make_backend(kind: str, path: str | Path, options: BackendOptions | None = N
     if kind == "openvino":
         _ov()  # MissingExtraError naming the extra, before any file is touched
         return OpenVinoBackend(path, options)
+    if kind == "tensorrt":  # ``path``: the engine (.plan); see runtime.trt_backend.engine_path
+        from .trt_backend import TensorRTBackend
+
+        return TensorRTBackend(path, options)
     raise BackendUnavailableError(_unavailable_reason(kind))
 
 

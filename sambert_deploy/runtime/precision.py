@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
-from ..errors import PrecisionError
+from ..errors import BackendUnavailableError, PrecisionError
 from .manifest import PRECISIONS, GraphInfo, Variant, VoiceManifest
+from .trt_backend import engine_path
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,9 @@ log = logging.getLogger(__name__)
 # INT8 vocoder streams as fast as OpenVINO's BF16 (RTF 0.106-0.115 vs 0.107-0.122 from 300 to 3,000
 # units) in half the memory (peak RSS 474-479 MB vs 815-1,002 MB), so it goes first.
 AUTO_ORDER: dict[str, tuple[tuple[str, str], ...]] = {
+    # INT8 engines are built on request only: on a GPU the vocoder's FP16 convolutions are not the
+    # bottleneck that justifies INT8's quality cost (unmeasured here: no GPU; scripts/gpu_run.sh).
+    "tensorrt": (("fp16", "tensorrt"), ("fp32", "tensorrt")),
     "cuda": (("fp16", "cuda"), ("fp32", "cuda")),
     "openvino": (("int8", "cpu"), ("bf16", "openvino"), ("int8", "openvino"), ("fp32", "cpu")),
     "cpu": (("int8", "cpu"), ("bf16", "openvino"), ("int8", "openvino"), ("fp32", "cpu")),
@@ -69,15 +74,7 @@ def choose_vocoder(voice: VoiceManifest, requested: str, backend: str, backend_g
             if var is not None and var.quality.passed and b in var.backends:
                 return _choice(var, b)
         return fp32
-    var = voice.variants.get(requested)
-    if var is None:
-        built = ", ".join(voice.variants) or "none"
-        raise PrecisionError(f"voice '{voice.name}' has no {requested} vocoder (variants built: {built}); build it "
-                             f"with: sambert-deploy quantize BUNDLE --precision {requested}")
-    if not var.quality.passed:
-        why = "; ".join(var.quality.failures) or "see sambert-deploy info"
-        raise PrecisionError(f"voice '{voice.name}': the {requested} vocoder failed its quality gate ({why}); use "
-                             "another precision (sambert-deploy info lists the ones that passed)")
+    var = passed_variant(voice, requested)
     if backend in var.backends:
         return _choice(var, backend)
     usable = [b for b in var.backends if b in available]
@@ -88,6 +85,47 @@ def choose_vocoder(voice: VoiceManifest, requested: str, backend: str, backend_g
         raise PrecisionError(f"the {requested} vocoder runs on {need}, not on {backend}; {fix}")
     log.info("voice %s: %s vocoder needs %s, not %s", voice.name, requested, usable[0], backend)
     return _choice(var, usable[0])
+
+
+def passed_variant(voice: VoiceManifest, precision: str) -> Variant:
+    """The voice's ``precision`` variant, or a :class:`PrecisionError` saying it is missing or failed."""
+    var = voice.variants.get(precision)
+    if var is None:
+        built = ", ".join(voice.variants) or "none"
+        raise PrecisionError(f"voice '{voice.name}' has no {precision} vocoder (variants built: {built}); build it "
+                             f"with: sambert-deploy quantize BUNDLE --precision {precision}")
+    if not var.quality.passed:
+        why = "; ".join(var.quality.failures) or "see sambert-deploy info"
+        raise PrecisionError(f"voice '{voice.name}': the {precision} vocoder failed its quality gate ({why}); use "
+                             "another precision (sambert-deploy info lists the ones that passed)")
+    return var
+
+
+def choose_engine(voice: VoiceManifest, requested: str, root: Path) -> VocoderChoice:
+    """The TensorRT engine a voice's vocoder runs: ``auto`` takes the first built of :data:`AUTO_ORDER`'s
+    ``tensorrt`` row (its variant having passed its gate), a named precision that one. A missing engine
+    is :class:`BackendUnavailableError` (the runtime falls back to the next backend, logged); a
+    precision that cannot exist is a :class:`PrecisionError`."""
+    check_precision(requested)
+    order = [p for p, _ in AUTO_ORDER["tensorrt"]] if requested == "auto" else [requested]
+    tried = []
+    for p in order:
+        if p == "bf16":
+            raise PrecisionError("bf16 is an OpenVINO inference hint on the FP32 graph; a TensorRT engine takes its "
+                                 "precision from the ONNX (strongly typed): use --precision fp16")
+        var: Variant | None = None
+        if p == "fp32":
+            graph = voice.graphs["vocoder"]
+        else:
+            if requested == "auto" and not (p in voice.variants and voice.variants[p].quality.passed):
+                continue
+            var = passed_variant(voice, p)
+            graph = var.graph
+        if engine_path(root, voice.name, graph.file).is_file():
+            return VocoderChoice(p, graph, "tensorrt", None, var)
+        tried.append(p)
+    raise BackendUnavailableError(f"voice '{voice.name}' has no TensorRT engine ({' or '.join(tried)}); build it: "
+                                  f"sambert-deploy engines BUNDLE --voice {voice.name} --precision {tried[0]}")
 
 
 def precision_hint(precision: str, backend: str) -> str | None:

@@ -33,9 +33,11 @@ import numpy as np
 from ..errors import BackendUnavailableError, InvalidInputError, SynthesizerClosedError
 from ..symbols import Unit, parse_units
 from .acoustic import AcousticModel
-from .backends import BackendOptions, available_backends, available_cpus, select_backend
+from .backends import AUTO_ORDER, BackendOptions, available_backends, available_cpus, select_backend
+from .cuda import probe_device
+from .gpu_plan import GB, GpuPlan, parse_bytes, plan_gpu
 from .manifest import Manifest, VoiceManifest, read_manifest
-from .precision import check_precision, choose_vocoder
+from .precision import check_precision, choose_engine, choose_vocoder
 from .scheduler import Scheduler
 from .stream import AudioChunk, Stream, StreamInfo, StreamPlan, StreamState, UnitSource, read_input
 from .vocoder import Vocoder
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 __all__ = ["AudioChunk", "SpeechOptions", "Stream", "StreamInfo", "StreamOptions", "Synthesizer"]
 
 SPEED_RANGE = (0.25, 4.0)
+GPU_BACKENDS = frozenset({"cuda", "tensorrt"})
 
 
 @dataclass(frozen=True)
@@ -177,29 +180,37 @@ class Synthesizer:
 
     def __init__(self, bundle: str | Path | Manifest, voice: str | None = None, backend: str = "auto",
                  strict: bool = False, threads: int = 0, options: StreamOptions | None = None,
-                 am_backend: str | None = None, voc_backend: str | None = None, gpu_streams: int = 2,
-                 precision: str = "auto"):
+                 am_backend: str | None = None, voc_backend: str | None = None, gpu_streams: int | None = None,
+                 precision: str = "auto", max_gpu_memory: int | str | None = None):
         self.manifest = bundle if isinstance(bundle, Manifest) else read_manifest(bundle)
         if options is not None and not isinstance(options, StreamOptions):
             raise InvalidInputError(f"options must be a StreamOptions, got {type(options).__name__}")
-        self.options = options or StreamOptions()
-        if threads < 0 or gpu_streams < 1:
+        if threads < 0 or (gpu_streams is not None and gpu_streams < 1):
             raise InvalidInputError(f"threads must be >= 0 (0: all CPUs) and gpu_streams >= 1, got {threads}, "
                                     f"{gpu_streams}")
+        budget = parse_bytes(max_gpu_memory)
         self.cpu_budget = threads or available_cpus()
         self.strict = strict
         self.precision = check_precision(precision)
         # OpenVINO's decoder step measured 2x slower than ONNX Runtime's (2.85 vs 1.35 ms a call):
         # backend="openvino" means the vocoder; the acoustic model goes there only when named.
-        self.am_backend = select_backend(am_backend or ("cpu" if backend == "openvino" else backend), strict,
-                                         stage="am")
+        # TensorRT runs the vocoder; the acoustic model then stays on the same GPU through the CUDA EP.
+        am_default = {"openvino": "cpu", "tensorrt": "cuda"}.get(backend, backend)
+        self.am_backend = select_backend(am_backend or am_default, strict, stage="am")
         self.voc_backend = select_backend(voc_backend or backend, strict, stage="vocoder")
         self._voc_backend_given = (voc_backend or backend) != "auto"
         self.default_voice = self.manifest.voice(voice).name
+        self.gpu_plan = self._plan_gpu(budget, voc_backend or backend)
+        plan = self.gpu_plan
+        if options is None and plan is not None:
+            options = StreamOptions(vocoder_chunk=plan.vocoder_chunk, postnet_chunk=plan.postnet_chunk)
+        self.options = options or StreamOptions()
+        gpu_streams = gpu_streams or (plan.gpu_streams if plan is not None else 2)
+        self.gpu_streams = gpu_streams
         # Each graph call on the CPU is single-threaded: the budget is spent as calls running at once
         # (windows of one stream, and other streams), which uses cores better than intra-op threads
         # on these small convolutions (2 intra-op threads run a 291-frame window only 1.31x faster).
-        self.backend_options = BackendOptions(threads=1)
+        self.backend_options = BackendOptions(threads=1, gpu_mem_limit=plan.budget if plan is not None else budget)
         self._scheduler = Scheduler({"cpu": self.cpu_budget, "cuda": gpu_streams})
         self._voices: dict[str, _Voice] = {}
         self._load_lock = threading.Lock()
@@ -211,6 +222,31 @@ class Synthesizer:
         weakref.finalize(self, _shutdown_later, self._scheduler).atexit = False
         log.info("backends requested: acoustic model on %s, vocoder on %s (precision %s); CPU budget %d thread(s)",
                  self.am_backend, self.voc_backend, self.precision, self.cpu_budget)
+
+    def _plan_gpu(self, budget: int | None, voc_requested: str) -> GpuPlan | None:
+        """The memory tier where a stage runs on the GPU (None where none does): chunk sizes, calls in
+        flight, and whether the vocoder fits beside the acoustic model (else, when the vocoder's
+        backend was ``auto``, it moves to the CPU: the seed's "CPU offload")."""
+        if not {self.am_backend, self.voc_backend} & GPU_BACKENDS:
+            return None
+        dev = probe_device(0)
+        if dev is None:
+            log.info("GPU memory unknown (no CUDA runtime library found by the runtime): default chunking, "
+                     "2 calls in flight")
+            return None
+        vm = self.manifest.voices[self.default_voice]
+        weights = sum((self.manifest.root / vm.folder / g.file).stat().st_size for g in vm.graphs.values())
+        plan = plan_gpu(dev.free_bytes, weights, vm.vocoder.hop, budget, vm.vocoder.context_left)
+        log.info("%s: %s", dev.name, plan.describe())
+        if not plan.vocoder_on_gpu and self.voc_backend in GPU_BACKENDS:
+            if voc_requested == "auto":
+                self.voc_backend = select_backend("auto", False, stage="vocoder", exclude=GPU_BACKENDS)
+                log.info("vocoder moved to %s: the GPU budget holds the acoustic model only", self.voc_backend)
+            else:
+                log.warning("the GPU budget (%.1f GB) fits the acoustic model only, but the vocoder was placed on "
+                            "%s: expect out-of-memory errors (use --voc-backend auto or cpu)", plan.budget / GB,
+                            self.voc_backend)
+        return plan
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -280,31 +316,56 @@ class Synthesizer:
                 self._voices[vm.name] = self._open_voice(vm)
             return self._voices[vm.name]
 
+    def _fallbacks(self, first: str, stage: str) -> list[str]:
+        """``first``, then (unless strict) the stage's later backends present here, the CPU last: a
+        provider can be listed (onnxruntime-gpu, TensorRT installed) and still fail to open (no driver,
+        missing CUDA libraries, no engine built for this voice)."""
+        if self.strict:
+            return [first]
+        order = AUTO_ORDER[stage]
+        later = order[order.index(first) + 1:] if first in order else order
+        present = available_backends()
+        return [first, *[b for b in later if b in present and b != first]] + ([] if first == "cpu" else ["cpu"])
+
     def _open_voice(self, vm: VoiceManifest) -> _Voice:
-        am_kind, voc_kind = self.am_backend, self.voc_backend
-        while True:
-            am = voc = None
+        am_kind = am = None
+        chain = self._fallbacks(self.am_backend, "am")
+        for i, am_kind in enumerate(chain):
             try:
-                choice = choose_vocoder(vm, self.precision, voc_kind, self._voc_backend_given or self.strict,
-                                        available_backends())
                 am = AcousticModel(self.manifest, vm, am_kind, self.backend_options)
-                ctx = vm.vocoder
-                window = self.options.vocoder_chunk + ctx.context_left + ctx.context_right
-                voc = Vocoder(self.manifest, vm, choice.backend, self.backend_options, choice,
-                              window_frames=max(window, self.options.first_chunk + ctx.context_right))
-                log.info("voice %s: acoustic model on %s, vocoder on %s in %s", vm.name, am_kind, choice.backend,
-                         choice.precision)
-                return _Voice(vm, am, voc, am_kind, choice.backend, choice.precision)
+                break
             except BackendUnavailableError as e:
-                if am is not None:
-                    am.close()
-                if self.strict or (am_kind == "cpu" and voc_kind == "cpu"):
+                if self.strict or i + 1 == len(chain):
                     raise
-                # A provider can be listed (onnxruntime-gpu installed) and still fail to open a
-                # session (no driver, missing CUDA libraries): fall back for good, and say why.
-                log.warning("voice %s: %s; falling back to the CPU", vm.name, e)
-                am_kind = voc_kind = "cpu"
-                self.am_backend = self.voc_backend = "cpu"
+                log.warning("voice %s: acoustic model not on %s: %s; falling back to %s", vm.name, am_kind, e,
+                            chain[i + 1])
+        assert am is not None and am_kind is not None  # the CPU EP always opens (or raised)
+        try:
+            voc = self._open_vocoder(vm)
+        except BaseException:
+            am.close()
+            raise
+        log.info("voice %s: acoustic model on %s, vocoder on %s in %s", vm.name, am_kind, voc.choice.backend,
+                 voc.choice.precision)
+        return _Voice(vm, am, voc, am_kind, voc.choice.backend, voc.choice.precision)
+
+    def _open_vocoder(self, vm: VoiceManifest) -> Vocoder:
+        ctx = vm.vocoder
+        window = max(self.options.vocoder_chunk + ctx.context_left + ctx.context_right,
+                     self.options.first_chunk + ctx.context_right)
+        chain = self._fallbacks(self.voc_backend, "vocoder")
+        for i, kind in enumerate(chain):
+            try:
+                given = (self._voc_backend_given and kind == self.voc_backend) or self.strict
+                choice = (choose_engine(vm, self.precision, self.manifest.root) if kind == "tensorrt" else
+                          choose_vocoder(vm, self.precision, kind, given, available_backends()))
+                return Vocoder(self.manifest, vm, choice.backend, self.backend_options, choice, window_frames=window,
+                               max_calls=self.gpu_streams)
+            except BackendUnavailableError as e:
+                if self.strict or i + 1 == len(chain):
+                    raise
+                log.warning("voice %s: vocoder not on %s: %s; falling back to %s", vm.name, kind, e, chain[i + 1])
+        raise AssertionError("unreachable: the last backend of the chain raised or returned")
 
     def _front_end(self, voice: _Voice, lexicon: str | Path | None) -> Any:
         from ..frontend import FrontEnd, FrontEndOptions

@@ -6,10 +6,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from .backends import BackendOptions, CancelToken, make_backend
+from .backends import Backend, BackendOptions, CancelToken, make_backend
 from .chunking import Window
 from .manifest import Manifest, VoiceManifest
 from .precision import VocoderChoice, choose_vocoder
+from .trt_backend import EngineTarget, TensorRTBackend, engine_path
 
 SHAPE_BUCKET = 32  # frames: the smallest padded window; longer ones double up to the regular window
 
@@ -22,16 +23,25 @@ class Vocoder:
 
     def __init__(self, manifest: Manifest, voice: VoiceManifest, backend: str = "cpu",
                  options: BackendOptions | None = None, choice: VocoderChoice | None = None,
-                 window_frames: int | None = None):
+                 window_frames: int | None = None, max_calls: int = 2):
         """``choice`` (:func:`~.precision.choose_vocoder`) selects a reduced-precision variant and its
         backend; without it, the FP32 graph on ``backend``. ``window_frames``: the streams' regular
-        window (chunk plus context), the largest length a shape-compiling backend is padded to."""
+        window (chunk plus context), the largest length a shape-compiling backend is padded to and a
+        TensorRT engine's profile must cover. ``max_calls``: calls in flight on a GPU (TensorRT
+        execution contexts)."""
         self.info = voice.vocoder
         self.window_frames = window_frames
         self.choice = choice or choose_vocoder(voice, "fp32", backend, True, [backend])
         opts = replace(options or BackendOptions(), precision_hint=self.choice.hint)
-        path = manifest.root / voice.folder / self.choice.graph.file
-        self.session = make_backend(self.choice.backend, path, opts).open()
+        if self.choice.backend == "tensorrt":
+            mels = self.info.in_channels
+            target = EngineTarget("", "", "", self.choice.precision, self.choice.graph.sha256,
+                                  {"mel": ((1, mels, 1), (1, mels, window_frames or 1))})
+            self.session: Backend = TensorRTBackend(engine_path(manifest.root, voice.name, self.choice.graph.file),
+                                                    opts, target, max_contexts=max_calls).open()
+        else:
+            path = manifest.root / voice.folder / self.choice.graph.file
+            self.session = make_backend(self.choice.backend, path, opts).open()
 
     def close(self) -> None:
         self.session.close()
