@@ -20,7 +20,9 @@ from .errors import SambertDeployError
 
 log = logging.getLogger("sambert_deploy")
 F = TypeVar("F", bound=Callable[..., Any])
-BACKEND_CHOICES = click.Choice(["auto", "cuda", "openvino", "cpu"])
+BACKEND_CHOICES = click.Choice(["auto", "tensorrt", "cuda", "openvino", "cpu"])
+GPU_MEMORY_HELP = ("GPU memory budget, e.g. 4G or 512M (default: 90% of what is free); picks the memory tier "
+                   "(chunk sizes, calls in flight, vocoder on GPU or CPU) and caps the CUDA EP's arena.")
 PRECISION_CHOICES = ["auto", "fp32", "fp16", "bf16", "int8"]
 PRECISION_HELP = ("Vocoder precision: auto (the fastest variant that passed its quality gate and runs on the "
                   "vocoder's backend) or one of fp32, fp16, bf16, int8 (built by sambert-deploy quantize).")
@@ -158,11 +160,13 @@ def quantize(bundle: Path, precisions: str, voices: tuple[str, ...], corpus: Pat
               help="Split longer sentences at prosodic breaks (0: never).")
 @click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(0.25, 4.0),
               help="Speaking rate (2.0 twice as fast).")
+@click.option("--max-gpu-memory", help=GPU_MEMORY_HELP)
+@click.option("--gpu-streams", type=click.IntRange(1, 256), help="Graph calls in flight on the GPU (default: the tier's).")
 @handle_errors
 def synth(bundle: Path, text: str | None, symbols_file: str | None, out: str, voice: str | None, emotion: str | None,
           speaker: str | None, lexicon: Path | None, backend: str, strict: bool, am_backend: str | None,
           voc_backend: str | None, precision: str, threads: int, chunk: int | None, first_chunk: int | None,
-          max_units: int, speed: float) -> None:
+          max_units: int, speed: float, max_gpu_memory: str | None, gpu_streams: int | None) -> None:
     """Synthesize TEXT (or '-' for stdin, or --symbols-file) with BUNDLE into a WAV file or stdout.
 
     Stdin is read as it arrives: each sentence is spoken as soon as it is complete. Text that
@@ -187,11 +191,13 @@ def synth(bundle: Path, text: str | None, symbols_file: str | None, out: str, vo
     elif text == "-":
         text = None
         source = _stdin_lines()
-    stream_opts = StreamOptions(max_units=max_units or None,
-                                **{k: v for k, v in (("vocoder_chunk", chunk), ("first_chunk", first_chunk)) if v})
+    # No chunk options given: None, so a GPU's memory tier may choose them.
+    given = {k: v for k, v in (("vocoder_chunk", chunk), ("first_chunk", first_chunk)) if v}
+    stream_opts = StreamOptions(max_units=max_units or None, **given) if given or max_units != 300 else None
     call = SpeechOptions(voice=voice, emotion=emotion, speaker=speaker, speed=speed, lexicon=lexicon)
     with Synthesizer(bundle, voice=voice, backend=backend, strict=strict, threads=threads, options=stream_opts,
-                     am_backend=am_backend, voc_backend=voc_backend, precision=precision) as syn:
+                     am_backend=am_backend, voc_backend=voc_backend, precision=precision,
+                     max_gpu_memory=max_gpu_memory, gpu_streams=gpu_streams) as syn:
         is_text = symbols_file is None
         log.info("loaded in %.2f s (sessions%s)", syn.load(voice, text=is_text),
                  " and front-end dictionaries" if is_text else "")
@@ -265,9 +271,11 @@ def symbols(text: str, emotion: str | None, speaker: str, lexicon: Path | None, 
 @click.option("--backend", type=BACKEND_CHOICES, default="auto", show_default=True)
 @click.option("--precision", default="auto", show_default=True, help=PRECISION_HELP)
 @click.option("--threads", default=0, type=click.IntRange(0, 256), help="CPU budget (0: every CPU this process may use).")
+@click.option("--max-gpu-memory", help=GPU_MEMORY_HELP)
 @handle_errors
 def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: int, max_input_chars: int,
-          api_key: str | None, api_key_file: Path | None, backend: str, precision: str, threads: int) -> None:
+          api_key: str | None, api_key_file: Path | None, backend: str, precision: str, threads: int,
+          max_gpu_memory: str | None) -> None:
     """Serve BUNDLE over HTTP: OpenAI's /v1/audio/speech (streamed), voices, models, health, metrics and a
     browser page at /."""
     from .errors import InvalidInputError, MissingExtraError
@@ -285,7 +293,8 @@ def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: in
             keys += [k.strip() for k in api_key_file.read_text("utf-8").splitlines() if k.strip()]
         except OSError as e:
             raise InvalidInputError(f"cannot read --api-key-file {api_key_file}: {e}") from None
-    with Synthesizer(bundle, backend=backend, threads=threads, precision=precision) as syn:
+    with Synthesizer(bundle, backend=backend, threads=threads, precision=precision,
+                     max_gpu_memory=max_gpu_memory) as syn:
         loaded = syn.load("*")
         log.info("loaded %d voice(s) in %.2f s; backends %s; vocoder precision %s", len(syn.voices()), loaded,
                  syn.backends(), syn.precisions())
@@ -296,12 +305,43 @@ def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: in
 
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--precision", default="fp16", show_default=True,
+              help="fp32, fp16 or int8: the ONNX the strongly typed engine is built from (int8 needs "
+                   "quantize --int8-symmetric).")
+@click.option("--voice", "voices", multiple=True, help="Voice(s) to build for (default: every voice).")
+@click.option("--timing-cache", type=click.Path(path_type=Path),
+              help="TensorRT timing cache to reuse and update (default: BUNDLE/engines/timing.cache).")
+@click.option("--workspace", default=1024, show_default=True, type=click.IntRange(16, 1 << 20),
+              help="Builder workspace in MB.")
+@click.option("--optimization-level", default=3, show_default=True, type=click.IntRange(0, 5))
+@click.option("--chunk", type=click.IntRange(1, 100000),
+              help="Vocoder chunk the profile is tuned for (default: the memory tier's on this GPU).")
+@click.option("--max-frames", type=click.IntRange(1, 10**6),
+              help="Also cover whole-utterance vocoding up to this many mel frames (default: streaming windows only).")
+@handle_errors
+def engines(bundle: Path, precision: str, voices: tuple[str, ...], timing_cache: Path | None, workspace: int,
+            optimization_level: int, chunk: int | None, max_frames: int | None) -> None:
+    """Build TensorRT engines for BUNDLE's vocoder (strongly typed: TensorRT 10 and 11, Jetson included).
+
+    Engines go to BUNDLE/engines/<voice>/ with a sidecar the runtime checks before loading one.
+    """
+    from .engines.build import EngineOptions, build_engines, describe
+
+    opts = EngineOptions(precision=precision, voices=voices, timing_cache=timing_cache, workspace_mb=workspace,
+                         optimization_level=optimization_level, vocoder_chunk=chunk, max_frames=max_frames)
+    for line in describe(build_engines(bundle, opts)):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
 @handle_errors
 def info(bundle: Path) -> None:
     """Describe a bundle: voices, emotions, speakers, graphs, provenance."""
     from .runtime.backends import available_backends, probe_backends, select_backend
     from .runtime.manifest import read_manifest
-    from .runtime.precision import choose_vocoder
+    from .runtime.precision import choose_engine, choose_vocoder
+    from .runtime.trt_backend import engine_lines
 
     m = read_manifest(bundle)
     present = available_backends()
@@ -319,7 +359,15 @@ def info(bundle: Path) -> None:
         for var in v.variants.values():
             click.echo(f"    vocoder {var.precision}: {var.graph.file} on {'/'.join(var.backends)}; "
                        f"{var.quality.summary()}")
-        choice = choose_vocoder(v, "auto", voc_auto, False, present)
+        for line in engine_lines(m, v):
+            click.echo(f"    {line}")
+        choice = None
+        if voc_auto == "tensorrt":
+            try:
+                choice = choose_engine(v, "auto", m.root)
+            except SambertDeployError:
+                voc_auto = select_backend("auto", stage="vocoder", exclude=frozenset({"tensorrt"}))
+        choice = choice or choose_vocoder(v, "auto", voc_auto, False, present)
         click.echo(f"    here, auto runs the acoustic model on {am_auto} (fp32) and the vocoder on {choice.backend} "
                    f"({choice.precision})")
     # What actually opens, not what onnxruntime lists: a listed CUDA provider may lack a driver.

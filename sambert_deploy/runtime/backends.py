@@ -682,6 +682,8 @@ def probe_backends(path: str | Path, options: BackendOptions | None = None) -> d
     a graph OpenVINO cannot compile)."""
     found: dict[str, str | None] = {}
     for kind in available_backends():
+        if kind == "tensorrt":  # runs engines, not ONNX graphs: `sambert-deploy info` checks each engine
+            continue
         try:
             with make_backend(kind, path, options):
                 found[kind] = None

@@ -337,3 +337,35 @@ class TensorRTBackend(Backend):
             self._cond.notify_all()
         for ctx in idle:  # contexts still running are released when their call gives them back
             ctx.release(self._cuda)
+
+
+def engine_lines(manifest: Any, voice: Any) -> list[str]:
+    """``sambert-deploy info``'s lines on a voice's engines: what each was built for, and whether it
+    would load here (checked against the installed TensorRT and GPU where both are present)."""
+    folder = Path(manifest.root) / ENGINES_DIR / voice.name
+    plans = sorted(folder.glob("*.plan")) if folder.is_dir() else []
+    if not plans:
+        return [f"TensorRT engines: none (sambert-deploy engines BUNDLE --voice {voice.name} --precision fp16)"]
+    missing = tensorrt_missing()
+    here: tuple[str, str, str] | None = None
+    if missing is None:
+        import tensorrt as trt
+
+        dev = cuda().device(0)
+        here = (trt.__version__, dev.name, dev.compute_capability)
+    lines = []
+    for plan in plans:
+        try:
+            sc = read_sidecar(plan)
+            graph = voice.graphs["vocoder"] if sc.precision == "fp32" else voice.variants[sc.precision].graph
+            built = (f"{sc.precision}, TensorRT {sc.tensorrt}, {sc.gpu} sm_{sc.compute_capability.replace('.', '')}, "
+                     + ", ".join(f"{k} {list(r.min)}..{list(r.max)} opt {list(r.opt)}" for k, r in sc.profiles.items()))
+            if here is None:
+                status = f"not checked here ({missing})"
+            else:
+                check_sidecar(sc, EngineTarget(*here, sc.precision, graph.sha256), plan)
+                status = "loads here"
+        except (BundleError, KeyError) as e:
+            built, status = "?", f"unusable: {e}"
+        lines.append(f"TensorRT engine {plan.name} ({built}): {status}")
+    return lines
