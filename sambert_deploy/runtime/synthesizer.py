@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InvalidInputError, SynthesizerClosedError
+from ..errors import BackendUnavailableError, BundleError, InvalidInputError, SynthesizerClosedError
 from ..symbols import Unit, parse_units
 from .acoustic import AcousticModel
 from .backends import AUTO_ORDER, BackendOptions, available_backends, available_cpus, select_backend
@@ -195,7 +195,7 @@ class Synthesizer:
         # OpenVINO's decoder step measured 2x slower than ONNX Runtime's (2.85 vs 1.35 ms a call):
         # backend="openvino" means the vocoder; the acoustic model goes there only when named.
         # TensorRT runs the vocoder; the acoustic model then stays on the same GPU through the CUDA EP.
-        am_default = {"openvino": "cpu", "tensorrt": "cuda"}.get(backend, backend)
+        am_default = {"openvino": "cpu", "tensorrt": "auto"}.get(backend, backend)
         self.am_backend = select_backend(am_backend or am_default, strict, stage="am")
         self.voc_backend = select_backend(voc_backend or backend, strict, stage="vocoder")
         self._voc_backend_given = (voc_backend or backend) != "auto"
@@ -361,8 +361,10 @@ class Synthesizer:
                           choose_vocoder(vm, self.precision, kind, given, available_backends()))
                 return Vocoder(self.manifest, vm, choice.backend, self.backend_options, choice, window_frames=window,
                                max_calls=self.gpu_streams)
-            except BackendUnavailableError as e:
-                if self.strict or i + 1 == len(chain):
+            except (BackendUnavailableError, BundleError) as e:
+                # An engine built for another GPU/TensorRT/graph (or damaged) leaves the ONNX graphs usable.
+                engine_problem = kind == "tensorrt" and isinstance(e, BundleError)
+                if self.strict or i + 1 == len(chain) or not (engine_problem or isinstance(e, BackendUnavailableError)):
                     raise
                 log.warning("voice %s: vocoder not on %s: %s; falling back to %s", vm.name, kind, e, chain[i + 1])
         raise AssertionError("unreachable: the last backend of the chain raised or returned")
