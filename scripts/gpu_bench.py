@@ -1,0 +1,256 @@
+"""GPU table: the project's runtime (CUDA EP FP32/FP16, TensorRT where present) against the torch rebuild
+run on the GPU the way ModelScope runs it (one sentence at a time, whole utterance, reference decoder
+loop keeping every attention map), for inputs of 50, 150, 1,000 and 10,000 characters of Chinese text
+as one sentence (no full stop: the worst case, the seed's out-of-memory curve). Then parity: the GPU
+stream and one-shot against the CPU's FP32 output (<= 1e-4), and the FP16 vocoder on the GPU through
+the precision gate (log-mel L1 and PESQ against FP32, the thresholds of ``sambert-deploy quantize``).
+
+Peak GPU memory is the device's used memory (NVML, sampled every 2 ms from this parent process) above
+what was used before the measured process started: the CUDA context, libraries and arenas included,
+as nvidia-smi shows it. Each measurement runs in a fresh process.
+
+    python scripts/gpu_bench.py [--bundle demo_out/bundle] [--chars 50 150 1000 10000] [--torch-max 1000]
+    python scripts/gpu_bench.py --configs cpu-fp32 --chars 50 --torch-max 0 --no-parity   # smoke run, no GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+SEED = ("一个开源的语音合成工具把声学模型和声码器从训练检查点导出成小而快的部署版本我们先把文字转换成音素"
+        "再逐步生成梅尔频谱最后用声码器一块一块地合成音频，")
+CONFIGS: dict[str, dict[str, Any]] = {
+    "cuda-fp32": {"backend": "cuda", "precision": "fp32", "strict": True},
+    "cuda-fp16": {"backend": "cuda", "precision": "fp16", "strict": True},
+    "trt-fp16": {"backend": "tensorrt", "precision": "fp16", "strict": True},
+    "trt-fp32": {"backend": "tensorrt", "precision": "fp32", "strict": True},
+    "cpu-fp32": {"backend": "cpu", "precision": "fp32", "strict": True},
+}
+MB = 1 << 20
+
+
+def text_of(chars: int) -> str:
+    """``chars`` characters of Chinese as one sentence (commas only: no sentence split)."""
+    return (SEED * (chars // len(SEED) + 1))[:chars]
+
+
+# -- GPU memory: NVML through ctypes (no context in the sampling process) ------------------------------
+class _NvmlMemory(ctypes.Structure):
+    _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+
+class GpuSampler:
+    """Polls the device's used memory in a thread; ``peak_mb()`` above the value at ``start()``."""
+
+    def __init__(self, index: int = 0):
+        self.ok = False
+        try:
+            self.lib = ctypes.CDLL("libnvidia-ml.so.1")
+            self.handle = ctypes.c_void_p()
+            self.ok = (self.lib.nvmlInit_v2() == 0 and
+                       self.lib.nvmlDeviceGetHandleByIndex_v2(ctypes.c_uint(index), ctypes.byref(self.handle)) == 0)
+        except OSError:
+            pass
+
+    def used(self) -> int:
+        m = _NvmlMemory()
+        if self.lib.nvmlDeviceGetMemoryInfo(self.handle, ctypes.byref(m)) != 0:
+            return 0
+        return int(m.used)
+
+    def start(self) -> None:
+        if not self.ok:
+            return
+        self.base = self.peak = self.used()
+        self.running = True
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.used())
+            time.sleep(0.002)
+
+    def peak_mb(self) -> float | None:
+        if not self.ok:
+            return None
+        self.running = False
+        self.thread.join()
+        return (self.peak - self.base) / MB
+
+
+# -- children --------------------------------------------------------------------------------------------
+def run_ours(bundle: str, voice: str, chars: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    from sambert_deploy.errors import SambertDeployError
+    from sambert_deploy.runtime.synthesizer import Synthesizer
+
+    try:
+        syn = Synthesizer(bundle, voice=voice, **kwargs)
+        syn.load(voice)
+    except SambertDeployError as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    with syn:
+        syn.synthesize("你好。")  # warm-up outside the timing
+        t0 = time.perf_counter()
+        first, samples = None, 0
+        with syn.stream(text_of(chars)) as s:
+            for c in s:
+                first = first if first is not None else time.perf_counter() - t0
+                samples += len(c.samples)
+        total = time.perf_counter() - t0
+        (am, voc), = syn.backends().values()
+        prec, = syn.precisions().values()
+        plan = syn.gpu_plan.describe() if syn.gpu_plan is not None else "no GPU plan"
+    audio = samples / syn.sample_rate
+    return {"first": first, "total": total, "audio": audio, "rtf": total / audio, "runs": f"{am} + {voc} {prec}",
+            "plan": plan}
+
+
+def run_torch(model_dir: str, voice: str, chars: int, device: str) -> dict[str, Any]:
+    import torch
+
+    from sambert_deploy.frontend import FrontEnd, FrontEndOptions
+    from sambert_deploy.models.loading import load_hifigan, load_sambert, voice_files
+    from sambert_deploy.symbols import encode_symbols, format_units
+
+    vf = voice_files(model_dir, voice)
+    am, inv = load_sambert(vf.am_config, vf.am_ckpt)
+    gen = load_hifigan(vf.voc_config, vf.voc_ckpt)
+    am.to(device)
+    gen.to(device)
+    units = [u for s in FrontEnd(FrontEndOptions()).units(text_of(chars)) for u in s]
+    enc = encode_symbols(format_units(units), inv)
+    args = [torch.from_numpy(a)[None].to(device) for a in (enc.ling, enc.emotion, enc.speaker)]
+    try:
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            out = am(*args)
+            valid = int(out["LR_length_rounded"][0])
+            wav = gen(out["postnet_outputs"][0, :valid].T[None])[0, 0].cpu().numpy()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            total = time.perf_counter() - t0
+    except torch.cuda.OutOfMemoryError as e:
+        return {"error": f"out of GPU memory ({str(e).splitlines()[0][:120]})", "oom": True}
+    audio = len(wav) / vf.sample_rate
+    return {"first": total, "total": total, "audio": audio, "rtf": total / audio, "runs": f"torch {device} fp32"}
+
+
+def run_parity(bundle: str, voice: str, backend: str) -> dict[str, Any]:
+    """GPU vs CPU FP32: streamed and one-shot audio (max abs difference), and the FP16 vocoder's gate."""
+    import numpy as np
+
+    from sambert_deploy.calibration.bundle import check, compare
+    from sambert_deploy.errors import MissingExtraError, SambertDeployError
+    from sambert_deploy.runtime.pipeline import OneShot
+    from sambert_deploy.runtime.synthesizer import Synthesizer
+
+    text = text_of(150)
+    out: dict[str, Any] = {}
+    with Synthesizer(bundle, voice=voice, backend="cpu", precision="fp32", strict=True) as cpu:
+        ref = cpu.synthesize(text)
+        symbols = [ln for ln in _symbols(cpu, text)]
+    try:
+        with Synthesizer(bundle, voice=voice, backend=backend, precision="fp32", strict=True) as gpu:
+            got = gpu.synthesize(text)
+        out["stream_fp32_maxabs"] = float(np.abs(got - ref).max()) if got.shape == ref.shape else "shape differs"
+        one = "cuda" if backend == "tensorrt" else backend  # engines are profiled for stream windows
+        with OneShot(bundle, voice, backend="cpu") as a, OneShot(bundle, voice, backend=one) as b:
+            diffs = [float(np.abs(a.run(s).audio - b.run(s).audio).max()) for s in symbols]
+        out["oneshot_fp32_maxabs"] = max(diffs)
+        with Synthesizer(bundle, voice=voice, backend=backend, precision="fp16", strict=True) as gpu16:
+            got16 = gpu16.synthesize(text)
+            sr, mel = gpu16.sample_rate, gpu16.manifest.voices[gpu16.default_voice].mel
+        try:
+            metrics = compare([ref], [got16[:len(ref)]], sr, mel)
+        except MissingExtraError:  # no pesq on this machine: the log-mel half of the gate alone, said so
+            metrics = compare([ref], [got16[:len(ref)]], sr, mel, pesq=False)
+            out["fp16_note"] = "pesq not installed here: log-mel L1 only"
+        out["fp16_metrics"] = metrics
+        out["fp16_gate"] = check("fp16", metrics) or "passed"
+    except SambertDeployError as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def _symbols(syn: Any, text: str) -> list[str]:
+    from sambert_deploy.symbols import format_units
+
+    fe = syn._front_end(syn._voice(None), None)
+    return [format_units(s) for s in fe.units(text)]
+
+
+def child(spec: dict[str, Any], sampler: GpuSampler, timeout: float) -> dict[str, Any]:
+    sampler.start()
+    try:
+        p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                           timeout=timeout)
+        res = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 and p.stdout.strip() else \
+            {"error": f"exit {p.returncode}: {(p.stderr.strip().splitlines() or ['?'])[-1][:200]}"}
+    except subprocess.TimeoutExpired:
+        res = {"error": f"timed out after {timeout:.0f} s"}
+    res["gpu_mb"] = sampler.peak_mb()
+    return res
+
+
+def fmt(r: dict[str, Any], key: str, f: str) -> str:
+    v = r.get(key)
+    return "-" if v is None else format(v, f)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", default="demo_out/bundle")
+    ap.add_argument("--model-dir", default="demo_out/model")
+    ap.add_argument("--voice", default="demo_emo")
+    ap.add_argument("--chars", type=int, nargs="+", default=[50, 150, 1000, 10000])
+    ap.add_argument("--configs", nargs="+", default=["cuda-fp32", "cuda-fp16", "trt-fp16", "trt-fp32"],
+                    choices=sorted(CONFIGS))
+    ap.add_argument("--torch-max", type=int, default=1000, help="largest input the torch baseline runs (chars)")
+    ap.add_argument("--torch-device", default="cuda")
+    ap.add_argument("--no-parity", action="store_true")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        spec = json.loads(a.child)
+        kind = spec.pop("kind")
+        res = {"ours": run_ours, "torch": run_torch, "parity": run_parity}[kind](**spec)
+        print(json.dumps(res))
+        return
+    sampler = GpuSampler()
+    print(f"GPU memory from NVML: {'yes' if sampler.ok else 'no (libnvidia-ml not found: peak GPU column empty)'}; "
+          f"bundle {a.bundle}, voice {a.voice}; random weights (speed and memory only)")
+    print("| chars | config | runs | first audio s | RTF | peak GPU MB | RTF vs torch |")
+    print("|---|---|---|---|---|---|---|")
+    for n in a.chars:
+        base: dict[str, Any] = {"error": f"skipped (> --torch-max {a.torch_max})"}
+        if n <= a.torch_max:
+            base = child({"kind": "torch", "model_dir": a.model_dir, "voice": a.voice, "chars": n,
+                          "device": a.torch_device}, sampler, a.timeout)
+        print(f"| {n} | torch ({a.torch_device}) | {base.get('runs', base.get('error', ''))} | {fmt(base, 'first', '.3f')} "
+              f"| {fmt(base, 'rtf', '.3f')} | {fmt(base, 'gpu_mb', '.0f')} | 1.00 |", flush=True)
+        for label in a.configs:
+            r = child({"kind": "ours", "bundle": a.bundle, "voice": a.voice, "chars": n, "kwargs": CONFIGS[label]},
+                      sampler, a.timeout)
+            ratio = f"{base['rtf'] / r['rtf']:.1f}x" if "rtf" in r and "rtf" in base else "-"
+            print(f"| {n} | {label} | {r.get('runs', r.get('error', ''))} | {fmt(r, 'first', '.3f')} | "
+                  f"{fmt(r, 'rtf', '.3f')} | {fmt(r, 'gpu_mb', '.0f')} | {ratio} |", flush=True)
+    if not a.no_parity:
+        backend = "cuda" if "cuda-fp32" in a.configs else CONFIGS[a.configs[0]]["backend"]
+        p = child({"kind": "parity", "bundle": a.bundle, "voice": a.voice, "backend": backend}, sampler, a.timeout)
+        p.pop("gpu_mb", None)
+        print(f"parity on {backend} vs CPU FP32 (150 chars): {json.dumps(p)}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
