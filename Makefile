@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py --out demo_out
 
 lint: $(STAMP)
+	test -d .typings/tensorrt || $(BIN)/python scripts/tensorrt_stubs.py
 	$(BIN)/ruff check sambert_deploy tests scripts
 	$(BIN)/mypy sambert_deploy/runtime sambert_deploy/frontend sambert_deploy/serve sambert_deploy/engines sambert_deploy/symbols.py sambert_deploy/errors.py
 
