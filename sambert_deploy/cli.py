@@ -389,5 +389,75 @@ def _gate_line(gate: Any) -> str:
             f"{worst_wav:.2e}" + (f", {flips} rounded duration(s) flipped at x.5" if flips else ""))
 
 
+@main.command("triton-repo")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Model repository folder to write.")
+@click.option("--model-name", default="sambert", show_default=True, help="The model's name in the repository.")
+@click.option("--instances", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Model instances per server, each a process loading the bundle once.")
+@click.option("--max-concurrent", default=4, show_default=True, type=click.IntRange(1, 1024),
+              help="Streams one instance synthesizes at once; more wait in order.")
+@click.option("--backend", type=BACKEND_CHOICES, default="auto", show_default=True)
+@click.option("--precision", default="auto", show_default=True, help=PRECISION_HELP)
+@click.option("--threads", default=0, type=click.IntRange(0, 256),
+              help="CPU budget of each instance (0: every CPU it may use).")
+@click.option("--max-input-chars", default=4096, show_default=True, type=click.IntRange(1, 10**7))
+@click.option("--bundle-path", help="The bundle's path as the server sees it (in a container); default: BUNDLE.")
+@click.option("--copy-bundle", is_flag=True, help="Copy the bundle into the repository (self-contained).")
+@click.option("--execution-env", help="EXECUTION_ENV_PATH: the model's Python environment, a packed archive or "
+                                      "folder as the server sees it (docs/triton.md).")
+@click.option("--force", is_flag=True, help="Replace a repository this command wrote before.")
+@handle_errors
+def triton_repo(bundle: Path, out: Path, model_name: str, instances: int, max_concurrent: int, backend: str,
+                precision: str, threads: int, max_input_chars: int, bundle_path: str | None, copy_bundle: bool,
+                execution_env: str | None, force: bool) -> None:
+    """Write a Triton model repository serving BUNDLE: a decoupled Python-backend model streaming audio chunks."""
+    from .serve.triton.repo import RepoOptions, write_repo
+
+    opts = RepoOptions(model_name=model_name, instances=instances, max_concurrent=max_concurrent, backend=backend,
+                       precision=precision, threads=threads, max_input_chars=max_input_chars,
+                       bundle_path=bundle_path, copy_bundle=copy_bundle, execution_env=execution_env, force=force)
+    click.echo(write_repo(bundle, out, opts).summary())
+
+
+@main.command("triton-client")
+@click.argument("url")
+@click.argument("text")
+@click.option("-o", "--output", "out", required=True, help="Output .wav, or - for raw s16le PCM on stdout.")
+@click.option("--voice", help="Voice name (default: the model's).")
+@click.option("--emotion", help="Emotion, e.g. happy; any case.")
+@click.option("--speaker", help="Speaker token.")
+@click.option("--speed", type=click.FloatRange(0.25, 4.0), help="Speaking rate (2.0 twice as fast).")
+@click.option("--symbols", is_flag=True, help="TEXT is ttsfrd symbol lines.")
+@click.option("--model", "model_name", default="sambert", show_default=True, help="Model name on the server.")
+@click.option("--timeout", "timeout_s", default=120.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds to wait for the next chunk before cancelling.")
+@handle_errors
+def triton_client(url: str, text: str, out: str, voice: str | None, emotion: str | None, speaker: str | None,
+                  speed: float | None, symbols: bool, model_name: str, timeout_s: float) -> None:
+    """Stream TEXT from the Triton server at URL (host:port, gRPC) into a WAV file or stdout."""
+    import itertools
+
+    from .runtime.sinks import write_stream
+    from .serve.triton.client import ClientOptions, stream_speech
+
+    opts = ClientOptions(voice=voice, emotion=emotion, speaker=speaker, speed=speed, symbols=symbols,
+                         model_name=model_name, timeout_s=timeout_s)
+    with stream_speech(url, text, opts) as stream:
+        first = next(stream, None)  # the WAV header needs the sample rate, which the first chunk carries
+        if first is None:
+            raise SambertDeployError("the server sent no audio for this text")
+        try:
+            n = write_stream(itertools.chain([first], stream), out, first.sample_rate)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+        audio_s = n / first.sample_rate
+        elapsed = stream.arrivals_s[-1] if stream.arrivals_s else 0.0
+        log.info("%d chunk(s) -> %.2f s audio in %.2f s over gRPC (RTF %.3f, first chunk %.0f ms) -> %s",
+                 len(stream.arrivals_s), audio_s, elapsed, elapsed / max(audio_s, 1e-9), stream.arrivals_s[0] * 1e3,
+                 out)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
