@@ -176,12 +176,14 @@ def _message(e: Any) -> str:
 
 
 def _error(e: Any, url: str) -> SambertDeployError:
-    """A Triton error as the project's error: invalid input stays InvalidInputError (the message is the
-    model's own one-line message, led by the input at fault)."""
+    """A Triton error as the project's error. A streamed response carries only the message (no status
+    code), so the model's own convention decides: a message led by an input's name (``VOICE: ...``) is
+    invalid input, as the model raised it."""
     msg = _message(e)
     status = str(e.status() if hasattr(e, "status") and callable(e.status) else "")
-    if "INVALID_ARG" in status:
-        return InvalidInputError(msg)
+    name = msg.split(":", 1)[0]
+    if name in _SPECS and msg.startswith(f"{name}: "):
+        return InvalidInputError(msg, param=_SPECS[name].param)
     if "UNAVAILABLE" in status:
         return BackendUnavailableError(f"Triton at {url} is unavailable: {msg}")
     return TritonRequestError(msg)

@@ -21,7 +21,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,10 +256,3 @@ class TritonServer:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-
-def default_triton_venv() -> Path:
-    """``SAMBERT_TRITON_VENV`` or ``.venv-triton`` beside this checkout's ``.venv``."""
-    env = os.environ.get("SAMBERT_TRITON_VENV")
-    if env:
-        return Path(env)
-    return Path(sys.prefix).parent / ".venv-triton" if Path(sys.prefix).name == ".venv" else Path(".venv-triton")

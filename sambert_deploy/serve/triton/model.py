@@ -135,8 +135,11 @@ class TritonPythonModel:
         except Exception as e:  # noqa: BLE001 - one request's failure must not take the instance down
             if not isinstance(e, SambertDeployError):
                 log.exception("request %s: unexpected error", rid)
-            outcome, detail = "failed", f" ({error_line(e)})"
-            _send_error(sender, error_line(e), e)
+            # Past parsing, an input error that names no field is about the text (a symbol line, no
+            # speakable text), the one input the Synthesizer reads as it goes.
+            line = error_line(e, default_param="input")
+            outcome, detail = "failed", f" ({line})"
+            _send_error(sender, line, e)
         finally:
             left = self.in_flight.leave()
             info = stream.info if stream is not None else None

@@ -167,11 +167,13 @@ def _param(name: str) -> str | None:
     return next((t.param for t in INPUTS if t.name == name), None)
 
 
-def error_line(e: BaseException) -> str:
+def error_line(e: BaseException, default_param: str | None = None) -> str:
     """The one-line message a client sees, led by the input at fault when one is known:
-    ``VOICE: unknown voice 'x'; valid voices: a, b``."""
+    ``VOICE: unknown voice 'x'; valid voices: a, b``. ``default_param``: the field an
+    :class:`InvalidInputError` that names none is about (the model: the text, ``input``)."""
     text = " ".join(str(e).split()) or type(e).__name__
-    name = _INPUT_OF_PARAM.get(getattr(e, "param", None) or "")
+    param = getattr(e, "param", None) or (default_param if isinstance(e, InvalidInputError) else None)
+    name = _INPUT_OF_PARAM.get(param or "")
     if name and not text.startswith(f"{name}:"):
         text = f"{name}: {text}"
     if not isinstance(e, SambertDeployError):  # a bug, not the caller's mistake: say so
