@@ -25,7 +25,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import BackendUnavailableError, ExportError, InvalidInputError, PrecisionError
+from ..errors import (
+    BackendUnavailableError,
+    ExportError,
+    InvalidInputError,
+    MissingExtraError,
+    PrecisionError,
+)
 from ..runtime.cuda import DeviceInfo, cuda
 from ..runtime.gpu_plan import MB, plan_gpu
 from ..runtime.manifest import PRECISIONS, GraphInfo, Manifest, VoiceManifest, read_manifest
@@ -113,7 +119,10 @@ def check_int8_for_tensorrt(onnx_path: Path, voice: VoiceManifest) -> None:
     recipe = voice.variants["int8"].recipe
     if recipe.get("activations") == "int8 symmetric":
         return
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        raise MissingExtraError("onnx", "quantize") from None
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     inits = {t.name: t for t in model.graph.initializer}
