@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import types
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +230,23 @@ def test_engines_refuses_asymmetric_int8(tiny_bundles: dict[str, Path], tmp_path
     quantize_bundle(b, QuantizeOptions(precisions=("int8",), reference=False))
     r = _engines(b, "--precision", "int8")
     assert r.exit_code == 2 and "--int8-symmetric" in r.output, r.output
+    # Symmetric activations: every zero point int8 (0), and the engine job passes its checks.
+    import onnx
+
+    from sambert_deploy.calibration.precision import DEFAULT_INT8
+    from sambert_deploy.engines.build import EngineOptions, plan_jobs
+
+    quantize_bundle(b, QuantizeOptions(precisions=("int8",), reference=False,
+                                       recipe=replace(DEFAULT_INT8, symmetric=True)))
+    m = read_manifest(b)
+    var = m.voice(None).variants["int8"]
+    assert var.recipe["activations"] == "int8 symmetric"
+    model = onnx.load(str(b / m.voice(None).folder / var.graph.file))
+    inits = {t.name: t for t in model.graph.initializer}
+    zps = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zps and all(z.data_type == onnx.TensorProto.INT8 and not onnx.numpy_helper.to_array(z).any() for z in zps)
+    jobs = plan_jobs(m, EngineOptions(precision="int8"), SMALL)
+    assert [j.engine.name for j in jobs] == ["vocoder.int8.plan"]
 
 
 # -- a stand-in TensorRT: the "engine" is the ONNX graph on ONNX Runtime, memory is host memory ------
