@@ -159,6 +159,16 @@ class Served:
     def url(self) -> str:
         return self.server.url  # type: ignore[attr-defined,no-any-return]
 
+    def in_flight(self) -> float:
+        """The model's ``sambert_streams_in_flight`` gauge from Triton's metrics endpoint (loopback)."""
+        import urllib.request
+
+        port = self.server.metrics_port  # type: ignore[attr-defined]
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        m = re.search(r"^sambert_streams_in_flight\{[^}]*\} (\S+)$", text, re.M)
+        assert m is not None, "no sambert_streams_in_flight gauge on the metrics endpoint"
+        return float(m.group(1))
+
     def wait_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
         deadline = time.perf_counter() + timeout
         while True:
@@ -175,7 +185,7 @@ class Served:
 def served(tiny_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     pytest.importorskip("tritonclient.grpc", reason="the triton extra is not installed (pip install -e '.[triton]')")
     from sambert_deploy.errors import BackendUnavailableError
-    from sambert_deploy.serve.triton.local import PythonEnv, TritonInstall, TritonServer
+    from sambert_deploy.serve.triton.local import PythonEnv, ServerOptions, TritonInstall, TritonServer
 
     venv = Path(os.environ.get("SAMBERT_TRITON_VENV", REPO / ".venv-triton"))
     try:
@@ -188,7 +198,8 @@ def served(tiny_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     # The model runs in .venv-triton (numpy < 2: the 2.51 stub corrupts tensors under numpy 2), named the
     # official way, EXECUTION_ENV_PATH; the reference below runs here, in the project's .venv.
     rep = write_repo(bundle, work / "repo", RepoOptions(backend="cpu", max_concurrent=4, execution_env=str(env.prefix)))
-    server = TritonServer(install, rep.repo, env, work)
+    # Metrics on a free loopback port: the model's in-flight gauge is read there.
+    server = TritonServer(install, rep.repo, env, work, ServerOptions(metrics_port=0))
     server.start()
     try:
         with Synthesizer(bundle, backend="cpu") as synth:
@@ -274,6 +285,7 @@ def test_three_concurrent_streams_on_one_instance(served: Served) -> None:
     served.wait_log(r"started; 3 in flight")
     for _, _, rid in spans:
         served.wait_log(rf"request {rid}: done after \d+ chunk")
+    assert served.in_flight() == 0
 
 
 def test_cancelled_stream_stops_its_synthesis(served: Served) -> None:
@@ -288,7 +300,7 @@ def test_cancelled_stream_stops_its_synthesis(served: Served) -> None:
     m = served.wait_log(rf"request {s.request_id}: cancelled after (\d+) chunk\(s\), ([\d.]+) s audio in [\d.]+ s "
                         r"\(first audio [^)]*\), stream cancelled; (\d+) in flight")
     sent, audio_s, in_flight = int(m.group(1)), float(m.group(2)), int(m.group(3))
-    assert sent >= len(got) and in_flight == 0
+    assert sent >= len(got) and in_flight == 0 and served.in_flight() == 0
     assert audio_s * 16000 < total / 2, "the stream synthesized on after its client cancelled"
     ok, _ = _collect(stream_speech(served.url, TEXT3))
     assert np.array_equal(ok, served.synth.synthesize(TEXT3))

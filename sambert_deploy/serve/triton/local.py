@@ -103,10 +103,11 @@ def free_port() -> int:
 
 @dataclass
 class ServerOptions:
-    """How to start the server. Loopback only, metrics and HTTP off, no config auto-completion (0.2 s
-    instead of 1-2 s to ready), a short exit timeout so SIGTERM ends it in seconds."""
+    """How to start the server. Loopback only, HTTP off, metrics off (or on a loopback port), no config
+    auto-completion (0.2 s instead of 1-2 s to ready), a short exit timeout so SIGTERM ends it in seconds."""
 
     grpc_port: int = 0  # 0: a free one
+    metrics_port: int | None = None  # None: metrics off; 0: on a free loopback port
     ready_timeout_s: float = 120.0
     exit_timeout_s: int = 5
     extra_args: tuple[str, ...] = ()
@@ -123,6 +124,8 @@ class TritonServer:
         self.workdir = Path(workdir)
         self.options = options or ServerOptions()
         self.grpc_port = self.options.grpc_port or free_port()
+        m = self.options.metrics_port
+        self.metrics_port = None if m is None else (m or free_port())
         self.log_path = self.workdir / "tritonserver.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_s: float | None = None
@@ -134,8 +137,11 @@ class TritonServer:
 
     def command(self) -> list[str]:
         backends = self.install.backend_directory(self.workdir / "backends", self.model_env.version)
+        metrics = ["--allow-metrics=false"] if self.metrics_port is None else [
+            "--allow-metrics=true", "--allow-gpu-metrics=false", "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}"]
         return [str(self.install.server), f"--model-repository={self.repo.resolve()}",
-                f"--backend-directory={backends}", "--allow-http=false", "--allow-metrics=false",
+                f"--backend-directory={backends}", "--allow-http=false", *metrics,
                 "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}", "--disable-auto-complete-config",
                 f"--exit-timeout-secs={self.options.exit_timeout_s}", *self.options.extra_args]
 

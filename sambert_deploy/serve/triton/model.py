@@ -87,6 +87,8 @@ class TritonPythonModel:
                  "%d stream(s) at once", self.name, bundle, time.perf_counter() - t0, self.synth.voices(),
                  self.synth.backends(), self.synth.precisions(), self.synth.cpu_budget, self.params.max_concurrent)
         self.in_flight = InFlight()
+        # Both kept: a MetricFamily that is garbage-collected leaves Triton's registry with its metrics.
+        self._gauge_family, self._gauge = _in_flight_gauge(args.get("model_name", "sambert"), self.name)
         self.pool = ThreadPoolExecutor(self.params.max_concurrent, thread_name_prefix="sambert-triton")
         self._ids = itertools.count(1)
 
@@ -105,6 +107,7 @@ class TritonPythonModel:
 
     def _serve(self, rid: str, req: TtsRequest, sender: Any) -> None:
         n = self.in_flight.enter()
+        self._set_gauge(n)
         log.info("request %s: started; %d in flight", rid, n)
         outcome, detail, chunks, stream = "failed", "", 0, None
         try:
@@ -142,6 +145,7 @@ class TritonPythonModel:
             _send_error(sender, line, e)
         finally:
             left = self.in_flight.leave()
+            self._set_gauge(left)
             info = stream.info if stream is not None else None
             if info is None:
                 log.info("request %s: %s after %d chunk(s)%s; %d in flight", rid, outcome, chunks, detail, left)
@@ -151,6 +155,13 @@ class TritonPythonModel:
                          "%d in flight", rid, outcome, chunks, detail, info.audio_s, info.elapsed_s, first, info.state,
                          left)
 
+    def _set_gauge(self, value: int) -> None:
+        if self._gauge is not None:
+            try:
+                self._gauge.set(value)
+            except Exception:  # noqa: BLE001 - a metric must never fail a request
+                pass
+
     def finalize(self) -> None:
         # Closing the Synthesizer ends running streams with SynthesizerClosedError (each sends its
         # error); requests still queued then fail at once, so shutdown waits for nothing long.
@@ -158,6 +169,19 @@ class TritonPythonModel:
         self.pool.shutdown(wait=True)
         log.info("%s: closed", self.name)
         logging.getLogger("sambert_deploy").removeHandler(self._handler)
+
+
+def _in_flight_gauge(model: str, instance: str) -> tuple[Any, Any]:
+    """``sambert_streams_in_flight{model,instance}`` on Triton's metrics endpoint (an autoscaling
+    signal); None where the server runs with metrics off or its backend has no custom metrics."""
+    try:
+        family = pb_utils.MetricFamily(name="sambert_streams_in_flight",
+                                       description="Streams this model instance is synthesizing now",
+                                       kind=pb_utils.MetricFamily.GAUGE)
+        return family, family.Metric(labels={"model": model, "instance": instance})
+    except Exception as e:  # noqa: BLE001 - metrics are optional
+        log.info("no in-flight metric (%s: %s); the log lines still count streams", type(e).__name__, e)
+        return None, None
 
 
 def _input(request: Any, name: str) -> Any:
