@@ -31,7 +31,9 @@ class TritonRequestError(SambertDeployError):
 @dataclass(frozen=True)
 class ClientOptions:
     """Per-request inputs (None: the model's default) and the client's own settings. ``timeout_s``: the
-    longest wait for the next response before the request is cancelled and reported."""
+    longest wait for the next response before the request is cancelled and reported. ``channel_args``:
+    gRPC channel options, e.g. ``(("grpc.lb_policy_name", "round_robin"),)`` with a ``dns:///`` URL of a
+    headless Service to spread requests over every server (docs/triton.md)."""
 
     voice: str | None = None
     emotion: str | None = None
@@ -40,6 +42,7 @@ class ClientOptions:
     symbols: bool = False
     model_name: str = MODEL_NAME
     timeout_s: float = 120.0
+    channel_args: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class TritonStream:
         self.arrivals_s: list[float] = []
         inputs = self._inputs(grpc, text)
         try:
-            self._client = grpc.InferenceServerClient(url)
+            self._client = grpc.InferenceServerClient(url, channel_args=list(self.options.channel_args) or None)
         except Exception as e:  # noqa: BLE001 - a malformed URL surfaces here, as several exception types
             raise BackendUnavailableError(f"cannot use Triton URL {url!r}: {e}; give host:port of the gRPC "
                                           "endpoint (8001 by default)") from None
