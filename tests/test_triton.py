@@ -197,7 +197,9 @@ def served(tiny_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     work = tmp_path_factory.mktemp("triton")
     # The model runs in .venv-triton (numpy < 2: the 2.51 stub corrupts tensors under numpy 2), named the
     # official way, EXECUTION_ENV_PATH; the reference below runs here, in the project's .venv.
-    rep = write_repo(bundle, work / "repo", RepoOptions(backend="cpu", max_concurrent=4, execution_env=str(env.prefix)))
+    # --copy-bundle: the model finds the bundle relative to its version folder.
+    rep = write_repo(bundle, work / "repo", RepoOptions(backend="cpu", max_concurrent=4, copy_bundle=True,
+                                                        execution_env=str(env.prefix)))
     # Metrics on a free loopback port: the model's in-flight gauge is read there.
     server = TritonServer(install, rep.repo, env, work, ServerOptions(metrics_port=0))
     server.start()
