@@ -407,17 +407,20 @@ def _gate_line(gate: Any) -> str:
 @click.option("--copy-bundle", is_flag=True, help="Copy the bundle into the repository (self-contained).")
 @click.option("--execution-env", help="EXECUTION_ENV_PATH: the model's Python environment, a packed archive or "
                                       "folder as the server sees it (docs/triton.md).")
+@click.option("--allow-numpy2", is_flag=True, help="Let the model start under numpy 2 (only for a Triton release "
+                                                  "whose Python backend handles it; 24.10's does not).")
 @click.option("--force", is_flag=True, help="Replace a repository this command wrote before.")
 @handle_errors
 def triton_repo(bundle: Path, out: Path, model_name: str, instances: int, max_concurrent: int, backend: str,
                 precision: str, threads: int, max_input_chars: int, bundle_path: str | None, copy_bundle: bool,
-                execution_env: str | None, force: bool) -> None:
+                execution_env: str | None, allow_numpy2: bool, force: bool) -> None:
     """Write a Triton model repository serving BUNDLE: a decoupled Python-backend model streaming audio chunks."""
     from .serve.triton.repo import RepoOptions, write_repo
 
     opts = RepoOptions(model_name=model_name, instances=instances, max_concurrent=max_concurrent, backend=backend,
                        precision=precision, threads=threads, max_input_chars=max_input_chars,
-                       bundle_path=bundle_path, copy_bundle=copy_bundle, execution_env=execution_env, force=force)
+                       bundle_path=bundle_path, copy_bundle=copy_bundle, execution_env=execution_env,
+                       allow_numpy2=allow_numpy2, force=force)
     click.echo(write_repo(bundle, out, opts).summary())
 
 

@@ -213,6 +213,23 @@ def served(tiny_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     assert server.proc is not None and server.proc.returncode is not None
 
 
+def test_model_refuses_numpy2(served: Served, tmp_path: Path) -> None:
+    """This test's own environment (numpy 2) as the model's Python: the model refuses to start with the
+    fix in one line, rather than serve tensors the 2.51 stub corrupts (docs/triton.md)."""
+    from sambert_deploy.errors import BackendUnavailableError
+    from sambert_deploy.serve.triton.local import PythonEnv, ServerOptions, TritonServer
+
+    if int(np.__version__.split(".")[0]) < 2:
+        pytest.skip("this environment has numpy < 2")
+    env = PythonEnv.of(sys.prefix)
+    rep = write_repo(served.bundle, tmp_path / "repo", RepoOptions(backend="cpu", execution_env=str(env.prefix)))
+    server = TritonServer(served.server.install, rep.repo, env, tmp_path, ServerOptions(ready_timeout_s=60))  # type: ignore[attr-defined]
+    with pytest.raises(BackendUnavailableError, match="exited|not ready"):
+        server.start()
+    assert f"numpy {np.__version__} in the model's Python" in server.log_text()
+    assert "install numpy<2 there" in server.log_text()
+
+
 def _ref_timed(synth: Synthesizer, text: str) -> tuple[np.ndarray, list, list[float]]:
     t0 = time.perf_counter()
     chunks, times = [], []

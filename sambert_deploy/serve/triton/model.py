@@ -71,6 +71,7 @@ class TritonPythonModel:
                 "regenerate it with sambert-deploy triton-repo")
         params = config.get("parameters", {})
         self.params = ModelParams.from_parameters(params)
+        _check_numpy(self.params.allow_numpy2)
         written_by = params.get("sambert_deploy_version", {}).get("string_value")
         if written_by and written_by != __version__:
             log.warning("repository written by sambert-deploy %s, running %s: regenerate it with this version's "
@@ -169,6 +170,23 @@ class TritonPythonModel:
         self.pool.shutdown(wait=True)
         log.info("%s: closed", self.name)
         logging.getLogger("sambert_deploy").removeHandler(self._handler)
+
+
+def _check_numpy(allow_numpy2: bool) -> None:
+    """Refuse numpy 2 in the model's Python unless the repository says the stub handles it. The 24.10
+    (2.51) stub, built against numpy 1, reads numpy 2 arrays wrongly: a float32 input [1.5, -2, 3, 1e-3]
+    arrives as [1.5, 1.5, 1.5, 1.5], outputs arrive empty, a string input crashes the stub. That must
+    never become silently wrong audio; the Python side cannot ask the stub which numpy it was built for."""
+    import sys
+
+    import numpy as np
+
+    log.info("model Python %s (%s), numpy %s", sys.version.split()[0], sys.prefix, np.__version__)
+    if int(np.__version__.split(".")[0]) >= 2 and not allow_numpy2:
+        raise pb_utils.TritonModelException(
+            f"numpy {np.__version__} in the model's Python ({sys.prefix}): Triton 24.10's Python backend corrupts "
+            "tensors under numpy 2; install numpy<2 there (docs/triton.md), or, for a Triton release whose stub "
+            "supports numpy 2, write the repository with triton-repo --allow-numpy2")
 
 
 def _in_flight_gauge(model: str, instance: str) -> tuple[Any, Any]:

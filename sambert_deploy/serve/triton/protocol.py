@@ -68,7 +68,9 @@ class ModelParams:
     """What ``config.pbtxt``'s ``parameters`` tell each model instance. ``bundle``: absolute, or relative
     to the model's version folder (``<repo>/<model>/1``, where ``--copy-bundle`` puts it).
     ``max_concurrent``: streams one instance synthesizes at once (one thread each, all sharing one
-    Synthesizer and its CPU budget ``threads``, 0 = every CPU the instance may use); more wait in order."""
+    Synthesizer and its CPU budget ``threads``, 0 = every CPU the instance may use); more wait in order.
+    ``allow_numpy2``: start even with numpy 2 in the model's Python (the 24.10 stub corrupts tensors
+    under numpy 2, so the model refuses it unless told the stub is one that handles it)."""
 
     bundle: str
     backend: str = "auto"
@@ -76,6 +78,7 @@ class ModelParams:
     threads: int = 0
     max_concurrent: int = 4
     max_input_chars: int = 4096
+    allow_numpy2: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.bundle, str) or not self.bundle:
@@ -90,7 +93,7 @@ class ModelParams:
 
     def to_parameters(self) -> dict[str, str]:
         """As config.pbtxt's string-valued parameters."""
-        return {k: str(v) for k, v in asdict(self).items()}
+        return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_parameters(cls, params: dict[str, Any]) -> ModelParams:
@@ -106,6 +109,10 @@ class ModelParams:
                     values[f.name] = int(raw)
                 except ValueError:
                     raise ConfigError(f"config.pbtxt parameter '{f.name}' must be an integer, got {raw!r}") from None
+            elif f.name == "allow_numpy2":
+                if raw.lower() not in ("true", "false"):
+                    raise ConfigError(f"config.pbtxt parameter 'allow_numpy2' must be true or false, got {raw!r}")
+                values[f.name] = raw.lower() == "true"
             else:
                 values[f.name] = raw
         return cls(**values)

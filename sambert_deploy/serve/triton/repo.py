@@ -44,7 +44,8 @@ class RepoOptions:
     (inside a container), written as is; default: BUNDLE resolved. ``copy_bundle``: copy the bundle into
     ``<model>/1/bundle`` and name it relatively (a self-contained repository to mount or bake into an
     image). ``execution_env``: ``EXECUTION_ENV_PATH``, the Python environment (packed archive or folder)
-    Triton runs the model in; ``$$TRITON_MODEL_DIRECTORY`` is expanded by Triton."""
+    Triton runs the model in; ``$$TRITON_MODEL_DIRECTORY`` is expanded by Triton. ``allow_numpy2``: see
+    :class:`~.protocol.ModelParams`."""
 
     model_name: str = MODEL_NAME
     instances: int = 1
@@ -56,6 +57,7 @@ class RepoOptions:
     bundle_path: str | None = None
     copy_bundle: bool = False
     execution_env: str | None = None
+    allow_numpy2: bool = False
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -129,7 +131,8 @@ def write_repo(bundle: str | Path, out: str | Path, options: RepoOptions | None 
     else:
         bundle_value = str(bundle.resolve())
     params = ModelParams(bundle=bundle_value, backend=o.backend, precision=o.precision, threads=o.threads,
-                         max_concurrent=o.max_concurrent, max_input_chars=o.max_input_chars)
+                         max_concurrent=o.max_concurrent, max_input_chars=o.max_input_chars,
+                         allow_numpy2=o.allow_numpy2)
     from ...runtime.precision import check_precision
 
     check_precision(o.precision)  # the same error the server would give, before anything is written
