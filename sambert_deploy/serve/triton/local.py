@@ -180,23 +180,24 @@ class TritonServer:
         if self.proc is None:
             raise RuntimeError("_wait_ready before the process started")
         deadline = t0 + self.options.ready_timeout_s
-        client = grpcclient.InferenceServerClient(self.url)
-        try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise BackendUnavailableError(f"tritonserver exited with code {self.proc.returncode} before it "
-                                                  f"was ready; its log: {self.log_path}\n{self.log_tail()}")
-                try:
-                    if client.is_server_ready():
-                        return
-                except Exception:  # noqa: BLE001 - not listening yet
-                    pass
-                if time.perf_counter() > deadline:
-                    raise BackendUnavailableError(f"tritonserver not ready after {self.options.ready_timeout_s:.0f} s; "
-                                                  f"its log: {self.log_path}\n{self.log_tail()}")
-                time.sleep(0.05)
-        finally:
-            client.close()
+        while True:
+            if self.proc.poll() is not None:
+                raise BackendUnavailableError(f"tritonserver exited with code {self.proc.returncode} before it "
+                                              f"was ready; its log: {self.log_path}\n{self.log_tail()}")
+            # A fresh channel per try: a channel that failed to connect backs off (1 s, then longer) and
+            # would report the server seconds after it is ready.
+            client = grpcclient.InferenceServerClient(self.url)
+            try:
+                if client.is_server_ready():
+                    return
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            finally:
+                client.close()
+            if time.perf_counter() > deadline:
+                raise BackendUnavailableError(f"tritonserver not ready after {self.options.ready_timeout_s:.0f} s; "
+                                              f"its log: {self.log_path}\n{self.log_tail()}")
+            time.sleep(0.05)
 
     def log_text(self) -> str:
         try:
