@@ -59,6 +59,12 @@ class _TritonLog(logging.Handler):
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
+        try:
+            self._initialize(args)
+        except SambertDeployError as e:  # a bad bundle path or parameter: one line in the log, no traceback
+            raise pb_utils.TritonModelException(error_line(e)) from None
+
+    def _initialize(self, args: dict[str, Any]) -> None:
         self._handler = _TritonLog()
         root = logging.getLogger("sambert_deploy")
         root.addHandler(self._handler)
