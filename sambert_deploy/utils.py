@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
+import shutil
 import sys
 from pathlib import Path
 
@@ -33,3 +36,21 @@ def peak_rss_mb() -> float:
 
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024
+
+
+def swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``out``. A previous ``out`` is set aside first and removed only
+    once the new one is in; if the rename fails it is put back, so a user never loses what was there.
+    Raises ``OSError`` for the caller to turn into its own error."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

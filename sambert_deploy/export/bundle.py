@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import secrets
 import shutil
@@ -37,7 +36,7 @@ from ..runtime.manifest import (
     write_manifest,
 )
 from ..symbols import EncodedUnits, Inventories
-from ..utils import file_sha256
+from ..utils import file_sha256, swap_into_place
 from . import require_export_extra
 from .exporter import audit_graph, check_graph_parity, export_graph
 from .graphs import GRAPHS
@@ -123,22 +122,11 @@ def replace_bundle(tmp: Path, out: Path, force: bool) -> None:
     Graph paths in the manifest are relative to the bundle folder, so the rename keeps it valid.
     """
     check_output(out, force)  # again: the folder may have changed during a long export
-    old = None
     try:
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
-            os.rename(out, old)
-        try:
-            os.rename(tmp, out)
-        except BaseException:
-            if old is not None:
-                os.rename(old, out)
-            raise
+        swap_into_place(tmp, out)
     except OSError as e:
         raise ExportError(f"could not move the new bundle {tmp} to {out} ({e.strerror}); the previous bundle, "
                           "if any, is unchanged: check permissions on the -o folder and retry") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _metadata(voice: str, am: KanTtsSAMBERT, gen: Generator, vf: VoiceFiles, opset: int,

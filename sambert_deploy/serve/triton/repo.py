@@ -17,7 +17,6 @@ repository this command wrote (every ``config.pbtxt`` starts with a marker line)
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 from ... import __version__
 from ...errors import SambertDeployError
 from ...runtime.manifest import read_manifest
+from ...utils import swap_into_place
 from .protocol import CONFIG_MARKER, INPUTS, MODEL_NAME, OUTPUTS, ModelParams, TensorSpec
 
 MODEL_FILE = Path(__file__).with_name("model.py")
@@ -192,15 +192,8 @@ def _staging(out: Path) -> Path:
 def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
     """Rename ``tmp`` to ``out``; a previous repository there is removed only once the new one is in."""
     _check_output(out, force)  # again: the folder may have changed meanwhile
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
-        os.rename(out, old)
     try:
-        os.rename(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.rename(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        swap_into_place(tmp, out)
+    except OSError as e:
+        raise TritonRepoError(f"could not move the new repository {tmp} to {out} ({e.strerror}); the previous one, "
+                              "if any, is unchanged: check permissions on the -o folder and retry") from None
