@@ -358,7 +358,84 @@ def _fake_tensorrt(cu: _HostCuda, root: Path, hop: int, mels: int) -> types.Modu
 
     trt.Runtime = Runtime  # type: ignore[attr-defined]
     trt.engines = engines  # type: ignore[attr-defined]
+    _fake_builder_api(trt, root)
     return trt
+
+
+def _fake_builder_api(trt: types.ModuleType, root: Path) -> None:
+    """The builder side, recording what it is asked: the "engine" it builds is the parsed ONNX's path
+    (which the stand-in runtime above runs), the timing cache grows a line per build."""
+    calls: dict[str, Any] = {"flags": [], "profiles": [], "caches_in": [], "ignore_mismatch": [], "workspace": []}
+    trt.build_calls = calls  # type: ignore[attr-defined]
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)  # type: ignore[attr-defined]
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")  # type: ignore[attr-defined]
+    trt.Dims = tuple  # type: ignore[attr-defined]
+
+    class Cache:
+        def __init__(self, data: bytes):
+            self.data = data
+
+        def serialize(self) -> bytes:
+            return self.data
+
+    class Config:
+        builder_optimization_level = 3
+
+        def __init__(self) -> None:
+            self.cache = Cache(b"")
+
+        def set_memory_pool_limit(self, pool: str, n: int) -> None:
+            calls["workspace"].append(n)
+
+        def add_optimization_profile(self, profile: Any) -> None:
+            calls["profiles"].append(profile.shapes)
+
+        def create_timing_cache(self, data: bytes) -> Cache:
+            calls["caches_in"].append(bytes(data))
+            return Cache(bytes(data))
+
+        def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> bool:
+            calls["ignore_mismatch"].append(ignore_mismatch)
+            self.cache = cache
+            return True
+
+        def get_timing_cache(self) -> Cache:
+            return self.cache
+
+    class Network:
+        onnx: Path | None = None
+
+    class Parser:
+        num_errors = 0
+
+        def __init__(self, network: Network, logger: Any):
+            self.network = network
+
+        def parse_from_file(self, path: str) -> bool:
+            self.network.onnx = Path(path)
+            return True
+
+    class Builder:
+        def __init__(self, logger: Any):
+            pass
+
+        def create_network(self, flags: int) -> Network:
+            calls["flags"].append(flags)
+            return Network()
+
+        def create_builder_config(self) -> Config:
+            return Config()
+
+        def create_optimization_profile(self) -> Any:
+            shapes: dict[str, Any] = {}
+            return types.SimpleNamespace(shapes=shapes, set_shape=lambda n, lo, opt, hi: shapes.__setitem__(n, (lo, opt, hi)))
+
+        def build_serialized_network(self, network: Network, config: Config) -> bytes:
+            assert network.onnx is not None
+            config.cache = Cache(config.cache.data + b"timed\n")
+            return str(network.onnx.relative_to(root)).encode()
+
+    trt.Builder, trt.OnnxParser = Builder, Parser  # type: ignore[attr-defined]
 
 
 def _fake_engine_files(bundle: Path, voice: str, precision: str = "fp32") -> Path:
@@ -408,6 +485,42 @@ def test_tensorrt_backend_streams_what_the_cpu_streams(fake_trt: tuple[Path, Any
         assert session.kind == "tensorrt" and len(session._all) <= 2  # contexts bounded by gpu_streams
     assert trt.engines[0].calls > 3
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_engines_build_strongly_typed_with_profile_cache_and_sidecar(fake_trt: tuple[Path, Any],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The builder on the stand-in TensorRT: strongly typed flag, the profile from the graph spec at the
+    memory tier's chunk (80 GB: datacenter, 512), the timing cache reused and grown, engine and sidecar
+    written; the engine then streams what the CPU streams."""
+    from sambert_deploy.engines import build
+
+    b, trt = fake_trt
+    monkeypatch.setattr(build, "cuda", trt_backend.cuda)  # the stand-in device (80 GB free)
+    monkeypatch.setattr(build, "import_tensorrt", lambda: trt)
+    r = _engines(b, "--precision", "fp32")
+    assert r.exit_code == 0, r.output
+    vm = read_manifest(b).voice(None)
+    window = 512 + vm.vocoder.context_left
+    mels = vm.vocoder.in_channels
+    calls = trt.build_calls
+    assert calls["flags"] == [1 << 1] and calls["ignore_mismatch"] == [False]  # 1 << STRONGLY_TYPED (1 here)
+    assert calls["profiles"] == [{"mel": ((1, mels, 1), (1, mels, window), (1, mels, window))}]
+    assert calls["workspace"] == [1024 * MB]
+    plan = engine_path(b, vm.name, "vocoder.onnx")
+    sc = read_sidecar(plan)
+    assert (sc.precision, sc.gpu, sc.compute_capability, sc.tensorrt) == ("fp32", GPU.name, "9.0", "10.13.0.35")
+    assert sc.onnx_sha256 == vm.graphs["vocoder"].sha256 and sc.builder["strongly_typed"] is True
+    cache = b / "engines" / "timing.cache"
+    assert cache.read_bytes() == b"timed\n"
+    assert _engines(b, "--precision", "fp32").exit_code == 0  # rebuild: the cache is read back and grows
+    assert calls["caches_in"][-1] == b"timed\n" and cache.read_bytes() == b"timed\ntimed\n"
+    assert not list(plan.parent.glob("*.tmp"))
+    sym = _units(40)
+    with Synthesizer(b, backend="cpu", options=SMALL) as cpu, \
+            Synthesizer(b, backend="tensorrt", strict=True, options=SMALL) as gpu:
+        np.testing.assert_allclose(gpu.synthesize(symbols=sym), cpu.synthesize(symbols=sym), atol=1e-6)
+    info = CliRunner().invoke(main, ["info", str(b)])
+    assert "TensorRT engine vocoder.plan (fp32, TensorRT 10.13.0.35" in info.output and "loads here" in info.output
 
 
 def test_tensorrt_backend_refuses_a_mismatched_engine_and_auto_falls_back(fake_trt: tuple[Path, Any],
