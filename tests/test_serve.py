@@ -121,6 +121,7 @@ def test_listings_health_metrics_page(client: TestClient) -> None:
     assert "tts-1" in [m["id"] for m in client.get("/v1/models").json()["data"]]
     health = client.get("/health").json()
     assert health["vocoder_precision"] == {"tiny_emo": "fp32"}  # loaded, and no variants built
+    assert health["gpu_plan"] is None  # no stage on a GPU here
     m = client.get("/metrics").text
     for name in ("sambert_requests_total", "sambert_time_to_first_audio_seconds_bucket", "sambert_real_time_factor_count",
                  "sambert_audio_seconds_total", "sambert_streams_in_flight", "sambert_load_seconds"):

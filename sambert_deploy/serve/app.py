@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -177,7 +177,9 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> Any:
         return {"status": "ok", "voices": synth.voices(), "load_seconds": round(cfg.load_seconds, 3),
                 "backends": {k: list(v) for k, v in synth.backends().items()},
                 "vocoder_precision": synth.precisions(), "sample_rate": synth.sample_rate,
-                "streams_running": admission.running, "streams_queued": admission.waiting}
+                "streams_running": admission.running, "streams_queued": admission.waiting,
+                # The memory tier where a stage runs on a GPU (None on a CPU-only server).
+                "gpu_plan": asdict(synth.gpu_plan) if synth.gpu_plan is not None else None}
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> PlainTextResponse:
