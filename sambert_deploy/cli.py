@@ -341,7 +341,7 @@ def info(bundle: Path) -> None:
     from .runtime.backends import available_backends, probe_backends, select_backend
     from .runtime.manifest import read_manifest
     from .runtime.precision import choose_engine, choose_vocoder
-    from .runtime.trt_backend import engine_lines
+    from .runtime.trt_backend import engine_lines, engine_reports
 
     m = read_manifest(bundle)
     present = available_backends()
@@ -361,13 +361,17 @@ def info(bundle: Path) -> None:
                        f"{var.quality.summary()}")
         for line in engine_lines(m, v):
             click.echo(f"    {line}")
-        choice = None
-        if voc_auto == "tensorrt":
+        choice, voc_kind = None, voc_auto
+        if voc_kind == "tensorrt":
             try:
                 choice = choose_engine(v, "auto", m.root)
+                if any(r.precision == choice.precision and r.loads is False for r in engine_reports(m, v)):
+                    choice = None  # built, but for another GPU/TensorRT/graph: the runtime falls back
             except SambertDeployError:
-                voc_auto = select_backend("auto", stage="vocoder", exclude=frozenset({"tensorrt"}))
-        choice = choice or choose_vocoder(v, "auto", voc_auto, False, present)
+                choice = None
+            if choice is None:
+                voc_kind = select_backend("auto", stage="vocoder", exclude=frozenset({"tensorrt"}))
+        choice = choice or choose_vocoder(v, "auto", voc_kind, False, present)
         click.echo(f"    here, auto runs the acoustic model on {am_auto} (fp32) and the vocoder on {choice.backend} "
                    f"({choice.precision})")
     # What actually opens, not what onnxruntime lists: a listed CUDA provider may lack a driver.

@@ -131,6 +131,10 @@ def run_torch(model_dir: str, voice: str, chars: int, device: str) -> dict[str, 
     args = [torch.from_numpy(a)[None].to(device) for a in (enc.ling, enc.emotion, enc.speaker)]
     try:
         with torch.no_grad():
+            warm = encode_symbols(format_units([u for s in FrontEnd(FrontEndOptions()).units("你好") for u in s]), inv)
+            am(*[torch.from_numpy(a)[None].to(device) for a in (warm.ling, warm.emotion, warm.speaker)])
+            if device == "cuda":  # CUDA, cuBLAS and cuDNN start-up outside the timing, as for ours
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
             out = am(*args)
             valid = int(out["LR_length_rounded"][0])

@@ -16,7 +16,8 @@ BUNDLE=${BUNDLE:-demo_out/bundle}
 MODEL=${MODEL:-demo_out/model}
 if [ -f /tmp/gw/bundle.part00 ]; then   # carried pieces (scripts/gpu_pack.sh)
   mkdir -p /tmp/gpu_demo && cat /tmp/gw/bundle.part* > /tmp/gw/bundle.tgz
-  (cd /tmp/gw && sha256sum -c "$OLDPWD/.gpu_wheels/bundle.sha256") && tar -C /tmp/gpu_demo -xzf /tmp/gw/bundle.tgz
+  (cd /tmp/gw && sha256sum -c "$OLDPWD/.gpu_wheels/bundle.sha256") || { echo "bundle pieces damaged: move them again" >&2; exit 1; }
+  tar -C /tmp/gpu_demo -xzf /tmp/gw/bundle.tgz || exit 1
   BUNDLE=/tmp/gpu_demo/bundle MODEL=/tmp/gpu_demo/model
 fi
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv || true

@@ -27,6 +27,7 @@ from sambert_deploy.errors import (
     CudaError,
     EngineMismatchError,
     InvalidInputError,
+    PrecisionError,
 )
 from sambert_deploy.runtime import backends, trt_backend
 from sambert_deploy.runtime.cuda import Cuda, DeviceInfo
@@ -57,7 +58,9 @@ def test_profile_from_graph_spec_and_chunk_sizes(tiny_bundles: dict[str, Path]) 
     prof = derive_profile(vm.graphs["vocoder"], vocoder_axes(vm, SMALL))
     window = SMALL.vocoder_chunk + ctx
     assert window_frames(vm, SMALL) == window
-    assert prof == {"mel": ShapeRange((1, mels, 1), (1, mels, window), (1, mels, window))}
+    # Tuned for the stream's window; covering the largest memory tier's window (512 + context) too, as the
+    # runtime's tier depends on the memory free when it starts.
+    assert prof == {"mel": ShapeRange((1, mels, 1), (1, mels, window), (1, mels, 512 + ctx))}
     # Whole utterances up to --max-frames; opt stays at the streaming window.
     longer = derive_profile(vm.graphs["vocoder"], vocoder_axes(vm, SMALL, max_frames=2000))
     assert longer["mel"].opt == (1, mels, window) and longer["mel"].max == (1, mels, 2000)
@@ -260,6 +263,12 @@ class _HostCuda:
 
     def device(self, index: int = 0) -> DeviceInfo:
         return GPU
+
+    def set_device(self, index: int) -> None:
+        assert index == 0
+
+    def device_count(self) -> int:
+        return 1
 
     def malloc(self, n: int) -> int:
         self.next += 0x10
@@ -485,6 +494,16 @@ def test_tensorrt_backend_streams_what_the_cpu_streams(fake_trt: tuple[Path, Any
         assert session.kind == "tensorrt" and len(session._all) <= 2  # contexts bounded by gpu_streams
     assert trt.engines[0].calls > 3
     np.testing.assert_allclose(got, want, atol=1e-6)
+    from sambert_deploy.runtime.synthesizer import _lane
+
+    assert _lane("tensorrt") == _lane("cuda") == "cuda"  # GPU calls on the gpu_streams workers, not the CPU's
+    # A precision TensorRT cannot run (bf16 is an OpenVINO hint) skips it under auto, and is an error when named.
+    with Synthesizer(b, backend="auto", options=SMALL, precision="int8") as syn, \
+            pytest.raises(PrecisionError, match="no int8 vocoder"):
+        syn.load()
+    with Synthesizer(b, backend="tensorrt", strict=True, options=SMALL, precision="bf16") as syn, \
+            pytest.raises(PrecisionError, match="OpenVINO inference hint"):
+        syn.load()
 
 
 def test_engines_build_strongly_typed_with_profile_cache_and_sidecar(fake_trt: tuple[Path, Any],
@@ -504,7 +523,7 @@ def test_engines_build_strongly_typed_with_profile_cache_and_sidecar(fake_trt: t
     mels = vm.vocoder.in_channels
     calls = trt.build_calls
     assert calls["flags"] == [1 << 1] and calls["ignore_mismatch"] == [False]  # 1 << STRONGLY_TYPED (1 here)
-    assert calls["profiles"] == [{"mel": ((1, mels, 1), (1, mels, window), (1, mels, window))}]
+    assert calls["profiles"] == [{"mel": ((1, mels, 1), (1, mels, window), (1, mels, window))}]  # 512: the top tier
     assert calls["workspace"] == [1024 * MB]
     plan = engine_path(b, vm.name, "vocoder.onnx")
     sc = read_sidecar(plan)

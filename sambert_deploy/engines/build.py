@@ -175,8 +175,10 @@ def _build_one(job: EngineJob, o: EngineOptions, device: DeviceInfo, cache_file:
 
     logger = trt_logger(tensorrt)
     builder = tensorrt.Builder(logger)
-    # TensorRT 10: strongly typed on request; 11: always (the flag is kept and ignored).
-    network = builder.create_network(1 << int(tensorrt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    # TensorRT 10: strongly typed on request; 11: always (the flag is kept and ignored; 0 if a later
+    # release drops it).
+    strongly_typed = getattr(tensorrt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
     parser = tensorrt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(job.onnx)):
         errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
@@ -225,6 +227,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        # mkstemp makes it 0600: a service running as another user must still read the engine.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError
+from ..runtime.gpu_plan import TIERS
 from ..runtime.manifest import GraphInfo, VoiceManifest
 from ..runtime.synthesizer import StreamOptions
 from ..runtime.trt_backend import ShapeRange
@@ -35,13 +36,16 @@ def window_frames(voice: VoiceManifest, options: StreamOptions) -> int:
 
 
 def vocoder_axes(voice: VoiceManifest, options: StreamOptions, max_frames: int | None = None) -> dict[str, AxisRange]:
-    """Ranges of the vocoder's symbolic axes. ``max_frames`` raises the largest window (whole-utterance
-    vocoding up to that length: ``OneShot``); the default covers streaming only."""
+    """Ranges of the vocoder's symbolic axes: tuned for ``options``' window, covering every memory tier's
+    window too (the runtime's tier depends on the memory free when it starts, not when the engine was
+    built). ``max_frames`` raises the largest window further (whole utterances: ``OneShot``)."""
     window = window_frames(voice, options)
     if max_frames is not None and max_frames < 1:
         raise InvalidInputError(f"--max-frames must be >= 1, got {max_frames}", param="max_frames")
+    largest_tier = window_frames(voice, StreamOptions(vocoder_chunk=max(t.vocoder_chunk for t in TIERS)))
     mels = voice.vocoder.in_channels
-    return {"num_mels": AxisRange(mels, mels, mels), "num_frames": AxisRange(1, window, max(window, max_frames or 0))}
+    return {"num_mels": AxisRange(mels, mels, mels),
+            "num_frames": AxisRange(1, window, max(window, largest_tier, max_frames or 0))}
 
 
 def derive_profile(graph: GraphInfo, axes: Mapping[str, AxisRange]) -> dict[str, ShapeRange]:

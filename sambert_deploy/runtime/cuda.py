@@ -206,10 +206,9 @@ def cuda() -> Cuda:
         return _shared
 
 
-def probe_device(index: int = 0) -> DeviceInfo | None:
-    """The GPU's facts, or None (logged) where there is no usable CUDA device."""
+def probe_device(index: int = 0) -> tuple[DeviceInfo | None, str]:
+    """The GPU's facts, or None and why not (no library, no device, a driver too old)."""
     try:
-        return cuda().device(index)
+        return cuda().device(index), ""
     except BackendUnavailableError as e:
-        log.info("no CUDA device: %s", e)
-        return None
+        return None, str(e)

@@ -48,8 +48,9 @@ TIERS = (
          "under 2 GB: acoustic model on the GPU, vocoder on the CPU (the seed's 'CPU offload')"),
     Tier("edge", 2 * GB, 128, 48, 2, True, "2-6 GB (Jetson Orin Nano/NX, 4 GB cards): both stages on the GPU"),
     Tier("desktop", 6 * GB, 256, 48, 4, True, "6-12 GB: consumer cards"),
-    Tier("workstation", 12 * GB, 256, 96, 8, True, "12-40 GB: 16-24 GB cards, A10, L4, A30"),
-    Tier("datacenter", 40 * GB, 512, 96, 16, True, "40 GB and more: A100, H100, H200"),
+    Tier("workstation", 12 * GB, 256, 96, 8, True, "12-32 GB: 16-24 GB cards, A10, L4, A30"),
+    # 32, not 40: 90% of a 40 GB A100's free memory is 36 GB.
+    Tier("datacenter", 32 * GB, 512, 96, 16, True, "32 GB and more: A100, H100, H200"),
 )
 
 

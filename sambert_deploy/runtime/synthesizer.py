@@ -30,12 +30,18 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, BundleError, InvalidInputError, SynthesizerClosedError
+from ..errors import (
+    BackendUnavailableError,
+    BundleError,
+    InvalidInputError,
+    PrecisionError,
+    SynthesizerClosedError,
+)
 from ..symbols import Unit, parse_units
 from .acoustic import AcousticModel
 from .backends import AUTO_ORDER, BackendOptions, available_backends, available_cpus, select_backend
 from .cuda import probe_device
-from .gpu_plan import GB, GpuPlan, parse_bytes, plan_gpu
+from .gpu_plan import GB, MB, RESERVE_BYTES, GpuPlan, parse_bytes, plan_gpu
 from .manifest import Manifest, VoiceManifest, read_manifest
 from .precision import check_precision, choose_engine, choose_vocoder
 from .scheduler import Scheduler
@@ -210,7 +216,9 @@ class Synthesizer:
         # Each graph call on the CPU is single-threaded: the budget is spent as calls running at once
         # (windows of one stream, and other streams), which uses cores better than intra-op threads
         # on these small convolutions (2 intra-op threads run a 291-frame window only 1.31x faster).
-        self.backend_options = BackendOptions(threads=1, gpu_mem_limit=plan.budget if plan is not None else budget)
+        # An explicit budget also caps the CUDA EP's arenas (a guard: the tier's sizing is what keeps the
+        # total under it); without one, ORT allocates as it always has.
+        self.backend_options = BackendOptions(threads=1, gpu_mem_limit=_arena_cap(plan, budget))
         self._scheduler = Scheduler({"cpu": self.cpu_budget, "cuda": gpu_streams})
         self._voices: dict[str, _Voice] = {}
         self._load_lock = threading.Lock()
@@ -229,10 +237,9 @@ class Synthesizer:
         backend was ``auto``, it moves to the CPU: the seed's "CPU offload")."""
         if not {self.am_backend, self.voc_backend} & GPU_BACKENDS:
             return None
-        dev = probe_device(0)
+        dev, why = probe_device(0)
         if dev is None:
-            log.info("GPU memory unknown (no CUDA runtime library found by the runtime): default chunking, "
-                     "2 calls in flight")
+            log.info("GPU memory unknown (%s): default chunking, 2 calls in flight", why)
             return None
         vm = self.manifest.voices[self.default_voice]
         weights = sum((self.manifest.root / vm.folder / g.file).stat().st_size for g in vm.graphs.values())
@@ -320,7 +327,7 @@ class Synthesizer:
         """``first``, then (unless strict) the stage's later backends present here, the CPU last: a
         provider can be listed (onnxruntime-gpu, TensorRT installed) and still fail to open (no driver,
         missing CUDA libraries, no engine built for this voice)."""
-        if self.strict:
+        if self.strict or first == "cpu":
             return [first]
         order = AUTO_ORDER[stage]
         later = order[order.index(first) + 1:] if first in order else order
@@ -357,8 +364,16 @@ class Synthesizer:
         for i, kind in enumerate(chain):
             try:
                 given = (self._voc_backend_given and kind == self.voc_backend) or self.strict
-                choice = (choose_engine(vm, self.precision, self.manifest.root) if kind == "tensorrt" else
-                          choose_vocoder(vm, self.precision, kind, given, available_backends()))
+                if kind == "tensorrt":
+                    try:
+                        choice = choose_engine(vm, self.precision, self.manifest.root)
+                    except PrecisionError as e:
+                        if given:
+                            raise
+                        # A precision TensorRT cannot run (bf16): the next backend may.
+                        raise BackendUnavailableError(str(e)) from None
+                else:
+                    choice = choose_vocoder(vm, self.precision, kind, given, available_backends())
                 return Vocoder(self.manifest, vm, choice.backend, self.backend_options, choice, window_frames=window,
                                max_calls=self.gpu_streams)
             except (BackendUnavailableError, BundleError) as e:
@@ -471,8 +486,19 @@ def _shutdown_later(scheduler: Scheduler) -> None:
     threading.Thread(target=scheduler.close, kwargs={"timeout": 30.0}, name="sambert-finalize", daemon=True).start()
 
 
+def _arena_cap(plan: GpuPlan | None, budget: int | None) -> int | None:
+    """Per-session CUDA EP arena cap for an explicit ``max_gpu_memory``: ORT arenas are per session (a
+    voice has 7), so each gets what the plan leaves after the reserve, not the whole budget."""
+    if budget is None:
+        return None
+    usable = (plan.budget if plan is not None else budget) - RESERVE_BYTES
+    return max(64 * MB, usable // 7)
+
+
 def _lane(backend: str) -> str:
-    return "cuda" if backend == "cuda" else "cpu"
+    """GPU calls go to the ``gpu_streams`` workers: a CPU worker waiting on a TensorRT context would
+    starve the CPU stages."""
+    return "cuda" if backend in GPU_BACKENDS else "cpu"
 
 
 def _check_symbol_lines(symbols: str, inv: Any, emotion: str | None, speaker: str | None) -> None:

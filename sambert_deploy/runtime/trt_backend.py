@@ -146,8 +146,8 @@ def check_sidecar(sc: Sidecar, want: EngineTarget, engine: Path) -> None:
         for shape in shapes:
             if not rng.covers(shape):
                 raise EngineMismatchError(f"{engine.name}'s profile for '{name}' covers {list(rng.min)}..{list(rng.max)}"
-                                          f", but the runtime feeds {list(shape)} (chunk sizes changed?); rebuild it "
-                                          f"with the same stream options: {fix}")
+                                          f", but the runtime feeds {list(shape)} (a larger vocoder chunk?); rebuild it "
+                                          f"for that chunk: {fix} --chunk CHUNK")
 
 
 def import_tensorrt() -> Any:
@@ -168,7 +168,10 @@ def tensorrt_missing() -> str | None:
     """Why TensorRT cannot run here (the library, or a CUDA GPU), or None where it can."""
     try:
         import_tensorrt()
-        cuda().device(0)
+        # Counting devices creates no CUDA context (no GPU memory taken, the process stays fork-safe),
+        # unlike a memory query: this runs on every backend listing, CPU-only runs included.
+        if cuda().device_count() < 1:
+            return "no CUDA device on this machine"
     except BackendUnavailableError as e:
         return str(e)
     return None
@@ -185,6 +188,14 @@ def trt_logger(trt: Any) -> Any:
         if _logger is None:
             _logger = trt.Logger(trt.Logger.WARNING)
         return _logger
+
+
+def _activation_bytes(engine: trt.ICudaEngine) -> int:
+    """``device_memory_size_v2`` (TensorRT 10.1+, the only one in 11), else 10.0's ``device_memory_size``."""
+    size: Any = getattr(engine, "device_memory_size_v2", None)
+    if size is None:
+        size = getattr(engine, "device_memory_size", 0)
+    return int(size)
 
 
 def _dims(dims: trt.Dims) -> tuple[int, ...]:
@@ -247,7 +258,11 @@ class TensorRTBackend(Backend):
                             want.shapes)
         check_sidecar(sc, want, self.path)
         runtime = trt.Runtime(trt_logger(trt))
-        engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        try:
+            data = self.path.read_bytes()
+        except OSError as e:
+            raise BundleError(f"cannot read the engine {self.path} ({e.strerror}); check its permissions") from None
+        engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise BundleError(f"TensorRT {trt.__version__} could not deserialize {self.path} (damaged file?); "
                               f"rebuild it: {rebuild_command(sc.voice, sc.precision)}")
@@ -266,7 +281,7 @@ class TensorRTBackend(Backend):
         self._names = [*inputs, *outputs]
         log.info("%s: TensorRT %s engine (%s, built for %s sm_%s), %d MB of activations per context, up to %d "
                  "context(s)", self.path.name, trt.__version__, sc.precision, sc.gpu,
-                 sc.compute_capability.replace(".", ""), int(engine.device_memory_size_v2) >> 20, self.max_contexts)
+                 sc.compute_capability.replace(".", ""), _activation_bytes(engine) >> 20, self.max_contexts)
         return inputs, outputs
 
     def _take(self) -> _Context:
@@ -304,6 +319,7 @@ class TensorRTBackend(Backend):
                                         f"engine's profile {list(rng.min)}..{list(rng.max)}; stream it in windows, "
                                         f"or rebuild with a larger --max-frames: {rebuild_command(sc.voice, sc.precision)}")
         cu = self._cuda
+        cu.set_device(self.options.device_id)  # per thread: allocations and the enqueue go to this GPU
         ctx = self._take()
         try:
             keep = []  # host arrays must outlive the asynchronous copies
@@ -339,13 +355,24 @@ class TensorRTBackend(Backend):
             ctx.release(self._cuda)
 
 
-def engine_lines(manifest: Any, voice: Any) -> list[str]:
-    """``sambert-deploy info``'s lines on a voice's engines: what each was built for, and whether it
-    would load here (checked against the installed TensorRT and GPU where both are present)."""
+@dataclass(frozen=True)
+class EngineReport:
+    """One built engine of a voice, as ``sambert-deploy info`` shows it."""
+
+    plan: Path
+    precision: str
+    built: str  # what it was built for
+    loads: bool | None  # None: not checkable here (no TensorRT or GPU)
+    status: str
+
+
+def engine_reports(manifest: Any, voice: Any) -> list[EngineReport]:
+    """A voice's engines: what each was built for, and whether it would load here (checked against the
+    installed TensorRT and GPU where both are present)."""
     folder = Path(manifest.root) / ENGINES_DIR / voice.name
     plans = sorted(folder.glob("*.plan")) if folder.is_dir() else []
     if not plans:
-        return [f"TensorRT engines: none (sambert-deploy engines BUNDLE --voice {voice.name} --precision fp16)"]
+        return []
     missing = tensorrt_missing()
     here: tuple[str, str, str] | None = None
     if missing is None:
@@ -353,19 +380,28 @@ def engine_lines(manifest: Any, voice: Any) -> list[str]:
 
         dev = cuda().device(0)
         here = (trt.__version__, dev.name, dev.compute_capability)
-    lines = []
+    out = []
     for plan in plans:
+        precision = "?"
         try:
             sc = read_sidecar(plan)
+            precision = sc.precision
             graph = voice.graphs["vocoder"] if sc.precision == "fp32" else voice.variants[sc.precision].graph
             built = (f"{sc.precision}, TensorRT {sc.tensorrt}, {sc.gpu} sm_{sc.compute_capability.replace('.', '')}, "
                      + ", ".join(f"{k} {list(r.min)}..{list(r.max)} opt {list(r.opt)}" for k, r in sc.profiles.items()))
             if here is None:
-                status = f"not checked here ({missing})"
-            else:
-                check_sidecar(sc, EngineTarget(*here, sc.precision, graph.sha256), plan)
-                status = "loads here"
+                out.append(EngineReport(plan, precision, built, None, f"not checked here ({missing})"))
+                continue
+            check_sidecar(sc, EngineTarget(*here, sc.precision, graph.sha256), plan)
+            out.append(EngineReport(plan, precision, built, True, "loads here"))
         except (BundleError, KeyError) as e:
-            built, status = "?", f"unusable: {e}"
-        lines.append(f"TensorRT engine {plan.name} ({built}): {status}")
-    return lines
+            out.append(EngineReport(plan, precision, "?", False, f"unusable: {e}"))
+    return out
+
+
+def engine_lines(manifest: Any, voice: Any) -> list[str]:
+    """``sambert-deploy info``'s lines on a voice's engines."""
+    reports = engine_reports(manifest, voice)
+    if not reports:
+        return [f"TensorRT engines: none (sambert-deploy engines BUNDLE --voice {voice.name} --precision fp16)"]
+    return [f"TensorRT engine {r.plan.name} ({r.built}): {r.status}" for r in reports]
