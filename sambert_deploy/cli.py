@@ -310,7 +310,7 @@ def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: in
                    "quantize --int8-symmetric).")
 @click.option("--voice", "voices", multiple=True, help="Voice(s) to build for (default: every voice).")
 @click.option("--timing-cache", type=click.Path(path_type=Path),
-              help="TensorRT timing cache to reuse and update (default: BUNDLE/engines/timing.cache).")
+              help="TensorRT timing cache to reuse and update (default: BUNDLE/engines/timing-sm<cc>.cache).")
 @click.option("--workspace", default=1024, show_default=True, type=click.IntRange(16, 1 << 20),
               help="Builder workspace in MB.")
 @click.option("--optimization-level", default=3, show_default=True, type=click.IntRange(0, 5))

@@ -529,7 +529,7 @@ def test_engines_build_strongly_typed_with_profile_cache_and_sidecar(fake_trt: t
     sc = read_sidecar(plan)
     assert (sc.precision, sc.gpu, sc.compute_capability, sc.tensorrt) == ("fp32", GPU.name, "9.0", "10.13.0.35")
     assert sc.onnx_sha256 == vm.graphs["vocoder"].sha256 and sc.builder["strongly_typed"] is True
-    cache = b / "engines" / "timing.cache"
+    cache = b / "engines" / "timing-sm90.cache"
     assert cache.read_bytes() == b"timed\n"
     assert _engines(b, "--precision", "fp32").exit_code == 0  # rebuild: the cache is read back and grows
     assert calls["caches_in"][-1] == b"timed\n" and cache.read_bytes() == b"timed\ntimed\n"

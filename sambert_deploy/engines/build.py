@@ -52,7 +52,7 @@ class EngineOptions:
 
     precision: str = "fp16"
     voices: tuple[str, ...] = ()  # () = every voice
-    timing_cache: Path | None = None  # default: BUNDLE/engines/timing.cache
+    timing_cache: Path | None = None  # default: BUNDLE/engines/timing-sm<cc>.cache (one per GPU architecture)
     workspace_mb: int = 1024
     optimization_level: int = 3  # TensorRT's default; 5 searches longer for faster kernels
     vocoder_chunk: int | None = None
@@ -163,7 +163,9 @@ def build_engines(bundle: str | Path, options: EngineOptions | None = None) -> l
         raise BackendUnavailableError(f"no CUDA GPU to build TensorRT engines on ({e}); build on the machine that "
                                       "will run them (engines are tied to the GPU model)") from None
     jobs = plan_jobs(manifest, o, stream_options_for(device, manifest, o))
-    cache_file = o.timing_cache or manifest.root / "engines" / "timing.cache"
+    # Per compute capability: a cache measured on one GPU architecture is refused by another, and builds
+    # alternating between two GPUs would otherwise overwrite each other's.
+    cache_file = o.timing_cache or manifest.root / "engines" / f"timing-sm{device.compute_capability.replace('.', '')}.cache"
     built = []
     for job in jobs:
         built.append(_build_one(job, o, device, cache_file))
