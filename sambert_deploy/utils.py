@@ -38,6 +38,15 @@ def peak_rss_mb() -> float:
     return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024
 
 
+def staging_beside(out: Path) -> Path:
+    """A fresh hidden folder next to ``out`` (the same filesystem, so it can be renamed into place with
+    :func:`swap_into_place`). Raises ``OSError`` for the caller to turn into its own error."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    return tmp
+
+
 def swap_into_place(tmp: Path, out: Path) -> None:
     """Rename the finished folder ``tmp`` to ``out``. A previous ``out`` is set aside first and removed only
     once the new one is in; if the rename fails it is put back, so a user never loses what was there.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from ..runtime.manifest import (
     write_manifest,
 )
 from ..symbols import EncodedUnits, Inventories
-from ..utils import file_sha256, swap_into_place
+from ..utils import file_sha256, staging_beside, swap_into_place
 from . import require_export_extra
 from .exporter import audit_graph, check_graph_parity, export_graph
 from .graphs import GRAPHS
@@ -104,9 +103,7 @@ def staging_dir(out: Path) -> Iterator[Path]:
     has moved it into place with :func:`replace_bundle`.
     """
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-        tmp.mkdir()
+        tmp = staging_beside(out)
     except OSError as e:
         raise ExportError(f"output {out} is not writable ({e.strerror}); choose a writable -o path") from None
     try:

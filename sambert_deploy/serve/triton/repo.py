@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 from ... import __version__
 from ...errors import SambertDeployError
 from ...runtime.manifest import read_manifest
-from ...utils import swap_into_place
+from ...utils import staging_beside, swap_into_place
 from .protocol import CONFIG_MARKER, INPUTS, MODEL_NAME, OUTPUTS, ModelParams, TensorSpec
 
 MODEL_FILE = Path(__file__).with_name("model.py")
@@ -181,12 +180,9 @@ def _check_output(out: Path, force: bool) -> None:
 
 def _staging(out: Path) -> Path:
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-        tmp.mkdir()
+        return staging_beside(out)
     except OSError as e:
         raise TritonRepoError(f"output {out} is not writable ({e.strerror}); choose a writable -o path") from None
-    return tmp
 
 
 def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
