@@ -359,13 +359,14 @@ def info(bundle: Path) -> None:
         for var in v.variants.values():
             click.echo(f"    vocoder {var.precision}: {var.graph.file} on {'/'.join(var.backends)}; "
                        f"{var.quality.summary()}")
-        for line in engine_lines(m, v):
+        reports = engine_reports(m, v)
+        for line in engine_lines(v.name, reports):
             click.echo(f"    {line}")
         choice, voc_kind = None, voc_auto
         if voc_kind == "tensorrt":
             try:
                 choice = choose_engine(v, "auto", m.root)
-                if any(r.precision == choice.precision and r.loads is False for r in engine_reports(m, v)):
+                if any(r.precision == choice.precision and r.loads is False for r in reports):
                     choice = None  # built, but for another GPU/TensorRT/graph: the runtime falls back
             except SambertDeployError:
                 choice = None

@@ -161,7 +161,7 @@ def run_parity(bundle: str, voice: str, backend: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with Synthesizer(bundle, voice=voice, backend="cpu", precision="fp32", strict=True) as cpu:
         ref = cpu.synthesize(text)
-        symbols = [ln for ln in _symbols(cpu, text)]
+        symbols = _symbols(cpu, text)
     try:
         with Synthesizer(bundle, voice=voice, backend=backend, precision="fp32", strict=True) as gpu:
             got = gpu.synthesize(text)

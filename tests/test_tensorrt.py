@@ -36,6 +36,7 @@ from sambert_deploy.runtime.manifest import read_manifest
 from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
 from sambert_deploy.runtime.trt_backend import (
     EngineTarget,
+    Host,
     ShapeRange,
     Sidecar,
     check_sidecar,
@@ -87,13 +88,14 @@ def _sidecar(**kw: Any) -> Sidecar:
     return Sidecar(**base)  # type: ignore[arg-type]
 
 
-HERE_NOW = EngineTarget("10.13.0.35", "NVIDIA H200", "9.0", "fp16", "ab" * 32, {"mel": ((1, 80, 1), (1, 80, 291))})
+HERE_NOW = Host("10.13.0.35", "NVIDIA H200", "9.0")
+WANT = EngineTarget("fp16", "ab" * 32, {"mel": ((1, 80, 1), (1, 80, 291))})
 
 
 def test_sidecar_round_trips_and_matches() -> None:
     sc = _sidecar()
     assert Sidecar.from_json(json.loads(json.dumps(sc.to_json()))) == sc
-    check_sidecar(sc, HERE_NOW, Path("vocoder.fp16.plan"))
+    check_sidecar(sc, WANT, HERE_NOW, Path("vocoder.fp16.plan"))
 
 
 @pytest.mark.parametrize(("field", "value", "words"), [
@@ -108,7 +110,7 @@ def test_sidecar_round_trips_and_matches() -> None:
 ])
 def test_sidecar_mismatch_is_refused_naming_field_and_rebuild(field: str, value: Any, words: str) -> None:
     with pytest.raises(EngineMismatchError, match="rebuild it") as e:
-        check_sidecar(_sidecar(**{field: value}), HERE_NOW, Path("vocoder.fp16.plan"))
+        check_sidecar(_sidecar(**{field: value}), WANT, HERE_NOW, Path("vocoder.fp16.plan"))
     assert words in str(e.value) and "sambert-deploy engines BUNDLE --voice v --precision fp16" in str(e.value)
 
 

@@ -33,7 +33,7 @@ from ..errors import (
     PrecisionError,
 )
 from ..runtime.cuda import DeviceInfo, cuda
-from ..runtime.gpu_plan import MB, plan_gpu
+from ..runtime.gpu_plan import MB, plan_for_voice
 from ..runtime.manifest import PRECISIONS, GraphInfo, Manifest, VoiceManifest, read_manifest
 from ..runtime.precision import passed_variant
 from ..runtime.synthesizer import StreamOptions
@@ -96,21 +96,29 @@ class BuiltEngine:
 
 def plan_jobs(manifest: Manifest, options: EngineOptions, stream: StreamOptions) -> list[EngineJob]:
     """The engines ``options`` asks for, every input checked (no TensorRT or GPU needed)."""
-    names = options.voices or tuple(manifest.voices)
-    jobs = []
-    for name in names:
+    return _jobs(manifest, _checked_graphs(manifest, options), options, stream)
+
+
+def _checked_graphs(manifest: Manifest, options: EngineOptions) -> list[tuple[VoiceManifest, GraphInfo]]:
+    """Each asked voice with the graph its engine is built from: voice, variant and INT8 kind checked."""
+    graphs = []
+    for name in options.voices or tuple(manifest.voices):
         if name not in manifest.voices:
             raise InvalidInputError(f"unknown voice '{name}'; this bundle has: {', '.join(manifest.voices)}",
                                     param="voice")
         vm = manifest.voices[name]
         graph = vm.graphs["vocoder"] if options.precision == "fp32" else passed_variant(vm, options.precision).graph
-        onnx = manifest.root / vm.folder / graph.file
         if options.precision == "int8":
-            check_int8_for_tensorrt(onnx, vm)
-        profile = derive_profile(graph, vocoder_axes(vm, stream, options.max_frames))
-        jobs.append(EngineJob(name, options.precision, onnx, graph, profile,
-                              engine_path(manifest.root, name, graph.file)))
-    return jobs
+            check_int8_for_tensorrt(manifest.root / vm.folder / graph.file, vm)
+        graphs.append((vm, graph))
+    return graphs
+
+
+def _jobs(manifest: Manifest, graphs: list[tuple[VoiceManifest, GraphInfo]], options: EngineOptions,
+          stream: StreamOptions) -> list[EngineJob]:
+    return [EngineJob(vm.name, options.precision, manifest.root / vm.folder / graph.file, graph,
+                      derive_profile(graph, vocoder_axes(vm, stream, options.max_frames)),
+                      engine_path(manifest.root, vm.name, graph.file)) for vm, graph in graphs]
 
 
 def check_int8_for_tensorrt(onnx_path: Path, voice: VoiceManifest) -> None:
@@ -139,9 +147,7 @@ def stream_options_for(device: DeviceInfo, manifest: Manifest, options: EngineOp
     """The chunking the runtime will use on this GPU (its memory tier), or the one asked for."""
     if options.vocoder_chunk is not None:
         return StreamOptions(vocoder_chunk=options.vocoder_chunk)
-    vm = next(iter(manifest.voices.values()))
-    weights = sum((manifest.root / vm.folder / g.file).stat().st_size for g in vm.graphs.values())
-    plan = plan_gpu(device.free_bytes, weights, vm.vocoder.hop, None, vm.vocoder.context_left)
+    plan = plan_for_voice(device.free_bytes, manifest, next(iter(manifest.voices.values())))
     log.info("profile tuned for %s", plan.describe())
     return StreamOptions(vocoder_chunk=plan.vocoder_chunk, postnet_chunk=plan.postnet_chunk)
 
@@ -154,15 +160,14 @@ def build_engines(bundle: str | Path, options: EngineOptions | None = None) -> l
     """
     o = options or EngineOptions()
     manifest = read_manifest(bundle)
-    # Input checks with the default chunking: a profile that cannot be derived fails here already.
-    plan_jobs(manifest, o, StreamOptions(vocoder_chunk=o.vocoder_chunk or StreamOptions().vocoder_chunk))
+    graphs = _checked_graphs(manifest, o)
     import_tensorrt()  # one line naming the install where it is missing (or only its stubs are)
     try:
         device = cuda().device(o.device)
     except BackendUnavailableError as e:
         raise BackendUnavailableError(f"no CUDA GPU to build TensorRT engines on ({e}); build on the machine that "
                                       "will run them (engines are tied to the GPU model)") from None
-    jobs = plan_jobs(manifest, o, stream_options_for(device, manifest, o))
+    jobs = _jobs(manifest, graphs, o, stream_options_for(device, manifest, o))
     # Per compute capability: a cache measured on one GPU architecture is refused by another, and builds
     # alternating between two GPUs would otherwise overwrite each other's.
     cache_file = o.timing_cache or manifest.root / "engines" / f"timing-sm{device.compute_capability.replace('.', '')}.cache"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..errors import InvalidInputError
 from ..runtime.gpu_plan import TIERS
 from ..runtime.manifest import GraphInfo, VoiceManifest
-from ..runtime.synthesizer import StreamOptions
+from ..runtime.synthesizer import StreamOptions, window_frames
 from ..runtime.trt_backend import ShapeRange
 
 
@@ -27,12 +27,6 @@ class AxisRange:
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.opt <= self.max:
             raise InvalidInputError(f"axis range must satisfy 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
-
-
-def window_frames(voice: VoiceManifest, options: StreamOptions) -> int:
-    """The largest vocoder window a stream feeds (as the Synthesizer computes it)."""
-    ctx = voice.vocoder
-    return max(options.vocoder_chunk + ctx.context_left + ctx.context_right, options.first_chunk + ctx.context_right)
 
 
 def vocoder_axes(voice: VoiceManifest, options: StreamOptions, max_frames: int | None = None) -> dict[str, AxisRange]:

@@ -669,10 +669,6 @@ def make_backend(kind: str, path: str | Path, options: BackendOptions | None = N
     if kind == "openvino":
         _ov()  # MissingExtraError naming the extra, before any file is touched
         return OpenVinoBackend(path, options)
-    if kind == "tensorrt":  # ``path``: the engine (.plan); see runtime.trt_backend.engine_path
-        from .trt_backend import TensorRTBackend
-
-        return TensorRTBackend(path, options)
     raise BackendUnavailableError(_unavailable_reason(kind))
 
 

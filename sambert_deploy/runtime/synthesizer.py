@@ -41,7 +41,7 @@ from ..symbols import Unit, parse_units
 from .acoustic import AcousticModel
 from .backends import AUTO_ORDER, BackendOptions, available_backends, available_cpus, select_backend
 from .cuda import probe_device
-from .gpu_plan import GB, MB, RESERVE_BYTES, GpuPlan, parse_bytes, plan_gpu
+from .gpu_plan import GB, MB, RESERVE_BYTES, GpuPlan, parse_bytes, plan_for_voice
 from .manifest import Manifest, VoiceManifest, read_manifest
 from .precision import check_precision, choose_engine, choose_vocoder
 from .scheduler import Scheduler
@@ -75,6 +75,13 @@ class StreamOptions:
         if self.max_units is not None and (not isinstance(self.max_units, int) or self.max_units < 2):
             raise InvalidInputError(f"StreamOptions.max_units must be an integer >= 2 or None (never split), "
                                     f"got {self.max_units!r}")
+
+
+def window_frames(voice: VoiceManifest, options: StreamOptions) -> int:
+    """The largest vocoder window a stream of ``voice`` feeds: a regular chunk with its receptive-field
+    context, or the first (shorter) one with its right context. A TensorRT profile must cover it."""
+    ctx = voice.vocoder
+    return max(options.vocoder_chunk + ctx.context_left + ctx.context_right, options.first_chunk + ctx.context_right)
 
 
 @dataclass(frozen=True)
@@ -218,7 +225,8 @@ class Synthesizer:
         # on these small convolutions (2 intra-op threads run a 291-frame window only 1.31x faster).
         # An explicit budget also caps the CUDA EP's arenas (a guard: the tier's sizing is what keeps the
         # total under it); without one, ORT allocates as it always has.
-        self.backend_options = BackendOptions(threads=1, gpu_mem_limit=_arena_cap(plan, budget))
+        sessions = len(self.manifest.voices[self.default_voice].graphs)
+        self.backend_options = BackendOptions(threads=1, gpu_mem_limit=_arena_cap(plan, budget, sessions))
         self._scheduler = Scheduler({"cpu": self.cpu_budget, "cuda": gpu_streams})
         self._voices: dict[str, _Voice] = {}
         self._load_lock = threading.Lock()
@@ -241,9 +249,7 @@ class Synthesizer:
         if dev is None:
             log.info("GPU memory unknown (%s): default chunking, 2 calls in flight", why)
             return None
-        vm = self.manifest.voices[self.default_voice]
-        weights = sum((self.manifest.root / vm.folder / g.file).stat().st_size for g in vm.graphs.values())
-        plan = plan_gpu(dev.free_bytes, weights, vm.vocoder.hop, budget, vm.vocoder.context_left)
+        plan = plan_for_voice(dev.free_bytes, self.manifest, self.manifest.voices[self.default_voice], budget)
         log.info("%s: %s", dev.name, plan.describe())
         if not plan.vocoder_on_gpu and self.voc_backend in GPU_BACKENDS:
             if voc_requested == "auto":
@@ -332,7 +338,8 @@ class Synthesizer:
         order = AUTO_ORDER[stage]
         later = order[order.index(first) + 1:] if first in order else order
         present = available_backends()
-        return [first, *[b for b in later if b in present and b != first]] + ([] if first == "cpu" else ["cpu"])
+        chain = [first, *[b for b in later if b in present and b != first]]
+        return chain if "cpu" in chain else [*chain, "cpu"]
 
     def _open_voice(self, vm: VoiceManifest) -> _Voice:
         am_kind = am = None
@@ -357,29 +364,20 @@ class Synthesizer:
         return _Voice(vm, am, voc, am_kind, voc.choice.backend, voc.choice.precision)
 
     def _open_vocoder(self, vm: VoiceManifest) -> Vocoder:
-        ctx = vm.vocoder
-        window = max(self.options.vocoder_chunk + ctx.context_left + ctx.context_right,
-                     self.options.first_chunk + ctx.context_right)
+        window = window_frames(vm, self.options)
         chain = self._fallbacks(self.voc_backend, "vocoder")
         for i, kind in enumerate(chain):
+            given = (self._voc_backend_given and kind == self.voc_backend) or self.strict
             try:
-                given = (self._voc_backend_given and kind == self.voc_backend) or self.strict
-                if kind == "tensorrt":
-                    try:
-                        choice = choose_engine(vm, self.precision, self.manifest.root)
-                    except PrecisionError as e:
-                        if given:
-                            raise
-                        # A precision TensorRT cannot run (bf16): the next backend may.
-                        raise BackendUnavailableError(str(e)) from None
-                else:
-                    choice = choose_vocoder(vm, self.precision, kind, given, available_backends())
+                choice = (choose_engine(vm, self.precision, self.manifest.root) if kind == "tensorrt" else
+                          choose_vocoder(vm, self.precision, kind, given, available_backends()))
                 return Vocoder(self.manifest, vm, choice.backend, self.backend_options, choice, window_frames=window,
                                max_calls=self.gpu_streams)
-            except (BackendUnavailableError, BundleError) as e:
-                # An engine built for another GPU/TensorRT/graph (or damaged) leaves the ONNX graphs usable.
-                engine_problem = kind == "tensorrt" and isinstance(e, BundleError)
-                if self.strict or i + 1 == len(chain) or not (engine_problem or isinstance(e, BackendUnavailableError)):
+            except (BackendUnavailableError, BundleError, PrecisionError) as e:
+                # Past TensorRT, the ONNX graphs stay usable: an engine built for another GPU/TensorRT/graph
+                # (BundleError), or a precision TensorRT cannot run (bf16) that the user did not ask of it.
+                on_trt = kind == "tensorrt" and not (given and isinstance(e, PrecisionError))
+                if self.strict or i + 1 == len(chain) or not (isinstance(e, BackendUnavailableError) or on_trt):
                     raise
                 log.warning("voice %s: vocoder not on %s: %s; falling back to %s", vm.name, kind, e, chain[i + 1])
         raise AssertionError("unreachable: the last backend of the chain raised or returned")
@@ -486,13 +484,13 @@ def _shutdown_later(scheduler: Scheduler) -> None:
     threading.Thread(target=scheduler.close, kwargs={"timeout": 30.0}, name="sambert-finalize", daemon=True).start()
 
 
-def _arena_cap(plan: GpuPlan | None, budget: int | None) -> int | None:
-    """Per-session CUDA EP arena cap for an explicit ``max_gpu_memory``: ORT arenas are per session (a
-    voice has 7), so each gets what the plan leaves after the reserve, not the whole budget."""
+def _arena_cap(plan: GpuPlan | None, budget: int | None, sessions: int) -> int | None:
+    """Per-session CUDA EP arena cap for an explicit ``max_gpu_memory``: ORT arenas are per session (one
+    per graph of a voice), so each gets its share of what the plan leaves after the reserve."""
     if budget is None:
         return None
     usable = (plan.budget if plan is not None else budget) - RESERVE_BYTES
-    return max(64 * MB, usable // 7)
+    return max(64 * MB, usable // sessions)
 
 
 def _lane(backend: str) -> str:

@@ -113,31 +113,46 @@ def read_sidecar(engine: Path) -> Sidecar:
 
 
 @dataclass(frozen=True)
-class EngineTarget:
-    """What the engine must match here and now: the installed TensorRT and GPU, the precision and ONNX
-    graph the runtime chose, and the largest shape of each input it will feed."""
+class Host:
+    """Where an engine would run: the installed TensorRT and the GPU."""
 
     tensorrt: str
     gpu: str
     compute_capability: str
+
+
+@dataclass(frozen=True)
+class EngineTarget:
+    """What the runtime needs of an engine: the precision and ONNX graph it chose, and the shapes of
+    each input it will feed."""
+
     precision: str
     onnx_sha256: str
     shapes: dict[str, tuple[tuple[int, ...], ...]] = field(default_factory=dict)  # input -> shapes fed
 
 
-def check_sidecar(sc: Sidecar, want: EngineTarget, engine: Path) -> None:
+def host_facts(device: int = 0) -> Host:
+    """The installed TensorRT and GPU ``device`` (raises :class:`BackendUnavailableError` without them)."""
+    import_tensorrt()
+    import tensorrt as trt
+
+    dev = cuda().device(device)
+    return Host(trt.__version__, dev.name, dev.compute_capability)
+
+
+def check_sidecar(sc: Sidecar, want: EngineTarget, here: Host, engine: Path) -> None:
     """Refuse an engine built for something else, naming the field and the rebuild command."""
     fix = rebuild_command(sc.voice, want.precision)
     if sc.format != SIDECAR_FORMAT:
         raise EngineMismatchError(f"{engine.name}: sidecar format {sc.format}, this runtime reads {SIDECAR_FORMAT}; "
                                   f"rebuild it: {fix}")
-    checks = (("TensorRT version", sc.tensorrt, want.tensorrt), ("GPU compute capability", sc.compute_capability,
-                                                                 want.compute_capability),
-              ("GPU", sc.gpu, want.gpu), ("precision", sc.precision, want.precision),
+    checks = (("TensorRT version", sc.tensorrt, here.tensorrt), ("GPU compute capability", sc.compute_capability,
+                                                                 here.compute_capability),
+              ("GPU", sc.gpu, here.gpu), ("precision", sc.precision, want.precision),
               ("ONNX graph sha256", sc.onnx_sha256[:12], want.onnx_sha256[:12]))
-    for what, built, here in checks:
-        if built != here:
-            raise EngineMismatchError(f"{engine.name} was built for {what} {built}, but here it is {here}; "
+    for what, built, now in checks:
+        if built != now:
+            raise EngineMismatchError(f"{engine.name} was built for {what} {built}, but here it is {now}; "
                                       f"rebuild it: {fix}")
     for name, shapes in want.shapes.items():
         rng = sc.profiles.get(name)
@@ -224,8 +239,8 @@ class _Context:
 class TensorRTBackend(Backend):
     """Runs one serialized engine (``path``: the ``.plan`` file; its sidecar beside it).
 
-    ``target`` is what the engine must match (checked in :meth:`open` before deserializing);
-    without one, only the installed TensorRT and GPU are checked. ``max_contexts`` bounds the
+    ``target`` is what the engine must match besides the installed TensorRT and GPU (checked in
+    :meth:`open` before deserializing); without one, those alone are. ``max_contexts`` bounds the
     execution contexts (concurrent calls; each holds ``device_memory_size_v2`` bytes of activations):
     the memory tier's ``gpu_streams``. Calls beyond it wait for a free context.
     """
@@ -247,16 +262,12 @@ class TensorRTBackend(Backend):
         self.sidecar: Sidecar | None = None
 
     def _open(self) -> tuple[dict[str, InputMeta], list[str]]:
-        import_tensorrt()  # a one-line error where it is missing or only its stubs are installed
+        here = host_facts(self.options.device_id)  # one line where TensorRT (or only its stubs) or a GPU is missing
         import tensorrt as trt  # typed by tensorrt-stubs under mypy
 
         sc = read_sidecar(self.path)
+        check_sidecar(sc, self.target or EngineTarget(sc.precision, sc.onnx_sha256), here, self.path)
         cu = cuda()
-        dev = cu.device(self.options.device_id)
-        want = self.target or EngineTarget("", "", "", sc.precision, sc.onnx_sha256)
-        want = EngineTarget(trt.__version__, dev.name, dev.compute_capability, want.precision, want.onnx_sha256,
-                            want.shapes)
-        check_sidecar(sc, want, self.path)
         runtime = trt.Runtime(trt_logger(trt))
         try:
             data = self.path.read_bytes()
@@ -374,12 +385,7 @@ def engine_reports(manifest: Any, voice: Any) -> list[EngineReport]:
     if not plans:
         return []
     missing = tensorrt_missing()
-    here: tuple[str, str, str] | None = None
-    if missing is None:
-        import tensorrt as trt
-
-        dev = cuda().device(0)
-        here = (trt.__version__, dev.name, dev.compute_capability)
+    here = host_facts() if missing is None else None
     out = []
     for plan in plans:
         precision = "?"
@@ -392,16 +398,15 @@ def engine_reports(manifest: Any, voice: Any) -> list[EngineReport]:
             if here is None:
                 out.append(EngineReport(plan, precision, built, None, f"not checked here ({missing})"))
                 continue
-            check_sidecar(sc, EngineTarget(*here, sc.precision, graph.sha256), plan)
+            check_sidecar(sc, EngineTarget(sc.precision, graph.sha256), here, plan)
             out.append(EngineReport(plan, precision, built, True, "loads here"))
         except (BundleError, KeyError) as e:
             out.append(EngineReport(plan, precision, "?", False, f"unusable: {e}"))
     return out
 
 
-def engine_lines(manifest: Any, voice: Any) -> list[str]:
-    """``sambert-deploy info``'s lines on a voice's engines."""
-    reports = engine_reports(manifest, voice)
+def engine_lines(voice: str, reports: list[EngineReport]) -> list[str]:
+    """``sambert-deploy info``'s lines on a voice's engines (:func:`engine_reports`)."""
     if not reports:
-        return [f"TensorRT engines: none (sambert-deploy engines BUNDLE --voice {voice.name} --precision fp16)"]
+        return [f"TensorRT engines: none (sambert-deploy engines BUNDLE --voice {voice} --precision fp16)"]
     return [f"TensorRT engine {r.plan.name} ({r.built}): {r.status}" for r in reports]

@@ -35,7 +35,7 @@ class Vocoder:
         opts = replace(options or BackendOptions(), precision_hint=self.choice.hint)
         if self.choice.backend == "tensorrt":
             mels = self.info.in_channels
-            target = EngineTarget("", "", "", self.choice.precision, self.choice.graph.sha256,
+            target = EngineTarget(self.choice.precision, self.choice.graph.sha256,
                                   {"mel": ((1, mels, 1), (1, mels, window_frames or 1))})
             self.session: Backend = TensorRTBackend(engine_path(manifest.root, voice.name, self.choice.graph.file),
                                                     opts, target, max_contexts=max_calls).open()
