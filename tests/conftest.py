@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
 TINY = HERE / "fixtures" / "tiny"
-FULL = (REPO.parent / "shared" / "kantts" / "fixtures" / "full").resolve()
+# ../shared beside the checkout (CI clones the repo next to it); SAMBERT_SHARED points elsewhere.
+SHARED = Path(os.environ.get("SAMBERT_SHARED") or REPO.parent / "shared").resolve()
+FULL = SHARED / "kantts" / "fixtures" / "full"
+DEV_PAIRS = SHARED / "kantts" / "frontend" / "dev_pairs.jsonl"
 SEQS = ("io_seq0_short", "io_seq1_medium", "io_seq2_emotion")
 
 # Tensor keys of ../shared/kantts/fixtures/README.md and the names the torch rebuild returns them under.
@@ -22,13 +29,46 @@ AM_KEYS = {
 }
 
 
+# ----------------------------------------------------------------------------------------------
+# What the test install provides (the extras of `make install`, Chromium and ../shared from .ci/run):
+# missing locally, a test skips and says what to install; missing under CI, it fails, because there
+# a skip would hide a feature that is not tested. Hardware (the `gpu` and `trt` markers, a CPU's
+# BF16) is not this: those tests skip wherever the machine lacks it, CI included.
+# ----------------------------------------------------------------------------------------------
+
+
+def under_ci() -> bool:
+    """``CI`` set as CI services set it (``true``, ``1``); unset, empty, ``0`` or ``false`` is local."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def missing(why: str) -> NoReturn:
+    """Skip with ``why``; under CI fail with it instead. Usable at module level."""
+    if under_ci():
+        pytest.fail(f"{why} [CI provides this, so under CI its absence is a failure, not a skip]", pytrace=False)
+    pytest.skip(why, allow_module_level=True)
+
+
+def need_module(name: str, source: str) -> ModuleType:
+    """Import ``name``, or skip (fail under CI) naming ``source``, what installs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        missing(f"{name} is not importable ({e}); it comes with {source}")
+
+
+def need_path(path: Path, what: str) -> Path:
+    """``path`` when it exists, else skip (fail under CI) saying ``what`` it is."""
+    if not path.exists():
+        missing(f"{what} not found at {path}")
+    return path
+
+
 def fixture_set(name: str) -> Path:
     if name == "tiny":
         return TINY
-    if not FULL.is_dir():
-        pytest.skip(f"full-size fixtures not found at {FULL} (they live in ../shared/kantts/fixtures/full, "
-                    "outside the repo); the tiny set covers the same code paths")
-    return FULL
+    return need_path(FULL, "the full-size fixtures (../shared/kantts/fixtures/full, outside the repo; "
+                           "the tiny set covers the same code paths)")
 
 
 @pytest.fixture(params=["tiny", "full"])

@@ -24,7 +24,7 @@ from sambert_deploy.models.loading import (
 )
 from sambert_deploy.symbols import Inventories
 
-from .conftest import FULL, TINY, make_modelscope_dir
+from .conftest import TINY, make_modelscope_dir
 
 
 @pytest.fixture
@@ -53,16 +53,13 @@ def test_checkpoint_ordering_is_numeric(msdir: Path) -> None:
     assert voice_files(msdir, "zhibei_emo").am_ckpt.name == "checkpoint_100.pth"
 
 
-def test_inventories_match_fixture_listing() -> None:
+def test_inventories_match_fixture_listing(fixset: Path) -> None:
     import json
 
-    for root in (TINY, FULL):
-        if not root.is_dir():
-            continue
-        ref = json.loads((root / "inventories.json").read_text())
-        speakers = [s for s in ref["speaker"] if s not in ("_", "~", "@[MASK]")]
-        inv = Inventories.build(speakers)
-        assert inv.to_json() == ref
+    ref = json.loads((fixset / "inventories.json").read_text())
+    speakers = [s for s in ref["speaker"] if s not in ("_", "~", "@[MASK]")]
+    inv = Inventories.build(speakers)
+    assert inv.to_json() == ref
 
 
 def test_has_mask_false_shrinks_tables(tmp_path: Path) -> None:

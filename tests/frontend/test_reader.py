@@ -10,7 +10,6 @@ import random
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -20,8 +19,7 @@ from sambert_deploy.errors import InvalidInputError
 from sambert_deploy.frontend import FrontEnd, FrontEndOptions, SentenceReader, split_units
 from sambert_deploy.frontend.reader import HARD_LIMIT, SOFT_LIMIT
 from sambert_deploy.symbols import Unit
-
-PAIRS = (Path(__file__).resolve().parents[2] / ".." / "shared" / "kantts" / "frontend" / "dev_pairs.jsonl").resolve()
+from tests.conftest import DEV_PAIRS, need_path
 
 HANDMADE = [
     "今天很好。[emotion=happy]我们去玩吧！[/emotion]明天见。",
@@ -156,9 +154,8 @@ def cut_patterns(text: str, rng: random.Random) -> list[list[str]]:
 
 
 def dev_texts() -> list[str]:
-    if not PAIRS.is_file():
-        pytest.skip(f"development set not found at {PAIRS} (it lives outside the repo; never copied into it)")
-    return [json.loads(line)["text"] for line in PAIRS.read_text("utf-8").splitlines() if line.strip()]
+    pairs = need_path(DEV_PAIRS, "the development set (it lives outside the repo; never copied into it)")
+    return [json.loads(line)["text"] for line in pairs.read_text("utf-8").splitlines() if line.strip()]
 
 
 def test_reader_equals_units_on_dev_set(fe: FrontEnd) -> None:

@@ -1,25 +1,19 @@
-"""Runs scripts/score_frontend.py on the development set (read in place; skipped when absent)."""
+"""Runs scripts/score_frontend.py on the development set (read in place from ../shared; absent, the test
+skips locally and fails under CI)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-PAIRS = (REPO / ".." / "shared" / "kantts" / "frontend" / "dev_pairs.jsonl").resolve()
+from tests.conftest import DEV_PAIRS, REPO, need_path
 
 
 def test_dev_set_scores() -> None:
-    if not PAIRS.is_file():
-        pytest.skip(
-            f"development set not found at {PAIRS} (it lives outside the repo, licence: research only)"
-        )
+    pairs = need_path(DEV_PAIRS, "the development set (it lives outside the repo, licence: research only)")
     out = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "score_frontend.py"), str(PAIRS), "--json"],
+        [sys.executable, str(REPO / "scripts" / "score_frontend.py"), str(pairs), "--json"],
         capture_output=True, text=True, check=True, cwd=REPO,
     )  # fmt: skip
     res = json.loads(out.stdout.strip().splitlines()[-1])
