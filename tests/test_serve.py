@@ -16,8 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+from .conftest import missing, need_module
+
+need_module("fastapi", "the serve extra (pip install -e '.[serve]')")
+need_module("httpx", "the dev extra (pip install -e '.[dev]')")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
@@ -188,7 +190,7 @@ def test_openai_client(live: str, synth: Synthesizer) -> None:
     starts before synthesis ends, SSE, and its typed errors."""
     import soundfile as sf
 
-    openai = pytest.importorskip("openai")
+    openai = need_module("openai", "the dev extra (pip install -e '.[dev]')")
     c = openai.OpenAI(base_url=live + "/v1", api_key="unused")
     ref = synth.synthesize(TEXT)
     for fmt in ("wav", "pcm", "flac", "mp3", "opus"):
@@ -296,8 +298,12 @@ def test_memory_flat_over_100_requests(live: str) -> None:
         pair()
         if k in (4, 49):
             marks.append(rss())
-    assert peak_rss_mb() > 0
     assert marks[1] <= marks[0] * 1.10, marks
+    # The peak the benchmarks report is this process's: 64 MiB touched now shows in it.
+    base = rss()
+    block = np.ones(64 << 20, np.uint8)
+    assert peak_rss_mb() >= base + 56, (peak_rss_mb(), base)
+    del block
 
 
 def test_browser_page_plays_while_streaming(live: str) -> None:
@@ -305,10 +311,10 @@ def test_browser_page_plays_while_streaming(live: str) -> None:
     playing before the response has finished."""
     import shutil
 
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = need_module("playwright.sync_api", "the dev extra (pip install -e '.[dev]')")
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        pytest.skip("no chromium here (apt-get install chromium)")
+        missing("no chromium here (apt-get install chromium; .ci/run installs it)")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe,
                                     args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
