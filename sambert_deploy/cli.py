@@ -212,7 +212,7 @@ def synth(bundle: Path, text: str | None, symbols_file: str | None, out: str, vo
                 _quiet_broken_pipe()
             st = stream.info
         audio_s = n / syn.sample_rate
-        am_b, voc_b = syn.backends().get(st.voice, (syn.am_backend, syn.voc_backend))
+        am_b, voc_b = syn.backends()[st.voice]
         log.info("%d sentence(s), %d units -> %.2f s audio in %.2f s (RTF %.3f, first audio %.0f ms) on %s/%s "
                  "(vocoder %s) -> %s", st.sentences, st.units, audio_s, st.elapsed_s, st.elapsed_s / max(audio_s, 1e-9),
                  (st.first_audio_s or 0) * 1e3, am_b, voc_b, syn.precisions().get(st.voice, "?"), out)
@@ -338,14 +338,17 @@ def engines(bundle: Path, precision: str, voices: tuple[str, ...], timing_cache:
 @handle_errors
 def info(bundle: Path) -> None:
     """Describe a bundle: voices, emotions, speakers, graphs, provenance."""
-    from .runtime.backends import available_backends, probe_backends, select_backend
+    from .runtime.backends import probe_backends
     from .runtime.manifest import read_manifest
-    from .runtime.precision import choose_engine, choose_vocoder
+    from .runtime.placement import PlacementRequest, host_facts, plan_placement
     from .runtime.trt_backend import engine_lines, engine_reports
+    from .runtime.voices import open_voice
 
     m = read_manifest(bundle)
-    present = available_backends()
-    am_auto, voc_auto = select_backend("auto", stage="am"), select_backend("auto", stage="vocoder")
+    # What `auto` runs here is the Synthesizer's own placement, opened: a listed provider that cannot
+    # open (no driver, an engine built for another GPU) shows as the fallback the runtime takes.
+    request = PlacementRequest()
+    placement = plan_placement(m, request, host_facts(request))
     click.echo(f"bundle {bundle}: schema {m.schema_version}, {m.model_type}, {m.sample_rate} Hz")
     for v in m.voices.values():
         click.echo(f"  voice {v.name}: vocoder {'causal' if v.vocoder.causal else 'non-causal'} "
@@ -362,19 +365,15 @@ def info(bundle: Path) -> None:
         reports = engine_reports(m, v)
         for line in engine_lines(v.name, reports):
             click.echo(f"    {line}")
-        choice, voc_kind = None, voc_auto
-        if voc_kind == "tensorrt":
-            try:
-                choice = choose_engine(v, "auto", m.root)
-                if any(r.precision == choice.precision and r.loads is False for r in reports):
-                    choice = None  # built, but for another GPU/TensorRT/graph: the runtime falls back
-            except SambertDeployError:
-                choice = None
-            if choice is None:
-                voc_kind = select_backend("auto", stage="vocoder", exclude=frozenset({"tensorrt"}))
-        choice = choice or choose_vocoder(v, "auto", voc_kind, False, present)
-        click.echo(f"    here, auto runs the acoustic model on {am_auto} (fp32) and the vocoder on {choice.backend} "
-                   f"({choice.precision})")
+        try:
+            opened = open_voice(m, placement, v.name)
+        except SambertDeployError as e:
+            click.echo(f"    here, auto cannot open this voice: {e}")
+            continue
+        opened.close()
+        o = opened.opened
+        click.echo(f"    here, auto runs the acoustic model on {o.am_backend} (fp32) and the vocoder on {o.voc_backend} "
+                   f"({o.precision})" + "".join(f"\n      fallback: {f}" for f in o.fallbacks))
     # What actually opens, not what onnxruntime lists: a listed CUDA provider may lack a driver.
     probe = probe_backends(m.graph_path(m.voice(None), "dur_step"))
     for kind, problem in probe.items():

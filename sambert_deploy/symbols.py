@@ -233,3 +233,48 @@ def encode_units(units: Sequence[Unit], inv: Inventories) -> EncodedUnits:
 def encode_symbols(symbols: str, inv: Inventories) -> EncodedUnits:
     """Encode a ttsfrd symbol string (SPEC §e.1; a leading line index is accepted) into id streams."""
     return encode_units(parse_units(symbols), inv)
+
+
+def split_units(units: list[Unit], max_units: int) -> list[list[Unit]]:
+    """Split one sentence's units into pieces of at most ``max_units`` units (``max_units`` >= 1).
+
+    A piece ends at the strongest break within the limit (#3, then #2, then #1); that break becomes #4, as
+    each piece is a ttsfrd sentence of its own. Where no break lies within the limit (a prosodic word longer
+    than the limit, or a line with no breaks at all), the piece is cut anyway at the last word boundary
+    within the limit, else at the last syllable boundary, else after exactly ``max_units`` units; such a
+    cut adds no break. The pieces concatenate back to ``units`` but for the #-levels rewritten to #4.
+    """
+    if not isinstance(max_units, int) or max_units < 1:
+        raise InvalidInputError(f"max_units must be an integer >= 1, got {max_units!r}")
+    pieces: list[list[Unit]] = []
+    start, n = 0, len(units)
+    while n - start > max_units:
+        window = range(start, start + max_units)
+        cut = -1
+        for level in (3, 2, 1):
+            cut = next((i for i in reversed(window) if units[i].break_level == level), -1)
+            if cut >= 0:
+                break
+        if cut >= 0:
+            piece = units[start : cut + 1]
+            piece[-1] = replace(piece[-1], sy="#4")
+        else:
+            # cut after unit i where unit i+1 starts a word, else a syllable, else after max_units units
+            end = start + max_units
+            cut = next((i for i in range(end - 1, start - 1, -1) if _starts_word(units[i + 1])), -1)
+            if cut < 0:
+                cut = next((i for i in range(end - 1, start - 1, -1) if _starts_syllable(units[i + 1])), end - 1)
+            piece = units[start : cut + 1]
+        pieces.append(piece)
+        start = cut + 1
+    if start < n:
+        pieces.append(units[start:])
+    return pieces
+
+
+def _starts_word(u: Unit) -> bool:
+    return u.is_break or u.word_segment in ("word_begin", "word_both")
+
+
+def _starts_syllable(u: Unit) -> bool:
+    return u.is_break or u.syllable_flag in ("s_begin", "s_both")

@@ -167,10 +167,12 @@ def test_sentences_split_and_concatenate(tiny_bundles: dict[str, Path], opts: St
 def test_load_opens_sessions_and_front_end(tiny_bundles: dict[str, Path]) -> None:
     """``load`` does the one-time work up front, so a CLI's timings are synthesis only."""
     with Synthesizer(tiny_bundles["causal"], backend="cpu") as syn:
-        assert syn.load(text=False) >= 0.0
-        assert list(syn._voices) == [syn.default_voice] and not syn._voices[syn.default_voice].frontends
+        assert syn.backends() == {} and syn.front_ends() == {}  # nothing opens before it is needed
+        first = syn.load(text=False)
+        assert syn.front_ends() == {syn.default_voice: ()}
+        assert 0.0 < syn.load(text=False) < first  # already open: nothing to do the second time
         syn.load()
-        assert list(syn._voices[syn.default_voice].frontends) == [""]
+        assert syn.front_ends() == {syn.default_voice: ("",)}
         assert syn.backends() == {syn.default_voice: ("cpu", "cpu")}
         with pytest.raises(InvalidInputError, match="unknown voice 'nope'"):
             syn.load("nope")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,9 +30,9 @@ from sambert_deploy.errors import (
 )
 from sambert_deploy.runtime.backends import OrtBackend
 from sambert_deploy.runtime.manifest import read_manifest
-from sambert_deploy.runtime.synthesizer import SpeechOptions, StreamOptions, Synthesizer
+from sambert_deploy.runtime.synthesizer import Activity, SpeechOptions, StreamOptions, Synthesizer
 
-from .conftest import TINY, make_modelscope_dir
+from .conftest import TINY, make_modelscope_dir, need_module
 from .test_runtime import _units, _workers_alive
 
 SMALL = StreamOptions(postnet_chunk=6, vocoder_chunk=8, first_chunk=3)
@@ -146,14 +147,13 @@ def test_cancel_mid_sentence_frees_the_workers_promptly(tiny_bundles: dict[str, 
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=opts) as syn:
         stream = syn.stream(symbols=_units(300, 3), speed=0.5)
         next(stream)
-        state = stream._state
         t0 = time.perf_counter()
         stream.cancel()
         assert time.perf_counter() - t0 < 0.05  # cancel() never waits for the running graph calls
-        while state.acoustic_busy or state.running_windows:
+        while syn.activity().busy != {"cpu": 0, "cuda": 0}:
             assert time.perf_counter() - t0 < 0.5, "the stream's work did not end within 0.5 s"
             time.sleep(0.002)
-        assert syn._scheduler.busy == {"cpu": 0, "cuda": 0}
+        assert syn.activity().streams == 0 and stream.outstanding == 0
         assert stream.info.state == "cancelled"
 
 
@@ -163,25 +163,25 @@ def test_abandoned_stream_stops_using_cpu(tiny_bundles: dict[str, Path]) -> None
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=StreamOptions(vocoder_chunk=8, postnet_chunk=8, max_ahead=3)) as syn:
         stream = syn.stream(symbols=_units(400, 4))
         next(stream)
-        state = stream._state
         deadline = time.perf_counter() + 10
-        while state.acoustic_busy or state.running_windows or state.ready:
+        while syn.activity().busy["cpu"] or stream.outstanding < 3:  # it fills its look-ahead, then stops
             assert time.perf_counter() < deadline
             time.sleep(0.01)
-        assert len(state.results) <= 3
+        assert stream.outstanding <= 4  # max_ahead 3, plus what the last acoustic step completed at once
         cpu0 = time.process_time()
         time.sleep(0.5)
         assert time.process_time() - cpu0 < 0.05
-        assert syn._scheduler.busy["cpu"] == 0 and stream.info.state == "running"
+        assert syn.activity().busy["cpu"] == 0 and stream.info.state == "running"
+        info = weakref.ref(stream)
         del stream
         import gc
 
         gc.collect()  # the finalizer ends it (from a thread of its own): no other activity needed
         for _ in range(100):
-            if state.state == "cancelled" and not syn._scheduler.clients():
+            if syn.activity().streams == 0:
                 break
             time.sleep(0.01)
-        assert state.state == "cancelled" and syn._scheduler.clients() == [] and not state.results
+        assert info() is None and syn.activity() == Activity(0, {"cpu": 0, "cuda": 0})
 
 
 def test_async_iteration_and_close_inside_the_event_loop(tiny_bundles: dict[str, Path]) -> None:
@@ -207,7 +207,7 @@ def test_close_while_streams_run(tiny_bundles: dict[str, Path]) -> None:
     syn = Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL)
     stream = syn.stream(symbols=_units(200, 1))
     next(stream)
-    voc = syn._voices[syn.default_voice].voc
+    voc = syn.sessions()["vocoder"]
     syn.close()
     with pytest.raises(SynthesizerClosedError, match="closed while this stream"):
         list(stream)
@@ -215,9 +215,9 @@ def test_close_while_streams_run(tiny_bundles: dict[str, Path]) -> None:
     with pytest.raises(SynthesizerClosedError, match="create a new one"):
         syn.stream(symbols=_units(3))
     with pytest.raises(BackendClosedError, match="was closed"):
-        voc.session.run({"mel": np.zeros((1, 20, 5), np.float32)})
+        voc.run({"mel": np.zeros((1, 20, 5), np.float32)})
     with pytest.raises(BackendClosedError):
-        voc.session.open()
+        voc.open()
     assert _workers_alive() == []
 
 
@@ -257,7 +257,7 @@ def test_long_text_first_audio_does_not_wait_for_the_front_end(tiny_bundles: dic
 
 def test_voice_loads_once_for_concurrent_first_requests(tiny_bundles: dict[str, Path],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from sambert_deploy.runtime import synthesizer as mod
+    from sambert_deploy.runtime import voices as mod
 
     opened: list[str] = []
     real = mod.AcousticModel.__init__
@@ -308,12 +308,12 @@ def test_symbol_line_without_breaks_is_split(tiny_bundles: dict[str, Path]) -> N
 def test_auto_falls_back_when_a_listed_provider_cannot_open(tiny_bundles: dict[str, Path],
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             caplog: pytest.LogCaptureFixture) -> None:
-    from sambert_deploy.runtime import backends
+    from sambert_deploy.runtime import backends, placement
 
     def no_driver(self: backends.OrtCudaBackend) -> object:
         raise BackendUnavailableError(f"{self.path}: the CUDA execution provider could not start (no driver)")
 
-    monkeypatch.setattr(backends, "available_backends", lambda: ["cuda", "cpu"])
+    monkeypatch.setattr(placement, "available_backends", lambda: ["cuda", "cpu"])  # listed: onnxruntime-gpu
     monkeypatch.setattr(backends.OrtCudaBackend, "_open", no_driver)
     with Synthesizer(tiny_bundles["causal"], backend="auto", options=SMALL) as syn:
         assert syn.synthesize(symbols=_units(5)).size
@@ -325,7 +325,7 @@ def test_auto_falls_back_when_a_listed_provider_cannot_open(tiny_bundles: dict[s
 
 
 def test_session_open_errors_name_the_cause(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
-    onnx = pytest.importorskip("onnx")
+    onnx = need_module("onnx", "the export extra (pip install -e '.[export]')")
     m = read_manifest(tiny_bundles["causal"])
     src = m.graph_path(m.voice(None), "vocoder")
     model = onnx.load(str(src))
@@ -398,22 +398,22 @@ def test_a_file_object_given_as_input_stays_open(tiny_bundles: dict[str, Path], 
 
 
 def test_bookkeeping_error_ends_the_stream(tiny_bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    from sambert_deploy.runtime.stream import StreamState
+    from sambert_deploy.runtime import state as mod
 
-    real = StreamState._apply
+    real = mod.AudioChunk
     calls = {"n": 0}
 
-    def flaky(self: StreamState, task: object, result: object, error: object) -> None:
+    def flaky(*a: object) -> object:  # building the third chunk fails, under the scheduler's lock
         calls["n"] += 1
         if calls["n"] == 3:
             raise MemoryError("no room for a chunk")
-        real(self, task, result, error)  # type: ignore[arg-type]
+        return real(*a)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(StreamState, "_apply", flaky)
+    monkeypatch.setattr(mod, "AudioChunk", flaky)
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL) as syn:
         with pytest.raises(MemoryError, match="no room"):
             list(syn.stream(symbols=_units(60, 1)))
-        monkeypatch.setattr(StreamState, "_apply", real)
+        monkeypatch.setattr(mod, "AudioChunk", real)
         assert syn.synthesize(symbols=_units(5)).size > 0  # the workers still serve other streams
 
 
@@ -422,7 +422,7 @@ def test_close_keeps_a_stream_error_unread(tiny_bundles: dict[str, Path]) -> Non
     bad = "{zz_c$tone1$s_begin$word_begin$emotion_neutral$F7}\n"
     stream = syn.stream(symbols=iter([_units(5) + "\n", bad]))
     deadline = time.perf_counter() + 10
-    while stream._state.error is None:
+    while stream.error is None:
         assert time.perf_counter() < deadline
         time.sleep(0.01)
     syn.close()

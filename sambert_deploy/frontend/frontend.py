@@ -13,10 +13,10 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ..errors import InvalidInputError
-from ..symbols import Inventories, Unit, format_units
+from ..symbols import Inventories, Unit, format_units, split_units
 from . import english, g2p, normalize, sandhi, split
 from .g2p import Word
 from .lexicon import Lexicon
@@ -58,6 +58,9 @@ class FrontEndOptions:
         :func:`split_units`).
     speakers: the valid speaker tokens (matched case-insensitively, as :meth:`Inventories.resolve_speaker`
         does); None accepts any token without whitespace, '$', '{' or '}'.
+    inventories: the voice's symbol inventories: emotion names (arguments and inline markup) and speakers
+        are resolved against the voice itself, the one place they are resolved (``speakers`` is then
+        ignored); None: the default emotion inventory.
     """
 
     emotion: str = "emotion_neutral"
@@ -66,6 +69,7 @@ class FrontEndOptions:
     max_units_per_sentence: int | None = None
     speakers: tuple[str, ...] | None = None
     prosody: ProsodyOptions = field(default_factory=ProsodyOptions)
+    inventories: Inventories | None = None
 
 
 @dataclass
@@ -81,9 +85,11 @@ class FrontEnd:
 
     def __init__(self, options: FrontEndOptions | None = None):
         self.options = options or FrontEndOptions()
-        self._inv = Inventories.build(["F7"])
+        voice = self.options.inventories
+        self._inv = voice if voice is not None else Inventories.build(["F7"])
         self._emotions = self._inv.emotions
-        self._speaker_inv = Inventories.build(self.options.speakers) if self.options.speakers is not None else None
+        self._speaker_inv = voice if voice is not None else (
+            Inventories.build(self.options.speakers) if self.options.speakers is not None else None)
         self.emotion = self._inv.resolve_emotion(self.options.emotion)
         self.speaker = self._check_speaker(self.options.speaker)
         mx = self.options.max_units_per_sentence
@@ -294,50 +300,6 @@ class FrontEnd:
             return [units]
         return split_units(units, mx)
 
-
-def split_units(units: list[Unit], max_units: int) -> list[list[Unit]]:
-    """Split one sentence's units into pieces of at most ``max_units`` units (``max_units`` >= 1).
-
-    A piece ends at the strongest break within the limit (#3, then #2, then #1); that break becomes #4, as
-    each piece is a ttsfrd sentence of its own. Where no break lies within the limit (a prosodic word longer
-    than the limit, or a line with no breaks at all), the piece is cut anyway at the last word boundary
-    within the limit, else at the last syllable boundary, else after exactly ``max_units`` units; such a
-    cut adds no break. The pieces concatenate back to ``units`` but for the #-levels rewritten to #4.
-    """
-    if not isinstance(max_units, int) or max_units < 1:
-        raise InvalidInputError(f"max_units must be an integer >= 1, got {max_units!r}")
-    pieces: list[list[Unit]] = []
-    start, n = 0, len(units)
-    while n - start > max_units:
-        window = range(start, start + max_units)
-        cut = -1
-        for level in (3, 2, 1):
-            cut = next((i for i in reversed(window) if units[i].break_level == level), -1)
-            if cut >= 0:
-                break
-        if cut >= 0:
-            piece = units[start : cut + 1]
-            piece[-1] = replace(piece[-1], sy="#4")
-        else:
-            # cut after unit i where unit i+1 starts a word, else a syllable, else after max_units units
-            end = start + max_units
-            cut = next((i for i in range(end - 1, start - 1, -1) if _starts_word(units[i + 1])), -1)
-            if cut < 0:
-                cut = next((i for i in range(end - 1, start - 1, -1) if _starts_syllable(units[i + 1])), end - 1)
-            piece = units[start : cut + 1]
-        pieces.append(piece)
-        start = cut + 1
-    if start < n:
-        pieces.append(units[start:])
-    return pieces
-
-
-def _starts_word(u: Unit) -> bool:
-    return u.is_break or u.word_segment in ("word_begin", "word_both")
-
-
-def _starts_syllable(u: Unit) -> bool:
-    return u.is_break or u.syllable_flag in ("s_begin", "s_both")
 
 
 def _position(prefix: str, i: int, n: int, single_item: bool) -> str:

@@ -117,6 +117,10 @@ class SentenceReader:
 
     # --- consumer side ---------------------------------------------------------------------------------------
 
+    def where(self) -> str | None:
+        """Text has no line numbers worth naming in an error (symbol input has)."""
+        return None
+
     @property
     def pending_chars(self) -> int:
         """Characters fed but not yet analysed (for back-pressure)."""

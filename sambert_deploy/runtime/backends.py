@@ -618,7 +618,7 @@ def available_backends() -> list[str]:
     return found
 
 
-def _unavailable_reason(kind: str) -> str:
+def unavailable_reason(kind: str) -> str:
     if kind == "tensorrt":
         from .trt_backend import tensorrt_missing
 
@@ -652,7 +652,7 @@ def select_backend(requested: str = "auto", strict: bool = False, stage: str = "
     for kind in order:
         if kind in present:
             return kind
-        reason = _unavailable_reason(kind)
+        reason = unavailable_reason(kind)
         if strict and kind == requested:
             if kind == "openvino":
                 raise MissingExtraError("openvino", "openvino")
@@ -669,7 +669,7 @@ def make_backend(kind: str, path: str | Path, options: BackendOptions | None = N
     if kind == "openvino":
         _ov()  # MissingExtraError naming the extra, before any file is touched
         return OpenVinoBackend(path, options)
-    raise BackendUnavailableError(_unavailable_reason(kind))
+    raise BackendUnavailableError(unavailable_reason(kind))
 
 
 def probe_backends(path: str | Path, options: BackendOptions | None = None) -> dict[str, str | None]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -25,15 +25,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class Task:
-    """One unit of work: ``fn`` runs on a worker of ``lane`` without the scheduler's lock."""
+    """One unit of work: ``fn`` runs on a worker of ``lane`` without the scheduler's lock; ``payload`` is
+    the client's typed record of what the task is (handed back to it in ``start``/``finish``)."""
 
     owner: Client
     lane: str
-    kind: str
     deadline: float
     tiebreak: tuple[int, int]  # (stream order, task order): equal deadlines go to the older stream
     fn: Callable[[], Any]
-    meta: dict[str, Any] = field(default_factory=dict)
+    payload: object = None
 
     @property
     def key(self) -> tuple[float, int, int]:

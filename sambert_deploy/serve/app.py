@@ -177,6 +177,8 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> Any:
         return {"status": "ok", "voices": synth.voices(), "load_seconds": round(cfg.load_seconds, 3),
                 "backends": {k: list(v) for k, v in synth.backends().items()},
                 "vocoder_precision": synth.precisions(), "sample_rate": synth.sample_rate,
+                # What each voice opened on, with every fallback taken (as `sambert-deploy info` prints it).
+                "placement": {k: o.to_json() for k, o in synth.opened().items()},
                 "streams_running": admission.running, "streams_queued": admission.waiting,
                 # The memory tier where a stage runs on a GPU (None on a CPU-only server).
                 "gpu_plan": asdict(synth.gpu_plan) if synth.gpu_plan is not None else None}
