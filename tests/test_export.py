@@ -21,7 +21,7 @@ from sambert_deploy.export.bundle import ExportOptions, export_model
 from sambert_deploy.export.graphs import GRAPHS
 from sambert_deploy.runtime.manifest import MANIFEST, GateRecord, read_manifest
 
-from .conftest import FULL, REPO, SEQS, TINY, make_modelscope_dir
+from .conftest import FULL, REPO, SEQS, TINY, make_modelscope_dir, need_path
 
 BLOCK_TORCH = """
 import sys
@@ -89,8 +89,7 @@ def test_tiny_fixtures_reproduced_without_torch(tiny_bundles: dict[str, Path], v
 
 @pytest.mark.slow
 def test_full_fixtures_export_via_cli_and_reproduce_without_torch(tmp_path: Path) -> None:
-    if not FULL.is_dir():
-        pytest.skip(f"full fixtures not at {FULL}")
+    need_path(FULL, "the full-size fixtures (../shared/kantts/fixtures/full, outside the repo)")
     for variant in ("causal", "noncausal"):
         d = make_modelscope_dir(tmp_path / f"m_{variant}", FULL, voc=f"voc_{variant}", voices=("full_emo",),
                                 extra_ckpt=None)
@@ -258,12 +257,19 @@ def test_require_export_extra_names_the_extra(module: str) -> None:
     assert f"'{module}'" in out and "pip install 'sambert-deploy[export]'" in out, out
 
 
-def test_require_export_extra_is_one_function() -> None:
-    from sambert_deploy.export import exporter, require_export_extra
+def test_export_entry_points_name_a_missing_extra_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library call and the CLI both refuse before any work when the export extra is incomplete,
+    naming the module and the install line; nothing is written."""
+    from sambert_deploy.errors import MissingExtraError
 
-    require_export_extra()  # everything is installed here
-    assert bundle_mod.require_export_extra is require_export_extra
-    assert not hasattr(exporter, "require_export_extra")
+    src = make_modelscope_dir(tmp_path / "m", TINY, voices=("tiny_emo",), extra_ckpt=None)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # how importlib marks a module as not importable
+    with pytest.raises(MissingExtraError, match=r"'onnx' is not installed.*sambert-deploy\[export\]"):
+        export_model(src, tmp_path / "lib")
+    res = CliRunner().invoke(main, ["export", str(src), "-o", str(tmp_path / "cli")])
+    assert res.exit_code != 0 and "'onnx' is not installed" in res.output, res.output
+    assert "sambert-deploy[export]" in res.output, res.output
+    assert not (tmp_path / "lib").exists() and not (tmp_path / "cli").exists()
 
 
 def test_export_model_needs_a_source(tmp_path: Path) -> None:

@@ -35,8 +35,9 @@ from sambert_deploy.runtime.backends import (
 )
 from sambert_deploy.runtime.manifest import read_manifest
 
-ov = pytest.importorskip("openvino", reason="the openvino extra is not installed "
-                                            "(pip install 'sambert-deploy[openvino]')")
+from .conftest import need_module
+
+ov = need_module("openvino", "the openvino extra (pip install 'sambert-deploy[openvino]')")
 
 # The exporter traces the vocoder at 29 frames and checks 1, 2, 57 and 240: these are none of them.
 UNTRACED = (53, 131)

@@ -20,9 +20,10 @@ from sambert_deploy.runtime.pipeline import OneShot
 from sambert_deploy.runtime.precision import choose_vocoder
 from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
 
+from .conftest import need_module
 from .test_runtime import CHUNKS, _units
 
-pytest.importorskip("openvino", reason="the openvino extra is part of the test install (make test)")
+need_module("openvino", "the openvino extra, part of the test install (make test)")
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,13 @@ def test_conv_layer_roles_on_kantts_vocoder(tiny_vocoder: Path) -> None:
     assert all(x.name in kept for x in layers if x.role == "res" and x.stage == 1)
     assert not any(x.name in kept for x in layers if x.role == "res" and x.stage == 2)
     assert Int8Recipe(keep_roles=("*@0",)).kept(layers) == {x.name for x in layers if x.stage == 0}
-    assert "int8" in PRECISIONS
+
+
+def test_precisions_are_the_manifests() -> None:
+    """The precisions calibration names are exactly those the manifest records and the runtime accepts."""
+    from sambert_deploy.runtime import manifest
+
+    assert PRECISIONS == manifest.PRECISIONS == ("fp32", "fp16", "bf16", "int8")
 
 
 def test_quantize_int8_rejects_empty_calibration(tiny_vocoder: Path, tmp_path: Path) -> None:

@@ -278,14 +278,25 @@ def test_bundle_errors(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
         read_manifest(tmp_path / "none")
 
 
-def test_backend_selection() -> None:
-    assert select_backend("cpu") == "cpu"
-    assert select_backend("auto") in ("cuda", "cpu")
-    with pytest.raises(InvalidInputError, match="backend 'tpu' is unknown"):
-        select_backend("tpu")
+def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     import onnxruntime as ort
 
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
+    from sambert_deploy.runtime import backends
+
+    assert select_backend("cpu") == "cpu"
+    # auto on this machine: the acoustic model takes cuda where ORT has it, the vocoder the best present.
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    assert select_backend("auto") == ("cuda" if has_cuda else "cpu")
+    assert select_backend("auto", stage="vocoder") == backends.available_backends()[0]
+    with pytest.raises(InvalidInputError, match="backend 'tpu' is unknown"):
+        select_backend("tpu")
+    with monkeypatch.context() as m:  # auto follows what is present: a CUDA host, then a CPU-only one
+        m.setattr(backends, "available_backends", lambda: ["cuda", "openvino", "cpu"])
+        assert (select_backend("auto"), select_backend("auto", stage="vocoder")) == ("cuda", "cuda")
+        m.setattr(backends, "available_backends", lambda: ["openvino", "cpu"])
+        assert (select_backend("auto"), select_backend("auto", stage="vocoder")) == ("cpu", "openvino")
+
+    if not has_cuda:
         assert select_backend("cuda") == "cpu"  # falls back, logged
         with pytest.raises(BackendUnavailableError, match="onnxruntime-gpu"):
             select_backend("cuda", strict=True)

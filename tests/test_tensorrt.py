@@ -45,6 +45,7 @@ from sambert_deploy.runtime.trt_backend import (
     sidecar_path,
 )
 
+from .conftest import need_module
 from .test_runtime import _units
 
 SMALL = StreamOptions(postnet_chunk=6, vocoder_chunk=8, first_chunk=3)
@@ -227,7 +228,7 @@ def test_engines_bad_input_is_one_line_naming_the_fix(tiny_bundles: dict[str, Pa
 
 
 def test_engines_refuses_asymmetric_int8(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("onnxconverter_common")
+    need_module("onnxconverter_common", "the quantize extra (pip install -e '.[quantize]')")
     from sambert_deploy.calibration.bundle import QuantizeOptions, quantize_bundle
 
     b = tmp_path / "bundle"
