@@ -123,13 +123,13 @@ def run_ours(bundle: str, voice: str, n: int, kwargs: dict[str, Any], threads: i
     if ov_props:
         _openvino_properties(ov_props)
     try:
+        if voc_threads:  # the sweep: intra-op threads per vocoder call instead of the measured default (1)
+            kwargs["vocoder_threads"] = voc_threads
         syn = Synthesizer(bundle, voice=voice, threads=threads, options=opts, **kwargs)
         syn.load(voice, text=False)
     except SambertDeployError as e:  # PrecisionError, BackendUnavailableError, MissingExtraError
         return {"error": f"{type(e).__name__}: {e}", "skip": True}
     with syn:
-        if voc_threads:
-            _vocoder_threads(syn, voice, voc_threads)
         syn.synthesize(symbols=units_line(8))  # session warm-up outside the timing
         load = OtherLoad()
         t0 = time.perf_counter()
@@ -155,18 +155,6 @@ def run_ours(bundle: str, voice: str, n: int, kwargs: dict[str, Any], threads: i
             "gpu": gpu_peak, "runs": f"{am_be} + {voc_be} {prec}", "frontend_s": info.frontend_busy_s,
             "acoustic_s": info.acoustic_busy_s, "vocoder_s": info.vocoder_busy_s, "others": others,
             "underrun": late}
-
-
-def _vocoder_threads(syn: Any, voice: str, threads: int) -> None:
-    """Sweep only: reopen the loaded voice's vocoder with ``threads`` intra-op threads per call (the
-    Synthesizer runs every graph call single-threaded; this reaches into it to measure the alternative)."""
-    from sambert_deploy.runtime.backends import BackendOptions
-    from sambert_deploy.runtime.vocoder import Vocoder
-
-    v = syn._voices[syn.manifest.voice(voice).name]
-    choice = v.voc.choice
-    v.voc.close()
-    v.voc = Vocoder(syn.manifest, v.manifest, choice.backend, BackendOptions(threads=threads), choice)
 
 
 def _openvino_properties(props: dict[str, Any]) -> None:

@@ -188,7 +188,7 @@ def run_parity(bundle: str, voice: str, backend: str) -> dict[str, Any]:
 def _symbols(syn: Any, text: str) -> list[str]:
     from sambert_deploy.symbols import format_units
 
-    fe = syn._front_end(syn._voice(None), None)
+    fe = syn.front_end()
     return [format_units(s) for s in fe.units(text)]
 
 

@@ -29,5 +29,5 @@ def test_cuda_stream_matches_cpu(tiny_bundles: dict[str, Path], variant: str) ->
 
 def test_split_placement(tiny_bundles: dict[str, Path]) -> None:
     with Synthesizer(tiny_bundles["causal"], am_backend="cuda", voc_backend="cpu", strict=True) as syn:
-        assert (syn.am_backend, syn.voc_backend) == ("cuda", "cpu")
+        assert (syn.placement.am_backend, syn.placement.voc_backend) == ("cuda", "cpu")
         assert syn.synthesize(symbols=_units(20)).size > 0

@@ -33,8 +33,9 @@ from ..errors import (
     PrecisionError,
 )
 from ..runtime.cuda import DeviceInfo, cuda
-from ..runtime.gpu_plan import MB, plan_for_voice
+from ..runtime.gpu_plan import MB
 from ..runtime.manifest import PRECISIONS, GraphInfo, Manifest, VoiceManifest, read_manifest
+from ..runtime.placement import HostFacts, PlacementRequest, plan_placement
 from ..runtime.precision import passed_variant
 from ..runtime.synthesizer import StreamOptions
 from ..runtime.trt_backend import ShapeRange, Sidecar, engine_path, import_tensorrt, sidecar_path, trt_logger
@@ -147,9 +148,14 @@ def stream_options_for(device: DeviceInfo, manifest: Manifest, options: EngineOp
     """The chunking the runtime will use on this GPU (its memory tier), or the one asked for."""
     if options.vocoder_chunk is not None:
         return StreamOptions(vocoder_chunk=options.vocoder_chunk)
-    plan = plan_for_voice(device.free_bytes, manifest, next(iter(manifest.voices.values())))
-    log.info("profile tuned for %s", plan.describe())
-    return StreamOptions(vocoder_chunk=plan.vocoder_chunk, postnet_chunk=plan.postnet_chunk)
+    # The runtime's own placement on this GPU, sized over the voices built (the tier a Synthesizer loading
+    # them picks): TensorRT listed, the device's free memory as it is now.
+    request = PlacementRequest(backend="tensorrt")
+    host = HostFacts(("tensorrt", "cuda", "cpu"), cpus=1, gpu=device)
+    placement = plan_placement(manifest, request, host, options.voices or None)
+    if placement.gpu is not None:
+        log.info("profile tuned for %s", placement.gpu.describe())
+    return placement.options
 
 
 def build_engines(bundle: str | Path, options: EngineOptions | None = None) -> list[BuiltEngine]:

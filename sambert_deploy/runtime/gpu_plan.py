@@ -18,7 +18,6 @@ import re
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError
-from .manifest import Manifest, VoiceManifest
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +118,6 @@ def plan_gpu(free_bytes: int, weights_bytes: int, hop: int, max_gpu_memory: int 
         why += f"; even this tier's estimate exceeds the budget ({estimate / MB:.0f} MB): expect out-of-memory errors"
     return GpuPlan(chosen.name, budget, chosen.vocoder_chunk, chosen.postnet_chunk, chosen.gpu_streams,
                    chosen.vocoder_on_gpu, estimate, why)
-
-
-def plan_for_voice(free_bytes: int, manifest: Manifest, voice: VoiceManifest,
-                   max_gpu_memory: int | None = None) -> GpuPlan:
-    """:func:`plan_gpu` for a bundle's voice: its graphs' size as the weights, its vocoder's hop and context."""
-    weights = sum((manifest.root / voice.folder / g.file).stat().st_size for g in voice.graphs.values())
-    return plan_gpu(free_bytes, weights, voice.vocoder.hop, max_gpu_memory, voice.vocoder.context_left)
 
 
 def _estimate(tier: Tier, weights_bytes: int, hop: int, context_frames: int) -> int:

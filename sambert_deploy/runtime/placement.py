@@ -86,6 +86,7 @@ class PlacementRequest:
     gpu_streams: int | None = None
     max_gpu_memory: int | None = None
     options: StreamOptions | None = None
+    vocoder_threads: int = 1  # intra-op threads of one vocoder call (1 measured best: README; the sweep varies it)
 
     def __post_init__(self) -> None:
         for name in ("backend", "am_backend", "voc_backend"):
@@ -99,7 +100,7 @@ class PlacementRequest:
         check_precision(self.precision)
         if self.options is not None and not isinstance(self.options, StreamOptions):
             raise InvalidInputError(f"options must be a StreamOptions, got {type(self.options).__name__}")
-        if self.threads < 0 or (self.gpu_streams is not None and self.gpu_streams < 1):
+        if self.threads < 0 or self.vocoder_threads < 0 or (self.gpu_streams is not None and self.gpu_streams < 1):
             raise InvalidInputError(f"threads must be >= 0 (0: all CPUs) and gpu_streams >= 1, got {self.threads}, "
                                     f"{self.gpu_streams}")
 

@@ -106,6 +106,7 @@ class Synthesizer:
     failed its gate or cannot run here). ``threads``: the CPU budget shared by all streams (0: every
     CPU this process may use). ``gpu_streams``: graph calls in flight on a GPU. ``voices``: the voices
     this Synthesizer may load (default: all; the GPU memory tier and arena caps are sized over them).
+    ``vocoder_threads``: intra-op threads of one vocoder call (0: all CPUs; 1, the default, measured best).
     Where everything runs is :attr:`placement`; what actually opened, :meth:`backends`/:meth:`opened`.
     """
 
@@ -113,10 +114,10 @@ class Synthesizer:
                  strict: bool = False, threads: int = 0, options: StreamOptions | None = None,
                  am_backend: str | None = None, voc_backend: str | None = None, gpu_streams: int | None = None,
                  precision: str = "auto", max_gpu_memory: int | str | None = None,
-                 voices: Sequence[str] | None = None):
+                 voices: Sequence[str] | None = None, vocoder_threads: int = 1):
         self.manifest = bundle if isinstance(bundle, Manifest) else read_manifest(bundle)
         request = PlacementRequest(backend, am_backend, voc_backend, precision, strict, threads, gpu_streams,
-                                   parse_bytes(max_gpu_memory), options)
+                                   parse_bytes(max_gpu_memory), options, vocoder_threads)
         self.placement = plan_placement(self.manifest, request, host_facts(request), voices)
         default = self.manifest.voice(voice).name
         if voice is None and default not in self.placement.voices:

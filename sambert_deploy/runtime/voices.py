@@ -4,7 +4,7 @@ chain with one rule, and the record of what actually opened (:class:`OpenedVoice
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import BackendUnavailableError, BundleError, PrecisionError
@@ -87,7 +87,8 @@ def _open_vocoder(manifest: Manifest, placement: Placement, vm: VoiceManifest, f
         error = cand.error
         if error is None and cand.choice is not None:
             try:
-                return Vocoder(manifest, vm, cand.choice.backend, placement.backend_options, cand.choice,
+                opts = replace(placement.backend_options, threads=placement.request.vocoder_threads)
+                return Vocoder(manifest, vm, cand.choice.backend, opts, cand.choice,
                                window_frames=vp.window_frames, max_calls=placement.gpu_streams)
             except (BackendUnavailableError, BundleError, PrecisionError) as e:
                 error = e

@@ -122,7 +122,7 @@ def write_repo(bundle: str | Path, out: str | Path, options: RepoOptions | None 
     """Write the model repository for ``bundle`` to ``out``; returns what was written."""
     o = options or RepoOptions()
     bundle, out = Path(bundle), Path(out)
-    read_manifest(bundle)  # a missing or broken bundle is named now, not when the server starts
+    manifest = read_manifest(bundle)  # a missing or broken bundle is named now, not when the server starts
     if o.copy_bundle:
         bundle_value = "bundle"
     elif o.bundle_path is not None:
@@ -132,9 +132,12 @@ def write_repo(bundle: str | Path, out: str | Path, options: RepoOptions | None 
     params = ModelParams(bundle=bundle_value, backend=o.backend, precision=o.precision, threads=o.threads,
                          max_concurrent=o.max_concurrent, max_input_chars=o.max_input_chars,
                          allow_numpy2=o.allow_numpy2)
-    from ...runtime.precision import check_precision
+    from ...runtime.placement import PlacementRequest, host_facts, plan_placement
 
-    check_precision(o.precision)  # the same error the server would give, before anything is written
+    # The Synthesizer's own placement of every voice, as the model will plan it: a bad backend, precision
+    # or thread count is the error the server would give, before anything is written.
+    request = PlacementRequest(backend=o.backend, precision=o.precision, threads=o.threads)
+    plan_placement(manifest, request, host_facts())
     _check_output(out, o.force)
     config = render_config(o, params)
     tmp = _staging(out)
