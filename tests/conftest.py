@@ -44,6 +44,7 @@ def under_ci() -> bool:
 
 def missing(why: str) -> NoReturn:
     """Skip with ``why``; under CI fail with it instead. Usable at module level."""
+    __tracebackhide__ = True  # the report points at the test that needed it, not at this helper
     if under_ci():
         pytest.fail(f"{why} [CI provides this, so under CI its absence is a failure, not a skip]", pytrace=False)
     pytest.skip(why, allow_module_level=True)
@@ -51,6 +52,7 @@ def missing(why: str) -> NoReturn:
 
 def need_module(name: str, source: str) -> ModuleType:
     """Import ``name``, or skip (fail under CI) naming ``source``, what installs it."""
+    __tracebackhide__ = True
     try:
         return importlib.import_module(name)
     except ImportError as e:
@@ -59,6 +61,7 @@ def need_module(name: str, source: str) -> ModuleType:
 
 def need_path(path: Path, what: str) -> Path:
     """``path`` when it exists, else skip (fail under CI) saying ``what`` it is."""
+    __tracebackhide__ = True
     if not path.exists():
         missing(f"{what} not found at {path}")
     return path
