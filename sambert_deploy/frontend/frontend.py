@@ -162,9 +162,9 @@ class FrontEnd:
             for u in sents:
                 yield format_line(n, u)
 
-    # --- internals ------------------------------------------------------------------------------------------
+    # --- the incremental reader's entry (SentenceReader calls it per block) ----------------------------------
 
-    def _block_units(self, block: str, default_emotion: str, spk: str, state: list[str]) -> list[list[Unit]]:
+    def block_units(self, block: str, default_emotion: str, spk: str, state: list[str]) -> list[list[Unit]]:
         """Units of one block of whole sentences. ``state[0]`` is the current emotion, carried from block to
         block by the caller's reader; ``default_emotion`` is what ``[/emotion]`` returns to.
         """

@@ -27,14 +27,14 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ..symbols import Unit
-from .split import _CLOSERS, SENTENCE_END
+from .split import CLOSERS, SENTENCE_END
 
 if TYPE_CHECKING:
     from .frontend import FrontEnd
 
 SOFT_LIMIT = 1000
 HARD_LIMIT = 2000
-_HARD_RE = re.compile(f"[\r\n]|[{re.escape(SENTENCE_END)}][{re.escape(SENTENCE_END + _CLOSERS)}]*")
+_HARD_RE = re.compile(f"[\r\n]|[{re.escape(SENTENCE_END)}][{re.escape(SENTENCE_END + CLOSERS)}]*")
 _SOFT = frozenset("，；：、,;")
 _MARKUP_SPAN = 64  # a marker longer than this (padded with whitespace) may be cut at a soft break
 _NEVER = 1 << 62
@@ -145,7 +145,7 @@ class SentenceReader:
             block = self._next_block()
             if block is None:
                 return None
-            self._queue.extend(self._fe._block_units(block, self._default_emotion, self._speaker, self._state))
+            self._queue.extend(self._fe.block_units(block, self._default_emotion, self._speaker, self._state))
         return self._queue.popleft()
 
     def _next_block(self) -> str | None:

@@ -19,7 +19,7 @@ _MARKUP_RE = re.compile(r"\[\s*(/?)\s*emotion\s*(?:[=:]\s*([A-Za-z_]+)\s*)?\]", 
 
 SENTENCE_END = "。！？!?"
 # Closing marks that belong to the sentence they follow.
-_CLOSERS = "”’」』）)》】\"'"
+CLOSERS = "”’」』）)》】\"'"
 
 
 def parse_markup(text: str, default_emotion: str, inv: Inventories) -> tuple[str, list[str]]:
@@ -70,7 +70,7 @@ def split_sentences(text: str) -> list[str]:
         buf.append(ch)
         if ch in SENTENCE_END:
             j = i + 1
-            while j < n and (text[j] in SENTENCE_END or text[j] in _CLOSERS or SENTINEL_RE.match(text[j])):
+            while j < n and (text[j] in SENTENCE_END or text[j] in CLOSERS or SENTINEL_RE.match(text[j])):
                 buf.append(text[j])
                 j += 1
             out.append("".join(buf))

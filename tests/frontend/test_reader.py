@@ -253,7 +253,7 @@ def _blocks(fe: FrontEnd, pieces: list[str]) -> list[str]:
     """The blocks the reader cuts, without running the analysis (a per-instance stand-in)."""
     rd = fe.reader()
     blocks: list[str] = []
-    rd._fe = type("Recorder", (), {"_block_units": lambda self, b, *a: blocks.append(b) or []})()  # type: ignore[assignment]
+    rd._fe = type("Recorder", (), {"block_units": lambda self, b, *a: blocks.append(b) or []})()  # type: ignore[assignment]
     for p in pieces:
         rd.feed(p)
         rd.next_sentence()
