@@ -76,10 +76,7 @@ class _WeightNormed(nn.Module):
         if self.weight_g is None or self.weight_v is None:
             raise CheckpointError(f"{type(self).__name__} has neither a folded weight nor weight_g/weight_v; "
                                   "load the layer from a checkpoint with both weight_g and weight_v")
-        # torch's weight norm over dim 0 (what the checkpoint's weight_norm parametrization computes):
-        # v * (g / ||v||), the norm over every axis but the output channels.
-        v = self.weight_v
-        return v * (self.weight_g / v.reshape(v.shape[0], -1).norm(2, 1).reshape(-1, *([1] * (v.dim() - 1))))
+        return torch._weight_norm(self.weight_v, self.weight_g, 0)
 
     def fold(self) -> None:
         if self.weight is not None:
