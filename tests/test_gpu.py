@@ -10,7 +10,7 @@ import pytest
 
 from sambert_deploy.runtime.synthesizer import Synthesizer
 
-from .test_runtime import _units
+from .test_runtime import symbol_units
 
 # Hardware, not an install: these skip wherever there is no CUDA GPU, CI included (scripts/gpu_run.sh runs them).
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif("CUDAExecutionProvider" not in
 
 @pytest.mark.parametrize("variant", ["causal", "noncausal"])
 def test_cuda_stream_matches_cpu(tiny_bundles: dict[str, Path], variant: str) -> None:
-    sym = _units(60)
+    sym = symbol_units(60)
     with Synthesizer(tiny_bundles[variant], backend="cpu") as cpu, \
             Synthesizer(tiny_bundles[variant], backend="cuda", strict=True) as gpu:
         a = cpu.synthesize(symbols=sym)
@@ -30,4 +30,4 @@ def test_cuda_stream_matches_cpu(tiny_bundles: dict[str, Path], variant: str) ->
 def test_split_placement(tiny_bundles: dict[str, Path]) -> None:
     with Synthesizer(tiny_bundles["causal"], am_backend="cuda", voc_backend="cpu", strict=True) as syn:
         assert (syn.placement.am_backend, syn.placement.voc_backend) == ("cuda", "cpu")
-        assert syn.synthesize(symbols=_units(20)).size > 0
+        assert syn.synthesize(symbols=symbol_units(20)).size > 0

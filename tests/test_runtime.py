@@ -27,7 +27,7 @@ from .conftest import REPO, TINY
 PKG = REPO / "sambert_deploy"
 
 
-def _units(n: int, seed: int = 0) -> str:
+def symbol_units(n: int, seed: int = 0) -> str:
     z = np.load(TINY / "io_seq1_medium.npz")
     base = str(z["symbol_sequence"]).split()
     rng = np.random.default_rng(seed)
@@ -77,7 +77,7 @@ CHUNKS = [StreamOptions(postnet_chunk=1, vocoder_chunk=1, first_chunk=1, max_ahe
 @pytest.mark.parametrize("variant", ["causal", "noncausal"])
 @pytest.mark.parametrize("n_units", [1, 2, 9, 40])
 def test_stream_equals_one_shot(tiny_bundles: dict[str, Path], variant: str, n_units: int) -> None:
-    sym = _units(n_units, n_units)
+    sym = symbol_units(n_units, n_units)
     with OneShot(tiny_bundles[variant]) as rt:
         ref = rt.run(sym)
     frames = ref.mel.shape[0]
@@ -96,7 +96,7 @@ def test_stream_equals_one_shot(tiny_bundles: dict[str, Path], variant: str, n_u
             assert chunks[-1].final and sum(c.final for c in chunks) == 1
 
 
-def _workers_alive() -> list[str]:
+def workers_alive() -> list[str]:
     import threading
     import time
 
@@ -113,7 +113,7 @@ def test_stream_stops_cleanly(tiny_bundles: dict[str, Path], monkeypatch: pytest
     the caller; after close() no thread is left."""
     from sambert_deploy.runtime.vocoder import Vocoder
 
-    sym = _units(40, 5)
+    sym = symbol_units(40, 5)
     opts = StreamOptions(vocoder_chunk=2, first_chunk=1, max_ahead=3)
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=opts) as syn:
         stream = syn.stream(symbols=sym)
@@ -136,7 +136,7 @@ def test_stream_stops_cleanly(tiny_bundles: dict[str, Path], monkeypatch: pytest
         with pytest.raises(RuntimeError, match="window 4 failed"):
             list(stream)
         assert stream.info.state == "failed" and list(stream) == []  # raised once, then ended
-    assert _workers_alive() == []
+    assert workers_alive() == []
 
 
 @pytest.mark.parametrize("opts", [
@@ -146,7 +146,7 @@ def test_stream_stops_cleanly(tiny_bundles: dict[str, Path], monkeypatch: pytest
 def test_sentences_split_and_concatenate(tiny_bundles: dict[str, Path], opts: StreamOptions) -> None:
     """Sentences share one acoustic stream (the model runs ahead into the next sentence while the
     vocoder finishes this one); each sentence's audio still equals its own one-shot audio."""
-    lines = [_units(12, 1), _units(1, 5), _units(20, 2), _units(7, 3)]
+    lines = [symbol_units(12, 1), symbol_units(1, 5), symbol_units(20, 2), symbol_units(7, 3)]
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=opts) as syn, \
             OneShot(tiny_bundles["causal"]) as rt:
         stream = syn.stream(symbols="\n".join(f"{i}\t{line}" for i, line in enumerate(lines)))
@@ -161,7 +161,7 @@ def test_sentences_split_and_concatenate(tiny_bundles: dict[str, Path], opts: St
         got = np.concatenate([c.samples for c in mine])
         assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref, atol=1e-5)
-    assert _workers_alive() == []
+    assert workers_alive() == []
 
 
 def test_load_opens_sessions_and_front_end(tiny_bundles: dict[str, Path]) -> None:
@@ -190,13 +190,13 @@ def test_sentence_without_frames_is_skipped(tiny_bundles: dict[str, Path], caplo
 
     monkeypatch.setattr(AcousticModel, "plan", tiny_durations)
     with Synthesizer(tiny_bundles["causal"], backend="cpu") as syn:
-        stream = syn.stream(symbols="\n".join([_units(5, 1), _units(6, 2)]))
+        stream = syn.stream(symbols="\n".join([symbol_units(5, 1), symbol_units(6, 2)]))
         assert list(stream) == [] and stream.info.sentences == 2 and stream.info.frames == 0
     assert "produced no frames" in caplog.text
 
 
 def test_split_units_at_breaks() -> None:
-    line = parse_units(_units(100, 3))
+    line = parse_units(symbol_units(100, 3))
     pieces = split_units(line, 30)
     flat = sum(pieces, [])
     assert len(flat) == len(line) and all(len(p) <= 30 for p in pieces)
@@ -207,7 +207,7 @@ def test_split_units_at_breaks() -> None:
 
 
 def test_long_input_is_split_by_default(tiny_bundles: dict[str, Path]) -> None:
-    sym = _units(700, 4)
+    sym = symbol_units(700, 4)
     with Synthesizer(tiny_bundles["causal"], backend="cpu") as syn:
         stream = syn.stream(symbols=sym)
         n = sum(len(c.samples) for c in stream)
@@ -233,19 +233,19 @@ def test_input_errors(tiny_bundles: dict[str, Path]) -> None:
         with pytest.raises(InvalidInputError, match="nothing to synthesize"):
             syn.stream("")
         with pytest.raises(InvalidInputError, match=r"unknown voice 'x'.*tiny_emo"):
-            syn.stream(symbols=_units(3), voice="x")
+            syn.stream(symbols=symbol_units(3), voice="x")
         with pytest.raises(InvalidInputError, match=r"unknown emotion 'grumpy'.*happy.*sad"):
-            syn.stream(symbols=_units(3), emotion="grumpy")
+            syn.stream(symbols=symbol_units(3), emotion="grumpy")
         with pytest.raises(InvalidInputError, match=r"unknown speaker 'Q9'.*F7, M7"):
-            syn.stream(symbols=_units(3), speaker="Q9")
-        bad = _units(5).split()
+            syn.stream(symbols=symbol_units(3), speaker="Q9")
+        bad = symbol_units(5).split()
         bad[3] = "{zz_c$tone1$s_begin$word_begin$emotion_neutral$F7}"
         with pytest.raises(InvalidInputError, match=r"unit 3 .*sy symbol 'zz_c'"):
             syn.stream(symbols=" ".join(bad))
         with pytest.raises(InvalidInputError, match=r"line 2: unit 0 .*6"):
-            syn.stream(symbols=_units(3) + "\n{a_c$tone1}")
+            syn.stream(symbols=symbol_units(3) + "\n{a_c$tone1}")
         with pytest.raises(InvalidInputError, match=r"speed must be a number from 0.25 to 4.0"):
-            syn.stream(symbols=_units(3), speed=0)
+            syn.stream(symbols=symbol_units(3), speed=0)
         with pytest.raises(InvalidInputError, match="give exactly one of text or symbols"):
             syn.stream()
     with pytest.raises(InvalidInputError, match="vocoder_chunk must be an integer >= 1"):
@@ -320,7 +320,7 @@ def test_synth_cli(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
     import soundfile as sf
 
     sym = tmp_path / "s.txt"
-    sym.write_text(f"0\t{_units(30)}\n1\t{_units(10, 5)}\n")
+    sym.write_text(f"0\t{symbol_units(30)}\n1\t{symbol_units(10, 5)}\n")
     out = tmp_path / "o.wav"
     r = CliRunner().invoke(main, ["-q", "synth", str(tiny_bundles["causal"]), "--symbols-file", str(sym), "-o", str(out)])
     assert r.exit_code == 0, r.output

@@ -33,7 +33,7 @@ from sambert_deploy.runtime.manifest import read_manifest
 from sambert_deploy.runtime.synthesizer import Activity, SpeechOptions, StreamOptions, Synthesizer
 
 from .conftest import TINY, make_modelscope_dir, need_module
-from .test_runtime import _units, _workers_alive
+from .test_runtime import symbol_units, workers_alive
 
 SMALL = StreamOptions(postnet_chunk=6, vocoder_chunk=8, first_chunk=3)
 
@@ -55,9 +55,9 @@ def two_voices(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 REQUESTS = [
-    dict(symbols=_units(30, 1), voice="zhibei_emo"),
+    dict(symbols=symbol_units(30, 1), voice="zhibei_emo"),
     dict(text="你好，欢迎使用。今天天气很好！", voice="zhiyan_emo", emotion="Happy", speed=1.3),
-    dict(symbols=_units(45, 2), voice="zhiyan_emo", emotion="sad", speaker="X1", speed=0.8),
+    dict(symbols=symbol_units(45, 2), voice="zhiyan_emo", emotion="sad", speaker="X1", speed=0.8),
     dict(text="我们一起去公园吧。", voice="zhibei_emo", speaker="m7"),
 ]
 
@@ -99,7 +99,7 @@ def test_concurrent_streams_equal_sequential(two_voices: Path, n: int) -> None:
         assert a.shape == b.shape and a.size > 0
         assert np.array_equal(a, b)
         assert meta_a == meta_b
-    assert _workers_alive() == []
+    assert workers_alive() == []
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -139,13 +139,13 @@ def test_stress_start_and_cancel(two_voices: Path, plan: list[tuple[int, int | N
         t.join(60)
     syn.close()
     assert not errors, errors
-    assert _workers_alive() == []
+    assert workers_alive() == []
 
 
 def test_cancel_mid_sentence_frees_the_workers_promptly(tiny_bundles: dict[str, Path]) -> None:
     opts = StreamOptions(postnet_chunk=3, vocoder_chunk=4, first_chunk=2, max_ahead=50)
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=opts) as syn:
-        stream = syn.stream(symbols=_units(300, 3), speed=0.5)
+        stream = syn.stream(symbols=symbol_units(300, 3), speed=0.5)
         next(stream)
         t0 = time.perf_counter()
         stream.cancel()
@@ -161,7 +161,7 @@ def test_abandoned_stream_stops_using_cpu(tiny_bundles: dict[str, Path]) -> None
     """A stream that is still referenced but no longer read stops at its bounded look-ahead: its
     workers wait on a condition (no polling) and the process burns no CPU."""
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=StreamOptions(vocoder_chunk=8, postnet_chunk=8, max_ahead=3)) as syn:
-        stream = syn.stream(symbols=_units(400, 4))
+        stream = syn.stream(symbols=symbol_units(400, 4))
         next(stream)
         deadline = time.perf_counter() + 10
         while syn.activity().busy["cpu"] or stream.outstanding < 3:  # it fills its look-ahead, then stops
@@ -186,11 +186,11 @@ def test_abandoned_stream_stops_using_cpu(tiny_bundles: dict[str, Path]) -> None
 
 def test_async_iteration_and_close_inside_the_event_loop(tiny_bundles: dict[str, Path]) -> None:
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL) as syn:
-        ref = syn.synthesize(symbols=_units(40, 2))
+        ref = syn.synthesize(symbols=symbol_units(40, 2))
 
         async def main_() -> tuple[np.ndarray, float]:
-            got = [c.samples async for c in syn.stream(symbols=_units(40, 2))]
-            stream = syn.stream(symbols=_units(200, 3))
+            got = [c.samples async for c in syn.stream(symbols=symbol_units(40, 2))]
+            stream = syn.stream(symbols=symbol_units(200, 3))
             await stream.__anext__()
             t0 = time.perf_counter()
             stream.close()  # from the loop's own thread: must not block it
@@ -205,7 +205,7 @@ def test_async_iteration_and_close_inside_the_event_loop(tiny_bundles: dict[str,
 
 def test_close_while_streams_run(tiny_bundles: dict[str, Path]) -> None:
     syn = Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL)
-    stream = syn.stream(symbols=_units(200, 1))
+    stream = syn.stream(symbols=symbol_units(200, 1))
     next(stream)
     voc = syn.sessions()["vocoder"]
     syn.close()
@@ -213,12 +213,12 @@ def test_close_while_streams_run(tiny_bundles: dict[str, Path]) -> None:
         list(stream)
     assert list(stream) == []
     with pytest.raises(SynthesizerClosedError, match="create a new one"):
-        syn.stream(symbols=_units(3))
+        syn.stream(symbols=symbol_units(3))
     with pytest.raises(BackendClosedError, match="was closed"):
         voc.run({"mel": np.zeros((1, 20, 5), np.float32)})
     with pytest.raises(BackendClosedError):
         voc.open()
-    assert _workers_alive() == []
+    assert workers_alive() == []
 
 
 def test_text_streams_in(tiny_bundles: dict[str, Path]) -> None:
@@ -270,7 +270,7 @@ def test_voice_loads_once_for_concurrent_first_requests(tiny_bundles: dict[str, 
     monkeypatch.setattr(mod.AcousticModel, "__init__", counting)
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL) as syn:
         outs: list[int] = []
-        threads = [threading.Thread(target=lambda: outs.append(syn.synthesize(symbols=_units(8)).size))
+        threads = [threading.Thread(target=lambda: outs.append(syn.synthesize(symbols=symbol_units(8)).size))
                    for _ in range(4)]
         for t in threads:
             t.start()
@@ -298,7 +298,7 @@ def test_same_name_rule_for_emotion_everywhere(tiny_bundles: dict[str, Path]) ->
 
 def test_symbol_line_without_breaks_is_split(tiny_bundles: dict[str, Path]) -> None:
     """Defect: a symbol line longer than max_units with no prosodic break raised IndexError."""
-    units = [u for u in _units(120, 7).split() if not u.startswith("{#")]
+    units = [u for u in symbol_units(120, 7).split() if not u.startswith("{#")]
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=StreamOptions(max_units=50)) as syn:
         stream = syn.stream(symbols=" ".join(units))
         assert sum(len(c.samples) for c in stream) > 0
@@ -316,7 +316,7 @@ def test_auto_falls_back_when_a_listed_provider_cannot_open(tiny_bundles: dict[s
     monkeypatch.setattr(placement, "available_backends", lambda: ["cuda", "cpu"])  # listed: onnxruntime-gpu
     monkeypatch.setattr(backends.OrtCudaBackend, "_open", no_driver)
     with Synthesizer(tiny_bundles["causal"], backend="auto", options=SMALL) as syn:
-        assert syn.synthesize(symbols=_units(5)).size
+        assert syn.synthesize(symbols=symbol_units(5)).size
         assert syn.backends() == {syn.default_voice: ("cpu", "cpu")}
     assert "not on cuda" in caplog.text and "falling back to cpu" in caplog.text and "no driver" in caplog.text
     with Synthesizer(tiny_bundles["causal"], backend="cuda", strict=True) as syn, \
@@ -352,7 +352,7 @@ def _reader_threads() -> list[str]:
 def test_long_symbol_line_from_an_iterable(tiny_bundles: dict[str, Path]) -> None:
     """A line longer than the reader's look-ahead must still arrive whole (it once deadlocked:
     the reader held back while the stream waited for the rest of the line)."""
-    line = _units(400, 2)
+    line = symbol_units(400, 2)
     assert len(line) > 16_384
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL) as syn:
         ref = syn.synthesize(symbols=line)
@@ -364,7 +364,7 @@ def test_long_symbol_line_from_an_iterable(tiny_bundles: dict[str, Path]) -> Non
 def test_failed_stream_releases_its_reader(tiny_bundles: dict[str, Path]) -> None:
     bad = "{zz_c$tone1$s_begin$word_begin$emotion_neutral$F7}\n"
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL) as syn:
-        stream = syn.stream(symbols=iter([bad] + [_units(30, k) + "\n" for k in range(60)]))
+        stream = syn.stream(symbols=iter([bad] + [symbol_units(30, k) + "\n" for k in range(60)]))
         with pytest.raises(InvalidInputError, match="symbol line 1: unit 0 .*sy symbol 'zz_c'"):
             list(stream)
         assert _reader_threads() == []
@@ -412,15 +412,15 @@ def test_bookkeeping_error_ends_the_stream(tiny_bundles: dict[str, Path], monkey
     monkeypatch.setattr(mod, "AudioChunk", flaky)
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL) as syn:
         with pytest.raises(MemoryError, match="no room"):
-            list(syn.stream(symbols=_units(60, 1)))
+            list(syn.stream(symbols=symbol_units(60, 1)))
         monkeypatch.setattr(mod, "AudioChunk", real)
-        assert syn.synthesize(symbols=_units(5)).size > 0  # the workers still serve other streams
+        assert syn.synthesize(symbols=symbol_units(5)).size > 0  # the workers still serve other streams
 
 
 def test_close_keeps_a_stream_error_unread(tiny_bundles: dict[str, Path]) -> None:
     syn = Synthesizer(tiny_bundles["causal"], backend="cpu", options=StreamOptions(max_ahead=1000))
     bad = "{zz_c$tone1$s_begin$word_begin$emotion_neutral$F7}\n"
-    stream = syn.stream(symbols=iter([_units(5) + "\n", bad]))
+    stream = syn.stream(symbols=iter([symbol_units(5) + "\n", bad]))
     deadline = time.perf_counter() + 10
     while stream.error is None:
         assert time.perf_counter() < deadline
@@ -434,10 +434,10 @@ def test_dropped_synthesizer_stops_its_workers(tiny_bundles: dict[str, Path]) ->
     import gc
 
     syn = Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL)
-    syn.synthesize(symbols=_units(5))
+    syn.synthesize(symbols=symbol_units(5))
     del syn
     gc.collect()
-    assert _workers_alive() == []
+    assert workers_alive() == []
 
 
 # -- CLI -----------------------------------------------------------------------------------------
@@ -446,7 +446,7 @@ def test_synth_reads_symbols_from_stdin(tiny_bundles: dict[str, Path], tmp_path:
     import soundfile as sf
 
     out = tmp_path / "o.wav"
-    lines = f"0\t{_units(20, 1)}\n1\t{_units(9, 2)}\n"
+    lines = f"0\t{symbol_units(20, 1)}\n1\t{symbol_units(9, 2)}\n"
     r = CliRunner().invoke(main, ["-q", "synth", str(tiny_bundles["causal"]), "--symbols-file", "-", "-o", str(out)],
                            input=lines)
     assert r.exit_code == 0, r.output
@@ -486,7 +486,7 @@ def test_failed_synthesis_keeps_the_existing_wav(tiny_bundles: dict[str, Path], 
     out = tmp_path / "o.wav"
     out.write_bytes(b"precious")
     sym = tmp_path / "s.txt"
-    sym.write_text(f"{_units(10)}\n" + "{zz_c$tone1$s_begin$word_begin$emotion_neutral$F7}\n")
+    sym.write_text(f"{symbol_units(10)}\n" + "{zz_c$tone1$s_begin$word_begin$emotion_neutral$F7}\n")
     r = CliRunner().invoke(main, ["synth", str(tiny_bundles["causal"]), "--symbols-file", str(sym), "-o", str(out)])
     assert r.exit_code == 2 and "symbol line 2" in r.output
     assert out.read_bytes() == b"precious" and sorted(p.name for p in tmp_path.iterdir()) == ["o.wav", "s.txt"]

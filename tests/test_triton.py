@@ -35,7 +35,7 @@ from sambert_deploy.serve.triton.protocol import (
 from sambert_deploy.serve.triton.repo import MODEL_FILE, RepoOptions, TritonRepoError, write_repo
 
 from .conftest import REPO, missing, need_module
-from .test_runtime import _units
+from .test_runtime import symbol_units
 
 # Three sentences, the last one long: its synthesis takes most of the stream's time.
 TEXT3 = ("今天天气很好。我们去公园散步吧！"
@@ -271,7 +271,7 @@ def test_three_concurrent_streams_on_one_instance(served: Served) -> None:
 
     requests = [(TEXT3, ClientOptions(), {}),
                 (LONG[:200], ClientOptions(emotion="Happy", speed=1.3), {"emotion": "Happy", "speed": 1.3}),
-                (_units(60, 2), ClientOptions(symbols=True, speaker="m7", speed=0.8), {"speaker": "m7", "speed": 0.8})]
+                (symbol_units(60, 2), ClientOptions(symbols=True, speaker="m7", speed=0.8), {"speaker": "m7", "speed": 0.8})]
     refs = []
     for text, o, kw in requests:
         with (served.synth.stream(symbols=text, **kw) if o.symbols else served.synth.stream(text, **kw)) as st:
