@@ -338,10 +338,9 @@ def engines(bundle: Path, precision: str, voices: tuple[str, ...], timing_cache:
 @handle_errors
 def info(bundle: Path) -> None:
     """Describe a bundle: voices, emotions, speakers, graphs, provenance."""
-    from .runtime.backends import probe_backends
+    from .runtime.backends import engine_reports, probe_backends
     from .runtime.manifest import read_manifest
     from .runtime.placement import PlacementRequest, host_facts, plan_placement
-    from .runtime.trt_backend import engine_lines, engine_reports
     from .runtime.voices import open_voice
 
     m = read_manifest(bundle)
@@ -363,8 +362,10 @@ def info(bundle: Path) -> None:
             click.echo(f"    vocoder {var.precision}: {var.graph.file} on {'/'.join(var.backends)}; "
                        f"{var.quality.summary()}")
         reports = engine_reports(m, v)
-        for line in engine_lines(v.name, reports):
-            click.echo(f"    {line}")
+        if not reports:
+            click.echo(f"    TensorRT engines: none (sambert-deploy engines BUNDLE --voice {v.name} --precision fp16)")
+        for r in reports:
+            click.echo(f"    TensorRT engine {r.plan.name} ({r.built}): {r.status}")
         try:
             opened = open_voice(m, placement, v.name)
         except SambertDeployError as e:

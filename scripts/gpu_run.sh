@@ -49,7 +49,7 @@ else
   step "GPU tests (pytest -m 'gpu or trt')" \
     "$PY" -m pytest -q -p no:cacheprovider -m "gpu or trt" tests/test_gpu.py tests/test_tensorrt.py
 fi
-if $PY -c "from sambert_deploy.runtime.trt_backend import tensorrt_missing as m; import sys; sys.exit(m() is not None)"; then
+if $PY -c "from sambert_deploy.runtime.backends import tensorrt_missing as m; import sys; sys.exit(m() is not None)"; then
   step "TensorRT engine build (fp16)" "$PY" -m sambert_deploy.cli engines "$BUNDLE" --voice demo_emo --precision fp16
   step "TensorRT engine build (fp32)" "$PY" -m sambert_deploy.cli engines "$BUNDLE" --voice demo_emo --precision fp32
 fi

@@ -147,8 +147,12 @@ def test_inputs_are_checked_centrally(vocoder: Path) -> None:
 def test_lifecycle(vocoder: Path, tmp_path: Path) -> None:
     be = OpenVinoBackend(vocoder)
     assert not be.is_open
-    assert be.run({"mel": _mel(5)})["audio"].shape == (1, 1, 1000)  # the first run opens it
-    assert be.is_open
+    with pytest.raises(BackendClosedError, match="not open; call open"):  # never opened lazily
+        be.run({"mel": _mel(5)})
+    with pytest.raises(BackendClosedError, match="not open"):
+        be.effective_config()
+    assert be.open() is be and be.is_open
+    assert be.run({"mel": _mel(5)})["audio"].shape == (1, 1, 1000)
     be.close()
     assert not be.is_open
     with pytest.raises(BackendClosedError, match="backend was closed"):

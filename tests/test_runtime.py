@@ -281,7 +281,7 @@ def test_bundle_errors(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
 def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     import onnxruntime as ort
 
-    from sambert_deploy.runtime import backends
+    from sambert_deploy.runtime.backends import select as backends  # where select_backend looks up the list
 
     assert select_backend("cpu") == "cpu"
     # auto on this machine: the acoustic model takes cuda where ORT has it, the vocoder the best present.

@@ -29,12 +29,8 @@ from sambert_deploy.errors import (
     InvalidInputError,
     PrecisionError,
 )
-from sambert_deploy.runtime import backends, trt_backend
-from sambert_deploy.runtime.cuda import Cuda, DeviceInfo
-from sambert_deploy.runtime.gpu_plan import GB, MB, parse_bytes, plan_gpu
-from sambert_deploy.runtime.manifest import read_manifest
-from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
-from sambert_deploy.runtime.trt_backend import (
+from sambert_deploy.runtime import backends
+from sambert_deploy.runtime.backends import (
     EngineTarget,
     Host,
     ShapeRange,
@@ -44,6 +40,12 @@ from sambert_deploy.runtime.trt_backend import (
     read_sidecar,
     sidecar_path,
 )
+from sambert_deploy.runtime.backends import select as backend_select
+from sambert_deploy.runtime.backends import tensorrt as trt_backend
+from sambert_deploy.runtime.cuda import Cuda, DeviceInfo
+from sambert_deploy.runtime.gpu_plan import GB, MB, parse_bytes, plan_gpu
+from sambert_deploy.runtime.manifest import read_manifest
+from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
 
 from .conftest import need_module
 from .test_runtime import _units
@@ -465,10 +467,10 @@ def _fake_engine_files(bundle: Path, voice: str, precision: str = "fp32") -> Pat
 
 def _listed(monkeypatch: pytest.MonkeyPatch, kinds: list[str]) -> None:
     """Backends this machine lists (not whether they open)."""
-    from sambert_deploy.runtime import synthesizer
+    from sambert_deploy.runtime import placement
 
-    monkeypatch.setattr(backends, "available_backends", lambda: list(kinds))
-    monkeypatch.setattr(synthesizer, "available_backends", lambda: list(kinds))
+    monkeypatch.setattr(backend_select, "available_backends", lambda: list(kinds))
+    monkeypatch.setattr(placement, "available_backends", lambda: list(kinds))
 
 
 @pytest.fixture
@@ -494,7 +496,7 @@ def test_tensorrt_backend_streams_what_the_cpu_streams(fake_trt: tuple[Path, Any
         got = syn.synthesize(symbols=sym)
         assert syn.backends()[syn.default_voice] == ("cpu", "tensorrt")
         session = syn._voices[syn.default_voice].voc.session
-        assert session.kind == "tensorrt" and len(session._all) <= 2  # contexts bounded by gpu_streams
+        assert session.kind == "tensorrt" and session.contexts <= 2  # contexts bounded by gpu_streams
     assert trt.engines[0].calls > 3
     np.testing.assert_allclose(got, want, atol=1e-6)
     from sambert_deploy.runtime.synthesizer import _lane

@@ -32,13 +32,13 @@ from ..errors import (
     MissingExtraError,
     PrecisionError,
 )
+from ..runtime.backends import ShapeRange, Sidecar, engine_path, import_tensorrt, sidecar_path, trt_logger
 from ..runtime.cuda import DeviceInfo, cuda
 from ..runtime.gpu_plan import MB
 from ..runtime.manifest import PRECISIONS, GraphInfo, Manifest, VoiceManifest, read_manifest
 from ..runtime.placement import HostFacts, PlacementRequest, plan_placement
 from ..runtime.precision import passed_variant
 from ..runtime.synthesizer import StreamOptions
-from ..runtime.trt_backend import ShapeRange, Sidecar, engine_path, import_tensorrt, sidecar_path, trt_logger
 from .profiles import derive_profile, vocoder_axes
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError
+from ..runtime.backends import ShapeRange
 from ..runtime.gpu_plan import TIERS
 from ..runtime.manifest import GraphInfo, VoiceManifest
 from ..runtime.synthesizer import StreamOptions, window_frames
-from ..runtime.trt_backend import ShapeRange
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..symbols import EncodedUnits
-from .backends import Backend, BackendOptions, CancelToken, OrtCudaBackend, make_backend
+from .backends import Backend, BackendOptions, CancelToken, make_backend
 from .chunking import WindowCutter
 from .manifest import Manifest, VoiceManifest
 
@@ -188,10 +188,10 @@ class SentenceAcoustic:
         self._wx = max(plan.band, 1)
         self._wh = plan.band + 1
         dec = am.sessions["decoder_step"]
-        self._on_gpu = isinstance(dec, OrtCudaBackend)
+        self._on_gpu = dec.keeps_outputs_on_device
         x_k: Any = np.zeros((self._layers, self._heads, self._wx, self._dh), np.float32)
         x_v: Any = np.zeros_like(x_k)
-        if isinstance(dec, OrtCudaBackend):  # the x window stays on the device between steps (I/O binding)
+        if self._on_gpu:  # the x window stays on the device between steps (I/O binding)
             x_k, x_v = dec.to_device(x_k), dec.to_device(x_v)
         self._x_k, self._x_v = x_k, x_v
         self._keep = frozenset({"x_k_out", "x_v_out"}) if self._on_gpu else frozenset()
@@ -263,9 +263,7 @@ class SentenceAcoustic:
                  "x_bias": x_bias, "h_k": np.ascontiguousarray(h_k), "h_v": np.ascontiguousarray(h_v),
                  "h_bias": h_bias}
         dec = self.am.sessions["decoder_step"]
-        if i == 0 and not self._on_gpu:
-            dec.check_inputs(feeds)
-        res = dec.run_keep(feeds, self._keep, token)
+        res = dec.run_keep(feeds, self._keep, token, validate=i == 0)
         frames = res["frames"].reshape(self.r, self.n_mels)
         self._x_k, self._x_v = res["x_k_out"], res["x_v_out"]
         self._prev = frames[-1:][None]

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, PrecisionError
+from .backends import engine_path
 from .manifest import PRECISIONS, GraphInfo, Variant, VoiceManifest
-from .trt_backend import engine_path
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,18 @@ from dataclasses import replace
 
 import numpy as np
 
-from .backends import Backend, BackendOptions, CancelToken, make_backend
+from .backends import (
+    Backend,
+    BackendOptions,
+    CancelToken,
+    EngineTarget,
+    TensorRTBackend,
+    engine_path,
+    make_backend,
+)
 from .chunking import Window
 from .manifest import Manifest, VoiceManifest
 from .precision import VocoderChoice, choose_vocoder
-from .trt_backend import EngineTarget, TensorRTBackend, engine_path
 
 SHAPE_BUCKET = 32  # frames: the smallest padded window; longer ones double up to the regular window
 

@@ -1,134 +1,36 @@
-"""TensorRT engines at run time: where a voice's engines live, the sidecar each carries, the checks made
-before one is deserialized, and the :class:`TensorRTBackend` that runs it behind the one Backend
-interface (numpy in, numpy out; device memory through the runtime's own CUDA layer, no torch).
-
-An engine only runs where it was built: the same TensorRT version, the same GPU model (compute
-capability), the precision and ONNX graph it was made from, and a shape profile that covers the
-windows the runtime will feed. Each of those is a field of the sidecar (``<engine>.json``); a mismatch
-is an :class:`~sambert_deploy.errors.EngineMismatchError` naming the field and the rebuild command,
-never a TensorRT deserialization failure deep in a stream.
+"""TensorRT engines at run time: the :class:`TensorRTBackend` that runs one behind the one Backend
+interface (numpy in, numpy out; device memory through the runtime's own CUDA layer, no torch), the
+facts of the machine an engine must match, and :func:`engine_reports` on a voice's built engines.
 
 One code path for TensorRT 10 and 11: engines are built strongly typed (precision comes from the ONNX:
 the FP16 variant's casts, the INT8 variant's Q/DQ), and the run-time API used here (named tensors,
-``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) is the same in both.
+``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) is the same in both. The sidecar
+and its checks are :mod:`.sidecar`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, BundleError, EngineMismatchError, InvalidInputError
-from .backends import Backend, BackendOptions, CancelToken, InputMeta
-from .cuda import Cuda, DeviceBuffer, cuda
+from ...errors import BackendClosedError, BackendUnavailableError, BundleError, InvalidInputError
+from ..cuda import Cuda, DeviceBuffer, cuda
+from .base import Backend, BackendOptions, CancelToken, InputMeta
+from .sidecar import ENGINES_DIR, EngineTarget, Host, Sidecar, check_sidecar, read_sidecar, rebuild_command
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
 log = logging.getLogger(__name__)
 
-ENGINES_DIR = "engines"
-SIDECAR_FORMAT = 1
 INSTALL_HINT = ("pip install tensorrt-cu13 (or tensorrt-cu12) from NVIDIA's package index; on Jetson use "
                 "JetPack's TensorRT 10 (apt install python3-libnvinfer)")
-
-
-def engine_path(root: str | Path, voice: str, onnx_file: str) -> Path:
-    """``BUNDLE/engines/<voice>/<graph file stem>.plan``: one engine per graph file and precision
-    (``vocoder.plan``, ``vocoder.fp16.plan``, ``vocoder.int8.plan``)."""
-    return Path(root) / ENGINES_DIR / voice / (Path(onnx_file).stem + ".plan")
-
-
-def sidecar_path(engine: Path) -> Path:
-    return engine.with_suffix(".json")
-
-
-def rebuild_command(voice: str, precision: str) -> str:
-    return f"sambert-deploy engines BUNDLE --voice {voice} --precision {precision}"
-
-
-@dataclass(frozen=True)
-class ShapeRange:
-    """One input's optimization profile: the smallest, tuned-for and largest shapes."""
-
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    def covers(self, shape: tuple[int, ...]) -> bool:
-        return len(shape) == len(self.min) and all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max,
-                                                                                      strict=True))
-
-
-@dataclass(frozen=True)
-class Sidecar:
-    """What an engine was built from and for; written next to it by ``sambert-deploy engines``."""
-
-    voice: str
-    graph: str
-    precision: str
-    onnx: str  # the graph file, relative to the voice folder
-    onnx_sha256: str
-    tensorrt: str
-    gpu: str
-    compute_capability: str
-    profiles: dict[str, ShapeRange]
-    builder: dict[str, Any] = field(default_factory=dict)
-    format: int = SIDECAR_FORMAT
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["profiles"] = {k: {"min": list(v.min), "opt": list(v.opt), "max": list(v.max)} for k, v in self.profiles.items()}
-        return d
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Sidecar:
-        profiles = {k: ShapeRange(tuple(v["min"]), tuple(v["opt"]), tuple(v["max"])) for k, v in d["profiles"].items()}
-        return cls(str(d["voice"]), str(d["graph"]), str(d["precision"]), str(d["onnx"]), str(d["onnx_sha256"]),
-                   str(d["tensorrt"]), str(d["gpu"]), str(d["compute_capability"]), profiles,
-                   dict(d.get("builder", {})), int(d.get("format", SIDECAR_FORMAT)))
-
-    def write(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        tmp.replace(path)
-
-
-def read_sidecar(engine: Path) -> Sidecar:
-    path = sidecar_path(engine)
-    if not engine.is_file() or not path.is_file():
-        raise BundleError(f"no TensorRT engine at {engine}; build it: sambert-deploy engines BUNDLE")
-    try:
-        return Sidecar.from_json(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as e:
-        raise BundleError(f"{path} is not a readable engine sidecar ({type(e).__name__}: {e}); rebuild the engine: "
-                          "sambert-deploy engines BUNDLE") from None
-
-
-@dataclass(frozen=True)
-class Host:
-    """Where an engine would run: the installed TensorRT and the GPU."""
-
-    tensorrt: str
-    gpu: str
-    compute_capability: str
-
-
-@dataclass(frozen=True)
-class EngineTarget:
-    """What the runtime needs of an engine: the precision and ONNX graph it chose, and the shapes of
-    each input it will feed."""
-
-    precision: str
-    onnx_sha256: str
-    shapes: dict[str, tuple[tuple[int, ...], ...]] = field(default_factory=dict)  # input -> shapes fed
 
 
 def host_facts(device: int = 0) -> Host:
@@ -138,31 +40,6 @@ def host_facts(device: int = 0) -> Host:
 
     dev = cuda().device(device)
     return Host(trt.__version__, dev.name, dev.compute_capability)
-
-
-def check_sidecar(sc: Sidecar, want: EngineTarget, here: Host, engine: Path) -> None:
-    """Refuse an engine built for something else, naming the field and the rebuild command."""
-    fix = rebuild_command(sc.voice, want.precision)
-    if sc.format != SIDECAR_FORMAT:
-        raise EngineMismatchError(f"{engine.name}: sidecar format {sc.format}, this runtime reads {SIDECAR_FORMAT}; "
-                                  f"rebuild it: {fix}")
-    checks = (("TensorRT version", sc.tensorrt, here.tensorrt), ("GPU compute capability", sc.compute_capability,
-                                                                 here.compute_capability),
-              ("GPU", sc.gpu, here.gpu), ("precision", sc.precision, want.precision),
-              ("ONNX graph sha256", sc.onnx_sha256[:12], want.onnx_sha256[:12]))
-    for what, built, now in checks:
-        if built != now:
-            raise EngineMismatchError(f"{engine.name} was built for {what} {built}, but here it is {now}; "
-                                      f"rebuild it: {fix}")
-    for name, shapes in want.shapes.items():
-        rng = sc.profiles.get(name)
-        if rng is None:
-            raise EngineMismatchError(f"{engine.name} has no profile for input '{name}'; rebuild it: {fix}")
-        for shape in shapes:
-            if not rng.covers(shape):
-                raise EngineMismatchError(f"{engine.name}'s profile for '{name}' covers {list(rng.min)}..{list(rng.max)}"
-                                          f", but the runtime feeds {list(shape)} (a larger vocoder chunk?); rebuild it "
-                                          f"for that chunk: {fix} --chunk CHUNK")
 
 
 def import_tensorrt() -> Any:
@@ -295,6 +172,12 @@ class TensorRTBackend(Backend):
                  sc.compute_capability.replace(".", ""), _activation_bytes(engine) >> 20, self.max_contexts)
         return inputs, outputs
 
+    @property
+    def contexts(self) -> int:
+        """Execution contexts created so far (at most ``max_contexts``)."""
+        with self._cond:
+            return len(self._all)
+
     def _take(self) -> _Context:
         with self._cond:
             while True:
@@ -321,7 +204,8 @@ class TensorRTBackend(Backend):
         if token is not None:
             token.check()
         sc = self.sidecar
-        assert sc is not None
+        if sc is None:  # set by _open, which run() requires
+            raise BackendClosedError(f"{self.path.name}: backend is not open")
         for name in self._inputs:
             rng = sc.profiles.get(name)
             shape = tuple(feeds[name].shape)
@@ -333,6 +217,8 @@ class TensorRTBackend(Backend):
         cu.set_device(self.options.device_id)  # per thread: allocations and the enqueue go to this GPU
         ctx = self._take()
         try:
+            if token is not None:  # cancelled while it waited for a free context
+                token.check()
             keep = []  # host arrays must outlive the asynchronous copies
             for name in self._inputs:
                 a = np.ascontiguousarray(feeds[name], dtype=self._dtypes[name])
@@ -403,10 +289,3 @@ def engine_reports(manifest: Any, voice: Any) -> list[EngineReport]:
         except (BundleError, KeyError) as e:
             out.append(EngineReport(plan, precision, "?", False, f"unusable: {e}"))
     return out
-
-
-def engine_lines(voice: str, reports: list[EngineReport]) -> list[str]:
-    """``sambert-deploy info``'s lines on a voice's engines (:func:`engine_reports`)."""
-    if not reports:
-        return [f"TensorRT engines: none (sambert-deploy engines BUNDLE --voice {voice} --precision fp16)"]
-    return [f"TensorRT engine {r.plan.name} ({r.built}): {r.status}" for r in reports]
