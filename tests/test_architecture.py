@@ -1,0 +1,139 @@
+"""Rules of the code's shape, read from the source (no imports run): each one a test that names the
+offending modules.
+
+- No import cycle inside ``sambert_deploy.runtime``: every import counts, those inside functions too
+  (a lazy import is still a dependency), except under ``if TYPE_CHECKING:`` (never run).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "sambert_deploy"
+
+
+def _modules(package: str) -> dict[str, Path]:
+    """Dotted module name -> file, for every module under ``package`` (``a.b`` for ``a/b/__init__.py``)."""
+    folder = PACKAGE_ROOT.parent.joinpath(*package.split("."))
+    found = {}
+    for path in sorted(folder.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(node: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement under ``node``, at any depth, leaving out ``if TYPE_CHECKING:`` bodies
+    (their ``else`` branch runs, so it stays)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.Import | ast.ImportFrom):
+            yield child
+        elif isinstance(child, ast.If) and _is_type_checking(child.test):
+            for other in child.orelse:
+                yield from _imports(ast.Module(body=[other], type_ignores=[]))
+        else:
+            yield from _imports(child)
+
+
+def _targets(module: str, is_package: bool, stmt: ast.Import | ast.ImportFrom, known: set[str]) -> set[str]:
+    """The modules of ``known`` that ``stmt`` (in ``module``) imports."""
+    if isinstance(stmt, ast.Import):
+        names = [a.name for a in stmt.names]
+    else:
+        if stmt.level:
+            base_parts = module.split(".") if is_package else module.split(".")[:-1]
+            base_parts = base_parts[:len(base_parts) - (stmt.level - 1)]
+            base = ".".join([*base_parts, *([stmt.module] if stmt.module else [])])
+        else:
+            base = stmt.module or ""
+        # ``from pkg import name``: the submodule pkg.name where there is one, else pkg itself.
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in stmt.names]
+    out = set()
+    for name in names:
+        parts = name.split(".")
+        for n in range(len(parts), 0, -1):  # the longest known prefix: ``import a.b.c`` needs a.b.c
+            prefix = ".".join(parts[:n])
+            if prefix in known:
+                out.add(prefix)
+                break
+    return out
+
+
+def import_graph(package: str) -> dict[str, set[str]]:
+    mods = _modules(package)
+    known = set(mods)
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        tree = ast.parse(path.read_text(), str(path))
+        is_package = path.name == "__init__.py"
+        deps: set[str] = set()
+        for stmt in _imports(tree):
+            deps |= _targets(name, is_package, stmt, known)
+        deps.discard(name)
+        graph[name] = deps
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_import_graph_reader_sees_lazy_imports_and_skips_type_checking(tmp_path: Path) -> None:
+    """The reader itself, on source written here: a cycle made only by a function-level import is one;
+    one made only under TYPE_CHECKING is not."""
+    known = {"p", "p.a", "p.b", "p.c"}
+    lazy = ast.parse("def f():\n    from .b import x\n")
+    typed = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .c import y\nelse:\n"
+                      "    from . import b\n")
+    assert {t for s in _imports(lazy) for t in _targets("p.a", False, s, known)} == {"p.b"}
+    assert {t for s in _imports(typed) for t in _targets("p.a", False, s, known)} == {"p.b"}
+    assert cycles({"p.a": {"p.b"}, "p.b": {"p.a"}, "p.c": {"p.a"}}) == [["p.a", "p.b"]]
+    assert cycles({"p.a": {"p.b"}, "p.b": set()}) == []
+
+
+def test_runtime_has_no_import_cycle() -> None:
+    graph = import_graph("sambert_deploy.runtime")
+    assert "sambert_deploy.runtime.backends.base" in graph  # the reader found the package's modules
+    found = cycles(graph)
+    assert not found, "import cycles in sambert_deploy.runtime (break each, e.g. move the shared part down):\n" + \
+        "\n".join(" <-> ".join(c) for c in found)
