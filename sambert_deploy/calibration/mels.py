@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..runtime.acoustic import AM_GRAPHS
 from ..runtime.manifest import Manifest, VoiceManifest
 
 log = logging.getLogger(__name__)
-
-AM_GRAPHS = ("encoder", "dur_step", "memory_kv", "decoder_step", "postnet_fsmn", "postnet_rnn")
 
 
 def default_corpus() -> list[str]:

@@ -40,7 +40,6 @@ from ..errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 ROLES = ("pre", "up", "res", "post")
 CONV_OPS = ("Conv", "ConvTranspose")
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import ExportError, ExportValidationError, InvalidInputError
+from ..errors import ExportError, InvalidInputError
+from ..gates import Comparator, GateError
 from ..models.hifigan import Generator, receptive_field
 from ..models.loading import VoiceFiles, list_voices, load_hifigan, load_sambert, read_yaml, voice_files
 from ..models.sambert import KanTtsSAMBERT
@@ -26,6 +27,7 @@ from ..runtime.manifest import (
     AcousticInfo,
     DurationFlip,
     GateCase,
+    GateFailure,
     GateRecord,
     GraphInfo,
     Manifest,
@@ -146,7 +148,7 @@ def export_voice(vf: VoiceFiles, out: Path, options: ExportOptions) -> tuple[Voi
     folder = f"voices/{vf.name}"
     meta = _metadata(vf.name, am, gen, vf, options.opset, hashes)
     graphs: dict[str, GraphInfo] = {}
-    failures: list[str] = []
+    failures: list[GateFailure] = []
     for spec in GRAPHS:
         model = am if spec.part == "am" else gen
         path = out / folder / f"{spec.name}.onnx"
@@ -156,7 +158,7 @@ def export_voice(vf: VoiceFiles, out: Path, options: ExportOptions) -> tuple[Voi
             failures += check_graph_parity(spec, model, path)
         graphs[spec.name] = GraphInfo(spec.name, path.name, file_sha256(path), spec.inputs, spec.outputs)
     if failures:
-        raise ExportValidationError(failures)
+        raise GateError(failures)
     c = am.cfg
     pn = am.mel_postnet.fsmn
     ctx_l, ctx_r = receptive_field(gen.cfg)
@@ -239,7 +241,7 @@ def _export_into(tmp: Path, model_dir: str | Path | None, files: list[VoiceFiles
         return reports
     write_manifest(tmp, sample_rate, mel_info, vms, provenance)
     manifest = read_manifest(tmp)
-    failures: list[str] = []
+    failures: list[GateFailure] = []
     gated: list[VoiceManifest] = []
     for rep, vm in zip(reports, vms, strict=True):
         g0 = time.perf_counter()
@@ -247,9 +249,9 @@ def _export_into(tmp: Path, model_dir: str | Path | None, files: list[VoiceFiles
         rep.gate, f = pipeline_gate(manifest, rep.name, am, gen, options.gate_units, options.seed)
         failures += f
         rep.seconds_gate = time.perf_counter() - g0
-        gated.append(replace(vm, gate=GateRecord(True, not f, tuple(rep.gate), gate_tolerances(options))))
+        gated.append(replace(vm, gate=GateRecord(True, not f, tuple(rep.gate), gate_tolerances(options), tuple(f))))
     if failures:
-        raise ExportValidationError(failures)
+        raise GateError(failures)
     write_manifest(tmp, sample_rate, mel_info, gated, provenance)
     return reports
 
@@ -304,8 +306,9 @@ def torch_reference(am: KanTtsSAMBERT, gen: Generator, units: EncodedUnits,
 
 
 def pipeline_gate(manifest: Manifest, voice: str, am: KanTtsSAMBERT, gen: Generator, unit_counts: tuple[int, ...],
-                  seed: int = 0) -> tuple[list[GateCase], list[str]]:
-    """Whole pipeline, torch vs the runtime's ONNX path, on unit counts never traced. Collects failures.
+                  seed: int = 0) -> tuple[list[GateCase], list[GateFailure]]:
+    """Whole pipeline, torch vs the runtime's ONNX path, on unit counts never traced. Collects every
+    failure (typed: duration flip, tolerance, shape) before returning.
 
     Every unit whose rounded duration flips is recorded (a failure unless it is a rounding-boundary
     case, see :func:`duration_flips`) and the rest is compared with torch's durations forced in.
@@ -315,36 +318,21 @@ def pipeline_gate(manifest: Manifest, voice: str, am: KanTtsSAMBERT, gen: Genera
     rng = np.random.default_rng(seed + 7)
     vm = manifest.voice(voice)
     results: list[GateCase] = []
-    failures: list[str] = []
+    comp = Comparator()
     with OneShot(manifest, voice, backend="cpu") as rt:
         for n in unit_counts:
             units = random_units(vm.inventories, n, rng)
             ref = torch_reference(am, gen, units)
             got = rt.run(units)
-            note = ""
+            case, note = f"{n}u", ""
             flips = duration_flips(ref["reps"], ref["d"], got.reps, got.durations)
             if flips:
                 note = (f"rounded duration flipped at {len(flips)} unit(s) "
                         f"({sum(f.boundary for f in flips)} on a rounding boundary); compared with torch durations forced")
-                for fl in flips:
-                    if not fl.boundary:
-                        failures.append(f"{voice} {n} units: rounded duration flipped at unit {fl.unit} (torch d="
-                                        f"{fl.torch_d:.6f}, onnx d={fl.onnx_d:.6f}), not a rounding-boundary case")
+                comp.durations(case, f"{voice} durations", flips)
                 got = rt.run(units, durations=ref["d"])
-            if got.band != ref["band"]:
-                failures.append(f"{voice} {n} units: band width {got.band} != torch {ref['band']}")
-            case = GateCase(f"{n}u", n, int(ref["mel"].shape[0]), _maxabs(got.mel, ref["mel"]),
-                            _maxabs(got.audio, ref["wav"]), note, tuple(flips))
-            results.append(case)
-            if got.mel.shape != ref["mel"].shape or not case.mel_err <= MEL_ATOL:
-                failures.append(f"{voice} {n} units: mel {got.mel.shape} vs {ref['mel'].shape}, max-abs {case.mel_err:.3g}")
-            if got.audio.shape != ref["wav"].shape or not case.wav_err <= WAV_ATOL:
-                failures.append(f"{voice} {n} units: wav {got.audio.shape} vs {ref['wav'].shape}, "
-                                f"max-abs {case.wav_err:.3g}")
-    return results, failures
-
-
-def _maxabs(a: np.ndarray, b: np.ndarray) -> float:
-    if a.shape != b.shape:
-        return float("inf")
-    return float(np.abs(a - b).max()) if a.size else 0.0
+            comp.exact(case, f"{voice} attention", "x_band_width", got.band, ref["band"])
+            mel_err = comp.allclose(case, f"{voice} mel", got.mel, ref["mel"], MEL_ATOL)
+            wav_err = comp.allclose(case, f"{voice} wav", got.audio, ref["wav"], WAV_ATOL)
+            results.append(GateCase(case, n, int(ref["mel"].shape[0]), mel_err, wav_err, note, tuple(flips)))
+    return results, comp.failures

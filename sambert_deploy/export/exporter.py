@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from ..errors import ExportError
+from ..gates import Comparator
+from ..runtime.manifest import GateFailure, GraphProblem
 from .graphs import GraphSpec
 from .rewrite import optimize_graph
 
@@ -87,7 +89,7 @@ def _stamp_output_shapes(proto, spec: GraphSpec, traced: list[tuple[int, ...]]) 
                 d.dim_value = int(n)
 
 
-def audit_graph(spec: GraphSpec, path: Path) -> list[str]:
+def audit_graph(spec: GraphSpec, path: Path) -> list[GateFailure]:
     """onnx.checker, shape inference, no undeclared symbolic output dims, no declared axis naming no tensor."""
     import onnx
 
@@ -97,7 +99,8 @@ def audit_graph(spec: GraphSpec, path: Path) -> list[str]:
         onnx.checker.check_model(proto, full_check=True)
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     except Exception as e:
-        return [f"{spec.name}: ONNX checker/shape inference failed: {str(e).splitlines()[0]}"]
+        problems.append(f"{spec.name}: ONNX checker/shape inference failed: {str(e).splitlines()[0]}")
+        return [GraphProblem("audit", spec.name, p) for p in problems]
     declared = {t.name: t for t in (*spec.inputs, *spec.outputs)}
     seen_names = {v.name for v in (*inferred.graph.input, *inferred.graph.output)}
     for name in declared:
@@ -125,7 +128,7 @@ def audit_graph(spec: GraphSpec, path: Path) -> list[str]:
     for a in {a for t in spec.inputs for a in t.axes if isinstance(a, str) and a in DYNAMIC_AXES}:
         if a not in used:
             problems.append(f"{spec.name}: declared axis '{a}' names no tensor")
-    return problems
+    return [GraphProblem("audit", spec.name, p) for p in problems]
 
 
 def ort_session(path: Path, threads: int = 1):  # noqa: ANN201 - onnxruntime type
@@ -137,13 +140,15 @@ def ort_session(path: Path, threads: int = 1):  # noqa: ANN201 - onnxruntime typ
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def check_graph_parity(spec: GraphSpec, model: nn.Module, path: Path, seed: int = 1) -> list[str]:
-    """Torch vs ONNX Runtime CPU on every ``check_sizes`` entry (sizes never traced); returns failures."""
+def check_graph_parity(spec: GraphSpec, model: nn.Module, path: Path, seed: int = 1) -> list[GateFailure]:
+    """Torch vs ONNX Runtime CPU on every ``check_sizes`` entry (sizes never traced): each output's shape,
+    then its max-abs against ``spec.atol + spec.rtol * max|torch|``. Returns every failure, typed."""
     wrapper = spec.build(model).eval()
     sess = ort_session(path)
     rng = np.random.default_rng(seed)
-    failures: list[str] = []
+    comp = Comparator()
     for sizes in spec.check_sizes:
+        case = ", ".join(f"{k}={v}" for k, v in sizes.items()) or "fixed sizes"
         feeds = spec.make_inputs(model, sizes, rng)
         with torch.no_grad():
             ref = wrapper(*(torch.from_numpy(feeds[t.name]) for t in spec.inputs))
@@ -151,16 +156,8 @@ def check_graph_parity(spec: GraphSpec, model: nn.Module, path: Path, seed: int 
         try:
             got = sess.run([t.name for t in spec.outputs], feeds)
         except Exception as e:
-            failures.append(f"{spec.name} {sizes}: ONNX Runtime failed: {str(e).splitlines()[0]}")
+            comp.error(case, spec.name, f"ONNX Runtime failed: {str(e).splitlines()[0]}")
             continue
         for t, r, g in zip(spec.outputs, ref, got, strict=True):
-            r = r.numpy()
-            if r.shape != g.shape:
-                failures.append(f"{spec.name}.{t.name} {sizes}: shape {g.shape} != torch {r.shape}")
-                continue
-            err = float(np.abs(r - g).max()) if r.size else 0.0
-            bound = spec.atol + spec.rtol * float(np.abs(r).max() if r.size else 0.0)
-            if not np.isfinite(err) or err > bound:
-                failures.append(f"{spec.name}.{t.name} {sizes}: max-abs {err:.3g} > {bound:.3g}")
-    return failures
-
+            comp.allclose(case, f"{spec.name}.{t.name}", g, r.numpy(), spec.atol, spec.rtol)
+    return comp.failures

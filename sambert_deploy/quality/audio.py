@@ -1,8 +1,15 @@
 """Real speech for the quality gate, and HiFiGAN's own mel function (numpy).
 
-Recordings come from Debian packages (nothing downloads): codec2-examples (English, 16 kHz and
-8 kHz) and gcin-voice (Mandarin syllables, concatenated into a real sentence). Everything is
-resampled to the vocoder's 22050 Hz and kept at most :data:`MAX_SECONDS` long so the CI gate is fast.
+Recordings come from Debian packages (nothing downloads), five speakers:
+
+* gcin-voice: Mandarin syllables, concatenated into a real sentence;
+* codec2-examples: speech_orig_16k (English, 16 kHz), hts1a (male English, 8 kHz) and ve9qrp (a radio
+  amateur received over HF single sideband: band-limited to ~3 kHz with the band's hiss under and
+  between the words, the noisy one);
+* pocketsphinx-testdata: a LibriVox audiobook reader (English, 16 kHz, decoded from a 64 kbps MP3).
+
+Everything is resampled to the vocoder's 22050 Hz and kept at most :data:`MAX_SECONDS` long so the
+CI gate is fast.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ MAX_SECONDS = 4.0
 
 CODEC2 = Path("/usr/share/codec2/raw")
 GCIN = Path("/usr/share/gcin-voice/ogg")
+POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
+DEBIAN_PACKAGES = ("codec2-examples", "gcin-voice", "pocketsphinx-testdata")  # what speech_set needs
 
 # 今天天气很好，我们去公园散步 in zhuyin (tone 1 folders carry no digit, the neutral 们 uses tone 1's).
 MANDARIN_SENTENCE = "今天天气很好，我们去公园散步"
@@ -178,11 +187,30 @@ def english_8k(name: str = "hts1a.raw", seconds: float = 3.0) -> Recording:
     return _finish(f"en_{Path(name).stem}_8k", "en", _raw8k(name), seconds)
 
 
+def hf_radio(seconds: float = MAX_SECONDS, start_s: float = 0.7) -> Recording:
+    """codec2's ve9qrp_10s.raw: a radio amateur (VE9QRP) received over HF SSB, 8 kHz: speech ~300 Hz to
+    3 kHz over the band's hiss, which also fills every pause (its quietest frames are -34 dB from the
+    loudest, against -40 dB and below for the other recordings). The noisy recording: the vocoder
+    re-synthesizes the hiss too, so variants differ from FP32 most here (docs/quality.md)."""
+    return _finish("en_ve9qrp_hf_8k", "en", _raw8k("ve9qrp_10s.raw")[int(start_s * SAMPLE_RATE):], seconds)
+
+
+def audiobook(seconds: float = MAX_SECONDS) -> Recording:
+    """pocketsphinx-testdata's LibriVox clip 0920 of Sense and Sensibility (English, 16 kHz, decoded from a
+    64 kbps MP3): an audiobook reader, a speaker none of the other recordings has."""
+    import soundfile as sf
+
+    path = POCKETSPHINX / "librivox" / "sense_and_sensibility_01_austen_64kb-0920.wav"
+    x, sr = sf.read(str(_need(path, "pocketsphinx-testdata")), dtype="float32")
+    x = x.mean(axis=1) if x.ndim == 2 else x
+    return _finish("en_librivox_16k", "en", resample(x, sr), seconds)
+
+
 def speech_set(kind: str = "gate") -> tuple[Recording, ...]:
-    """``gate``: the three recordings the CI gate scores; ``calibration``: different speech for
-    INT8 activation ranges (never the scored audio)."""
+    """``gate``: the five recordings the CI gate scores (five speakers, one of them noisy);
+    ``calibration``: different speech for INT8 activation ranges (never the scored audio)."""
     if kind == "gate":
-        return (mandarin_phrase(5), english_16k(), english_8k("hts1a.raw"))
+        return (mandarin_phrase(5), english_16k(), english_8k("hts1a.raw"), audiobook(), hf_radio())
     if kind == "calibration":
         import soundfile as sf
 

