@@ -96,9 +96,10 @@ def over_grpc(bundle: str, backend: str, repeat: int, venv: Path) -> dict:
 
     import numpy as np
 
+    sys.path.insert(0, str(REPO))  # the local tritonserver harness lives with the tests
     from sambert_deploy.serve.triton.client import stream_speech, synthesize
-    from sambert_deploy.serve.triton.local import PythonEnv, TritonInstall, TritonServer
     from sambert_deploy.serve.triton.repo import RepoOptions, write_repo
+    from tests.triton_local import PythonEnv, TritonInstall, TritonServer
 
     install, env = TritonInstall.find(venv), PythonEnv.of(venv)
     out: dict = {"texts": {}}

@@ -185,7 +185,8 @@ class Served:
 def served(tiny_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     need_module("tritonclient.grpc", "the triton extra (pip install -e '.[triton]')")
     from sambert_deploy.errors import BackendUnavailableError
-    from sambert_deploy.serve.triton.local import PythonEnv, ServerOptions, TritonInstall, TritonServer
+
+    from .triton_local import PythonEnv, ServerOptions, TritonInstall, TritonServer
 
     venv = Path(os.environ.get("SAMBERT_TRITON_VENV", REPO / ".venv-triton"))
     try:
@@ -217,7 +218,8 @@ def test_model_refuses_numpy2(served: Served, tmp_path: Path) -> None:
     """This test's own environment (numpy 2) as the model's Python: the model refuses to start with the
     fix in one line, rather than serve tensors the 2.51 stub corrupts (docs/triton.md)."""
     from sambert_deploy.errors import BackendUnavailableError
-    from sambert_deploy.serve.triton.local import PythonEnv, ServerOptions, TritonServer
+
+    from .triton_local import PythonEnv, ServerOptions, TritonServer
 
     if int(np.__version__.split(".")[0]) < 2:
         pytest.skip("this environment has numpy < 2")

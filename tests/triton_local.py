@@ -1,5 +1,6 @@
 """A real ``tritonserver`` on this machine without a container: the one bundled in the ``nvidia-pytriton``
-wheel (0.7.0: Triton 2.51 with the Python backend), for tests, the benchmark and local trials.
+wheel (0.7.0: Triton 2.51 with the Python backend), for tests/test_triton.py, scripts/bench_triton.py and
+local trials. A test harness, so it lives with the tests, not in the installed package.
 
 The wheel pins numpy < 2, so it lives in a virtual environment of its own (``make triton-env`` writes
 ``.venv-triton``); that environment also holds the project's runtime and is the model's Python
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ...errors import BackendUnavailableError
+from sambert_deploy.errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
 
