@@ -27,7 +27,7 @@ themselves are measured by :mod:`sambert_deploy.quality.metrics`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,19 +131,16 @@ def worst_metrics(clips: Iterable[ClipScore]) -> dict[str, float]:
 class Comparator:
     """Judges cases one at a time and collects what failed.
 
-    ``gate`` bounds the per-clip metrics given to :meth:`score` / :meth:`add`; tensor parity uses
-    :meth:`allclose` and :meth:`exact`, which carry their own bounds. Nothing raises until
-    :meth:`raise_for_failures` (or is decided until :meth:`verdict`).
+    Tensors: :meth:`same_shape`, :meth:`allclose` and :meth:`exact` carry their own bounds;
+    :meth:`durations` and :meth:`error` record what the export gate finds. Clips (a sentence or a
+    recording, measured by the caller once its shape matched): :meth:`add`, judged by ``gate``.
+    Nothing raises: :meth:`verdict` sums it up, or the caller raises :class:`GateError` with ``failures``.
     """
 
     def __init__(self, gate: Gate | None = None):
         self.gate = gate
         self.failures: list[GateFailure] = []
         self.clips: list[ClipScore] = []
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
 
     # -- tensors -------------------------------------------------------------------------------
     def same_shape(self, case: str, subject: str, got: Sequence[int], want: Sequence[int]) -> bool:
@@ -181,18 +178,7 @@ class Comparator:
         text = error if isinstance(error, str) else (str(error).splitlines() or [type(error).__name__])[0]
         self.failures.append(RunFailure(case, subject, text))
 
-    # -- signals -------------------------------------------------------------------------------
-    def score(self, case: str, subject: str, got: np.ndarray, want: np.ndarray,
-              measure: Callable[[np.ndarray, np.ndarray], dict[str, float]]) -> dict[str, float] | None:
-        """Shapes first (a length mismatch fails; nothing is truncated), then ``measure(want, got)``,
-        judged by the gate. None where the shapes differ."""
-        got, want = np.asarray(got), np.asarray(want)
-        if not self.same_shape(case, subject, got.shape, want.shape):
-            return None
-        metrics = measure(want, got)
-        self.add(ClipScore(case, subject, metrics))
-        return metrics
-
+    # -- clips --------------------------------------------------------------------------------
     def add(self, clip: ClipScore, subject: str | None = None) -> None:
         """A clip measured elsewhere, judged by the gate; failures name ``subject`` (default: the backend)."""
         self.clips.append(clip)
@@ -203,10 +189,6 @@ class Comparator:
     def verdict(self, data: str = "") -> Verdict:
         """The gate's verdict over everything compared so far (see :func:`verdict_of`)."""
         return verdict_of(self.gate, self.clips, self.failures, data)
-
-    def raise_for_failures(self) -> None:
-        if self.failures:
-            raise GateError(self.failures)
 
 
 def verdict_of(gate: Gate | None, clips: Sequence[ClipScore], failures: Sequence[GateFailure],

