@@ -48,7 +48,7 @@ from sambert_deploy.runtime.manifest import read_manifest
 from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
 
 from .conftest import need_module
-from .test_runtime import _units
+from .test_runtime import symbol_units
 
 SMALL = StreamOptions(postnet_chunk=6, vocoder_chunk=8, first_chunk=3)
 GPU = DeviceInfo(0, "NVIDIA Fake 80GB", "9.0", 80 * GB, 80 * GB)
@@ -489,7 +489,7 @@ def fake_trt(tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.
 def test_tensorrt_backend_streams_what_the_cpu_streams(fake_trt: tuple[Path, Any]) -> None:
     b, trt = fake_trt
     _fake_engine_files(b, "tiny_emo")
-    sym = _units(60)
+    sym = symbol_units(60)
     with Synthesizer(b, backend="cpu", options=SMALL) as cpu:
         want = cpu.synthesize(symbols=sym)
     with Synthesizer(b, backend="tensorrt", strict=True, options=SMALL, gpu_streams=2) as syn:
@@ -539,7 +539,7 @@ def test_engines_build_strongly_typed_with_profile_cache_and_sidecar(fake_trt: t
     assert _engines(b, "--precision", "fp32").exit_code == 0  # rebuild: the cache is read back and grows
     assert calls["caches_in"][-1] == b"timed\n" and cache.read_bytes() == b"timed\ntimed\n"
     assert not list(plan.parent.glob("*.tmp"))
-    sym = _units(40)
+    sym = symbol_units(40)
     with Synthesizer(b, backend="cpu", options=SMALL) as cpu, \
             Synthesizer(b, backend="tensorrt", strict=True, options=SMALL) as gpu:
         np.testing.assert_allclose(gpu.synthesize(symbols=sym), cpu.synthesize(symbols=sym), atol=1e-6)
@@ -557,7 +557,7 @@ def test_tensorrt_backend_refuses_a_mismatched_engine_and_auto_falls_back(fake_t
             pytest.raises(EngineMismatchError, match="compute capability 8.6.*rebuild it: sambert-deploy engines"):
         syn.load()
     with Synthesizer(b, backend="auto", options=SMALL) as syn:
-        assert syn.synthesize(symbols=_units(10)).size
+        assert syn.synthesize(symbols=symbol_units(10)).size
         assert syn.backends()[syn.default_voice][1] == "cpu"
     assert "vocoder not on tensorrt" in caplog.text and "compute capability 8.6" in caplog.text
 
@@ -585,8 +585,8 @@ def test_fallback_order_with_listed_providers_that_fail_to_open(tiny_bundles: di
     monkeypatch.setattr(backends.OrtCudaBackend, "_open", refuse("CUDA EP"))
     monkeypatch.setattr(backends.OpenVinoBackend, "_open", refuse("OpenVINO"))
     with Synthesizer(tiny_bundles["causal"], backend="auto", options=SMALL, precision="fp32") as syn:
-        assert (syn.am_backend, syn.voc_backend) == ("cuda", "tensorrt")
-        assert syn.synthesize(symbols=_units(8)).size
+        assert (syn.placement.am_backend, syn.placement.voc_backend) == ("cuda", "tensorrt")
+        assert syn.synthesize(symbols=symbol_units(8)).size
         assert syn.backends()[syn.default_voice] == ("cpu", "cpu")
     text = caplog.text
     steps = ["vocoder not on tensorrt", "no TensorRT engine", "falling back to cuda", "vocoder not on cuda",
@@ -610,7 +610,7 @@ def test_real_engine_matches_cpu(tiny_bundles: dict[str, Path], tmp_path: Path) 
     shutil.copytree(tiny_bundles["causal"], b)
     built = build_engines(b, EngineOptions(precision="fp32", vocoder_chunk=SMALL.vocoder_chunk))
     assert built and built[0].job.engine.is_file()
-    sym = _units(60)
+    sym = symbol_units(60)
     with Synthesizer(b, backend="cpu", options=SMALL) as cpu, \
             Synthesizer(b, backend="tensorrt", strict=True, options=SMALL) as gpu:
         a, g = cpu.synthesize(symbols=sym), gpu.synthesize(symbols=sym)
