@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from sambert_deploy.gates import describe_quality
 from sambert_deploy.utils import peak_rss_mb
 
 TEXT = ("今天是二零二六年十一月二十四日，气温十二度，北风三级。"
@@ -86,7 +87,7 @@ def main() -> None:
     for name, res in quantize_bundle(bundle, QuantizeOptions(precisions=("bf16", "int8"),
                                                              voices=("demo_emo",))).items():
         for var in res.variants.values():
-            print(f"  {name} {var.precision}: {var.quality.summary()}", flush=True)
+            print(f"  {name} {var.precision}: {describe_quality(var.quality)}", flush=True)
     print("[4/4] streaming a long text through the torch-free runtime (fresh process) ...", flush=True)
     p = subprocess.run([sys.executable, __file__, "--out", str(out), "--synth-only"], capture_output=True, text=True)
     if p.returncode != 0:

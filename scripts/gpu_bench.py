@@ -152,8 +152,9 @@ def run_parity(bundle: str, voice: str, backend: str) -> dict[str, Any]:
     """GPU vs CPU FP32: streamed and one-shot audio (max abs difference), and the FP16 vocoder's gate."""
     import numpy as np
 
-    from sambert_deploy.calibration.bundle import check, compare
+    from sambert_deploy.calibration.bundle import judge_audio
     from sambert_deploy.errors import MissingExtraError, SambertDeployError
+    from sambert_deploy.gates import describe_verdict
     from sambert_deploy.runtime.pipeline import OneShot
     from sambert_deploy.runtime.synthesizer import Synthesizer
 
@@ -174,12 +175,11 @@ def run_parity(bundle: str, voice: str, backend: str) -> dict[str, Any]:
             got16 = gpu16.synthesize(text)
             sr, mel = gpu16.sample_rate, gpu16.manifest.voices[gpu16.default_voice].mel
         try:
-            metrics = compare([ref], [got16[:len(ref)]], sr, mel)
+            verdict = judge_audio("fp16", [ref], [got16], sr, mel, backend=backend)
         except MissingExtraError:  # no pesq on this machine: the log-mel half of the gate alone, said so
-            metrics = compare([ref], [got16[:len(ref)]], sr, mel, pesq=False)
+            verdict = judge_audio("fp16", [ref], [got16], sr, mel, backend=backend, pesq=False)
             out["fp16_note"] = "pesq not installed here: log-mel L1 only"
-        out["fp16_metrics"] = metrics
-        out["fp16_gate"] = check("fp16", metrics) or "passed"
+        out["fp16_gate"] = describe_verdict(verdict)
     except SambertDeployError as e:
         out["error"] = f"{type(e).__name__}: {e}"
     return out

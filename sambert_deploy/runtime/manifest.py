@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -129,7 +130,7 @@ class DurationFlip:
 
 
 @dataclass(frozen=True)
-class GateFailure:
+class GateFailure(ABC):
     """One comparison a gate did not pass. ``case`` is what was run (a clip, a unit count, a set of
     axis sizes), ``subject`` what was compared (an output tensor, a variant on a backend). Subclasses,
     one per ``kind``, carry the measured values; :meth:`message` is the one line for people."""
@@ -141,8 +142,9 @@ class GateFailure:
     def message(self) -> str:
         return f"{self.subject} ({self.case}): {self.detail()}"
 
+    @abstractmethod
     def detail(self) -> str:
-        raise NotImplementedError
+        """What was measured against what it had to be (each failure kind says it its own way)."""
 
     def __str__(self) -> str:
         return self.message()

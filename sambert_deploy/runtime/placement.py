@@ -180,6 +180,12 @@ class Placement:
         return self.voices[name]
 
 
+def lane(backend: str) -> str:
+    """The scheduler lane a stage on ``backend`` runs on: GPU calls go to the ``gpu_streams`` workers (a
+    CPU worker waiting on a TensorRT context would starve the CPU stages), everything else to the CPU's."""
+    return "cuda" if backend in GPU_BACKENDS else "cpu"
+
+
 def select_stage(requested: str, stage: str, host: HostFacts, strict: bool = False,
                  exclude: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
     """Resolve ``auto`` or a named backend to one present for ``stage`` (``am`` or ``vocoder``), with a

@@ -37,11 +37,11 @@ from .cursor import UnitSource, VoiceWork
 from .gpu_plan import GpuPlan, parse_bytes
 from .manifest import Manifest, VoiceManifest, read_manifest
 from .placement import (
-    GPU_BACKENDS,
     Placement,
     PlacementRequest,
     StreamOptions,
     host_facts,
+    lane,
     plan_placement,
     window_frames,
 )
@@ -309,7 +309,7 @@ class Synthesizer:
         opened = v.opened
         work = VoiceWork(v.am, v.voc, v.manifest.vocoder.hop, inv, emo, spk, text is None, 1.0 / float(o.speed),
                          p.options)
-        plan = StreamPlan(v.manifest.name, work, _lane(opened.am_backend), _lane(opened.voc_backend),
+        plan = StreamPlan(v.manifest.name, work, lane(opened.am_backend), lane(opened.voc_backend),
                           self.sample_rate, p.max_ahead)
         state = StreamState(self._scheduler, plan, source, time.perf_counter())
         reader = None
@@ -341,9 +341,3 @@ class Synthesizer:
 
 def _shutdown_later(scheduler: Scheduler) -> None:
     threading.Thread(target=scheduler.close, kwargs={"timeout": 30.0}, name="sambert-finalize", daemon=True).start()
-
-
-def _lane(backend: str) -> str:
-    """GPU calls go to the ``gpu_streams`` workers: a CPU worker waiting on a TensorRT context would
-    starve the CPU stages."""
-    return "cuda" if backend in GPU_BACKENDS else "cpu"
