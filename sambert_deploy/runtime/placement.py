@@ -31,6 +31,7 @@ from .backends import (
     BackendOptions,
     available_backends,
     available_cpus,
+    choose_backend,
     unavailable_reason,
 )
 from .cuda import DeviceInfo, probe_device
@@ -188,31 +189,9 @@ def lane(backend: str) -> str:
 
 def select_stage(requested: str, stage: str, host: HostFacts, strict: bool = False,
                  exclude: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
-    """Resolve ``auto`` or a named backend to one present for ``stage`` (``am`` or ``vocoder``), with a
-    note per backend passed over. ``auto`` takes the stage's best (:data:`AUTO_ORDER`) not in ``exclude``;
-    a named backend that is absent falls back along that order, or raises when ``strict``."""
-    if requested not in BACKENDS:
-        raise InvalidInputError(f"backend '{requested}' is unknown; choose one of {', '.join(BACKENDS)}")
-    if stage not in AUTO_ORDER:
-        raise InvalidInputError(f"stage '{stage}' is unknown; choose one of {', '.join(AUTO_ORDER)}")
-    if stage == "am" and requested == "tensorrt":
-        raise InvalidInputError("TensorRT runs the vocoder only; put the acoustic model on cuda or cpu "
-                                "(--am-backend cuda)", param="am_backend")
-    best = tuple(b for b in AUTO_ORDER[stage] if b not in exclude)
-    order = list(best) if requested == "auto" else [requested] + ([] if strict else [b for b in best if b != requested])
-    notes: list[str] = []
-    for kind in order:
-        if kind in host.backends:
-            return kind, notes
-        reason = host.missing.get(kind, f"{kind} is not present here")
-        if strict and kind == requested:
-            if kind == "openvino":
-                from ..errors import MissingExtraError
-
-                raise MissingExtraError("openvino", "openvino")
-            raise BackendUnavailableError(f"backend '{kind}' is not available: {reason}")
-        notes.append(f"backend {kind} not used: {reason}; falling back")
-    return "cpu", notes
+    """:func:`~.backends.choose_backend` on ``host``'s facts: the backend for ``stage``, with a note per
+    backend passed over."""
+    return choose_backend(requested, stage, host.backends, host.missing, strict, exclude)
 
 
 def plan_placement(manifest: Manifest, request: PlacementRequest, host: HostFacts,

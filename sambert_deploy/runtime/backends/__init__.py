@@ -27,6 +27,7 @@ from .select import (
     AUTO_ORDER,
     BACKENDS,
     available_backends,
+    choose_backend,
     make_backend,
     probe_backends,
     select_backend,
@@ -63,6 +64,6 @@ __all__ = [
     "available_backends", "available_cpus", "check_precision_hint", "check_sidecar", "engine_path",
     "engine_reports", "host_facts", "import_openvino", "import_tensorrt", "make_backend",
     "openvino_error_message", "openvino_missing", "probe_backends", "read_sidecar", "rebuild_command",
-    "select_backend", "session_error_message", "sidecar_path", "tensorrt_missing", "trt_logger",
+    "choose_backend", "select_backend", "session_error_message", "sidecar_path", "tensorrt_missing", "trt_logger",
     "unavailable_reason",
 ]

@@ -4,6 +4,7 @@ fallback logged and its reason, ``strict`` raising instead, and making a backend
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ...errors import BackendUnavailableError, BundleError, InvalidInputError, MissingExtraError
@@ -59,9 +60,21 @@ def unavailable_reason(kind: str) -> str:
 
 def select_backend(requested: str = "auto", strict: bool = False, stage: str = "am",
                    exclude: frozenset[str] = frozenset()) -> str:
-    """Resolve ``auto``/a named backend to one that is present for ``stage`` (``am`` or ``vocoder``),
-    logging each fallback and its reason. ``auto`` takes the stage's best (:data:`AUTO_ORDER`) not in
-    ``exclude``; a named backend that is missing falls back along that order, or raises when ``strict``."""
+    """Resolve ``auto``/a named backend to one that is present here for ``stage`` (``am`` or ``vocoder``),
+    logging each fallback and its reason (:func:`choose_backend` on this machine's backends)."""
+    present = available_backends()
+    missing = {b: unavailable_reason(b) for b in BACKENDS if b not in present and b != "auto"}
+    kind, notes = choose_backend(requested, stage, present, missing, strict, exclude)
+    for note in notes:
+        log.info("%s", note)
+    return kind
+
+
+def choose_backend(requested: str, stage: str, present: Sequence[str], missing: Mapping[str, str],
+                   strict: bool = False, exclude: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
+    """The pure rule: ``auto`` takes the stage's best (:data:`AUTO_ORDER`) present and not in ``exclude``;
+    a named backend that is absent falls back along that order (a note per backend passed over, with
+    ``missing``'s reason), or raises when ``strict``."""
     if requested not in BACKENDS:
         raise InvalidInputError(f"backend '{requested}' is unknown; choose one of {', '.join(BACKENDS)}")
     if stage not in AUTO_ORDER:
@@ -69,22 +82,19 @@ def select_backend(requested: str = "auto", strict: bool = False, stage: str = "
     if stage == "am" and requested == "tensorrt":
         raise InvalidInputError("TensorRT runs the vocoder only; put the acoustic model on cuda or cpu "
                                 "(--am-backend cuda)", param="am_backend")
-    present = available_backends()
     best = tuple(b for b in AUTO_ORDER[stage] if b not in exclude)
-    if requested == "auto":
-        order = list(best)
-    else:
-        order = [requested] + ([] if strict else [b for b in best if b != requested])
+    order = list(best) if requested == "auto" else [requested] + ([] if strict else [b for b in best if b != requested])
+    notes: list[str] = []
     for kind in order:
         if kind in present:
-            return kind
-        reason = unavailable_reason(kind)
+            return kind, notes
+        reason = missing.get(kind, f"{kind} is not present here")
         if strict and kind == requested:
             if kind == "openvino":
                 raise MissingExtraError("openvino", "openvino")
             raise BackendUnavailableError(f"backend '{kind}' is not available: {reason}")
-        log.info("backend %s not used: %s; falling back", kind, reason)
-    return "cpu"
+        notes.append(f"backend {kind} not used: {reason}; falling back")
+    return "cpu", notes
 
 
 def make_backend(kind: str, path: str | Path, options: BackendOptions | None = None) -> Backend:
