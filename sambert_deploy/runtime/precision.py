@@ -95,7 +95,7 @@ def passed_variant(voice: VoiceManifest, precision: str) -> Variant:
         raise PrecisionError(f"voice '{voice.name}' has no {precision} vocoder (variants built: {built}); build it "
                              f"with: sambert-deploy quantize BUNDLE --precision {precision}")
     if not var.quality.passed:
-        why = "; ".join(var.quality.failures) or "see sambert-deploy info"
+        why = "; ".join(var.quality.reasons()) or "see sambert-deploy info"
         raise PrecisionError(f"voice '{voice.name}': the {precision} vocoder failed its quality gate ({why}); use "
                              "another precision (sambert-deploy info lists the ones that passed)")
     return var
