@@ -137,3 +137,61 @@ def test_runtime_has_no_import_cycle() -> None:
     found = cycles(graph)
     assert not found, "import cycles in sambert_deploy.runtime (break each, e.g. move the shared part down):\n" + \
         "\n".join(" <-> ".join(c) for c in found)
+
+
+# -- no private name of one of our modules read outside it ---------------------------------------------
+
+REPO = PACKAGE_ROOT.parent
+OWN_CODE = (PACKAGE_ROOT, REPO / "tests", REPO / "scripts")
+
+
+def _private_names_defined(tree: ast.AST) -> set[str]:
+    """``_names`` a module defines: its functions, classes, module-level names and ``self._x`` attributes."""
+    names = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(n.name)
+        elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            names.add(n.id)
+        elif (isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store) and isinstance(n.value, ast.Name)
+              and n.value.id in ("self", "cls")):
+            names.add(n.attr)
+        elif isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name):
+            names.add(n.target.id)
+    return {x for x in names if x.startswith("_") and not x.startswith("__")}
+
+
+def private_reads(files: dict[Path, ast.AST]) -> list[str]:
+    """``obj._name`` reads and ``from m import _name`` imports of a private name that one of our modules
+    defines, in a file that does not define it (names private to third-party code are theirs to judge)."""
+    defined = {path: _private_names_defined(tree) for path, tree in files.items()}
+    ours = set().union(*defined.values())
+    found = []
+    for path, tree in files.items():
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Attribute) and n.attr in ours and n.attr not in defined[path] and not (
+                    isinstance(n.value, ast.Name) and n.value.id in ("self", "cls")):
+                found.append(f"{path.relative_to(REPO)}:{n.lineno}: .{n.attr}")
+            elif isinstance(n, ast.ImportFrom):
+                found += [f"{path.relative_to(REPO)}:{n.lineno}: import {a.name}" for a in n.names
+                          if a.name.startswith("_") and not a.name.startswith("__") and a.name in ours]
+    return found
+
+
+def test_private_names_stay_in_their_module() -> None:
+    files = {p: ast.parse(p.read_text("utf-8")) for root in OWN_CODE for p in sorted(root.rglob("*.py"))}
+    assert private_reads(files) == [], "expose what is needed as public, documented API"
+
+
+def test_the_private_rule_finds_a_read(tmp_path: Path) -> None:
+    owner = ast.parse("class A:\n    def __init__(self):\n        self._state = 1\n")
+    reader = ast.parse("from m import _helper\n\ndef f(a):\n    return a._state\n")
+    helper = ast.parse("def _helper():\n    pass\n")
+    files = {REPO / "owner.py": owner, REPO / "reader.py": reader, REPO / "helper.py": helper}
+    assert private_reads(files) == ["reader.py:1: import _helper", "reader.py:4: ._state"]
+
+
+def test_runtime_modules_stay_small() -> None:
+    """A runtime module over 400 lines is doing more than one job: split it."""
+    sizes = {p.relative_to(REPO): len(p.read_text("utf-8").splitlines()) for p in _modules("sambert_deploy.runtime").values()}
+    assert {p: n for p, n in sizes.items() if n > 400} == {}

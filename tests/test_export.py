@@ -232,7 +232,7 @@ def _module_step(am, prev, memory_i, x_k, x_v, x_bias, h_k, h_v, h_bias):  # noq
     """The decoder step written with the model's own modules (what the slim step graph must equal)."""
     import torch
 
-    from sambert_deploy.models.sambert import _attend, _merge_heads
+    from sambert_deploy.models.sambert import attend, merge_heads
 
     dec = am.mel_decoder.mel_dec
     x = dec.step_input(prev, memory_i)
@@ -241,9 +241,9 @@ def _module_step(am, prev, memory_i, x_k, x_v, x_bias, h_k, h_v, h_bias):  # noq
         att = blk.pnca_attn
         q, k, v = att.qkv(x)
         kk, vv = torch.cat([x_k[li:li + 1], k], dim=2), torch.cat([x_v[li:li + 1], v], dim=2)
-        cx, _ = _attend(q, kk, vv, att.d_head, bias=x_bias)
-        ch, _ = _attend(q, h_k[li:li + 1], h_v[li:li + 1], att.d_head, bias=h_bias)
-        x = blk.pos_ffn(att.fc_x(_merge_heads(cx)) + att.fc_h(_merge_heads(ch)) + x)
+        cx, _ = attend(q, kk, vv, att.d_head, bias=x_bias)
+        ch, _ = attend(q, h_k[li:li + 1], h_v[li:li + 1], att.d_head, bias=h_bias)
+        x = blk.pos_ffn(att.fc_x(merge_heads(cx)) + att.fc_h(merge_heads(ch)) + x)
         ks.append(kk[0, :, 1:])
         vs.append(vv[0, :, 1:])
     return dec.dec_out_proj(dec.ln(x)), torch.stack(ks), torch.stack(vs)

@@ -114,19 +114,19 @@ class Prenet(nn.Module):
         return self.fcs(x)
 
 
-def _split_heads(x: Tensor, heads: int) -> Tensor:
+def split_heads(x: Tensor, heads: int) -> Tensor:
     """[B, T, H*dh] -> [B, H, T, dh]."""
     b, t, _ = x.shape
     return x.view(b, t, heads, -1).transpose(1, 2)
 
 
-def _merge_heads(x: Tensor) -> Tensor:
+def merge_heads(x: Tensor) -> Tensor:
     """[B, H, T, dh] -> [B, T, H*dh]."""
     b, h, t, dh = x.shape
     return x.transpose(1, 2).reshape(b, t, h * dh)
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, d_head: int, mask: Tensor | None = None,
+def attend(q: Tensor, k: Tensor, v: Tensor, d_head: int, mask: Tensor | None = None,
             bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Scaled dot-product attention; ``mask`` True = masked (reference style), ``bias`` additive (export style)."""
     # The reference divides by a numpy float temperature (d_head ** 0.5), not multiplies by its inverse.
@@ -150,9 +150,9 @@ class MultiHeadSelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         q, k, v = self.w_qkv(self.layer_norm(x)).chunk(3, dim=-1)
-        ctx, attn = _attend(_split_heads(q, self.n_head), _split_heads(k, self.n_head),
-                            _split_heads(v, self.n_head), self.d_head)
-        out = self.fc(_merge_heads(ctx))
+        ctx, attn = attend(split_heads(q, self.n_head), split_heads(k, self.n_head),
+                            split_heads(v, self.n_head), self.d_head)
+        out = self.fc(merge_heads(ctx))
         if self.residual:
             out = out + x
         return out, attn
@@ -419,14 +419,14 @@ class MultiHeadPNCAAttention(nn.Module):
     def memory_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """memory [B, M, d_mem] (not normalized) -> k, v [B, H, M, dh]."""
         k, v = self.w_h_kv(memory).chunk(2, dim=-1)
-        return _split_heads(k, self.n_head), _split_heads(v, self.n_head)
+        return split_heads(k, self.n_head), split_heads(v, self.n_head)
 
     def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         q, k, v = self.w_x_qkv(self.layer_norm(x)).chunk(3, dim=-1)
-        return _split_heads(q, self.n_head), _split_heads(k, self.n_head), _split_heads(v, self.n_head)
+        return split_heads(q, self.n_head), split_heads(k, self.n_head), split_heads(v, self.n_head)
 
     def combine(self, ctx_x: Tensor, ctx_h: Tensor, residual: Tensor) -> Tensor:
-        return self.fc_x(_merge_heads(ctx_x)) + self.fc_h(_merge_heads(ctx_h)) + residual
+        return self.fc_x(merge_heads(ctx_x)) + self.fc_h(merge_heads(ctx_h)) + residual
 
 
 class PNCABlock(nn.Module):
@@ -487,9 +487,9 @@ class HybridAttentionDecoder(nn.Module):
                 kc = k if kc is None else torch.cat([kc, k], 2)
                 vc = v if vc is None else torch.cat([vc, v], 2)
                 k_cache[li], v_cache[li] = kc, vc
-                ctx_x, a_x = _attend(q, kc, vc, att.d_head, x_mask)
+                ctx_x, a_x = attend(q, kc, vc, att.d_head, x_mask)
                 hk, hv = mem_kv[li]
-                ctx_h, a_h = _attend(q, hk, hv, att.d_head, h_mask)
+                ctx_h, a_h = attend(q, hk, hv, att.d_head, h_mask)
                 x = blk.pos_ffn(att.combine(ctx_x, ctx_h, x))
                 x_rows[li].append(F.pad(a_x, (0, m - i - 1)))
                 h_rows[li].append(a_h)
@@ -530,9 +530,9 @@ class HybridAttentionDecoder(nn.Module):
                 q, k, v = att.qkv(x)
                 k_cache[li, :, :, i:i + 1] = k
                 v_cache[li, :, :, i:i + 1] = v
-                ctx_x, _ = _attend(q, k_cache[li, :, :, lo:i + 1], v_cache[li, :, :, lo:i + 1], att.d_head)
+                ctx_x, _ = attend(q, k_cache[li, :, :, lo:i + 1], v_cache[li, :, :, lo:i + 1], att.d_head)
                 hk, hv = mem_kv[li]
-                ctx_h, _ = _attend(q, hk[:, :, i:hi], hv[:, :, i:hi], att.d_head)
+                ctx_h, _ = attend(q, hk[:, :, i:hi], hv[:, :, i:hi], att.d_head)
                 x = blk.pos_ffn(att.combine(ctx_x, ctx_h, x))
             y = self.dec_out_proj(self.ln(x))
             outs.append(y)

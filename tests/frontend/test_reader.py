@@ -251,9 +251,9 @@ def test_reader_errors_and_empty(fe: FrontEnd) -> None:
 
 def _blocks(fe: FrontEnd, pieces: list[str]) -> list[str]:
     """The blocks the reader cuts, without running the analysis (a per-instance stand-in)."""
-    rd = fe.reader()
     blocks: list[str] = []
-    rd._fe = type("Recorder", (), {"block_units": lambda self, b, *a: blocks.append(b) or []})()  # type: ignore[assignment]
+    recorder = type("Recorder", (), {"block_units": lambda self, b, *a: blocks.append(b) or []})()
+    rd = SentenceReader(recorder, fe.emotion, fe.speaker)
     for p in pieces:
         rd.feed(p)
         rd.next_sentence()
