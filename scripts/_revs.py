@@ -48,6 +48,19 @@ VOICES = {
 QUANTIZE = "int8,bf16"
 
 
+def add_revision_args(ap: Any) -> None:
+    """The options both revision scripts take: what to compare, how the cached bundles are built, and the
+    hidden --child mode each fresh process runs in."""
+    import argparse
+
+    ap.add_argument("--baseline", default=DEFAULT_BASELINE, help="git revision to compare against")
+    ap.add_argument("--candidate", help="a revision, or a folder holding sambert_deploy/, instead of the working tree")
+    ap.add_argument("--export-with", choices=("baseline", "current"), default="baseline",
+                    help="whose exporter builds the cached bundles (the other is the fallback)")
+    ap.add_argument("--rebuild-bundles", action="store_true", help="export the cached bundles again")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+
+
 def python() -> str:
     """The .venv's python (the one both revisions run with)."""
     venv = REPO / ".venv" / "bin" / "python"

@@ -155,8 +155,7 @@ def _fmt(values: list[float], fmt: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", default=_revs.DEFAULT_BASELINE, help="git revision to compare against")
-    ap.add_argument("--candidate", help="a revision, or a folder holding sambert_deploy/, instead of the working tree")
+    _revs.add_revision_args(ap)
     ap.add_argument("--repeat", type=int, default=3, help="fresh processes per revision and config (median)")
     ap.add_argument("--configs", default="auto,fp32@cpu",
                     help="PRECISION[@BACKEND] of the vocoder, comma-separated (auto: the product default, INT8 on "
@@ -165,10 +164,6 @@ def main() -> None:
                     help="before each run, wait up to this many seconds for the CPUs to be < 25%% busy")
     ap.add_argument("--voice", default="full", choices=sorted(_revs.VOICES), help="fixture voice (default: full)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per process")
-    ap.add_argument("--export-with", choices=("baseline", "current"), default="baseline",
-                    help="whose exporter builds the cached bundles (the other is the fallback)")
-    ap.add_argument("--rebuild-bundles", action="store_true", help="export the cached bundles again")
-    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         child(Path(a.child[0]), a.child[1], a.child[2])

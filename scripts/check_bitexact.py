@@ -388,15 +388,10 @@ def _short(v: Any, n: int = 90) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", default=_revs.DEFAULT_BASELINE, help="git revision to compare against")
-    ap.add_argument("--candidate", help="a revision, or a folder holding sambert_deploy/, instead of the working tree")
+    _revs.add_revision_args(ap)
     ap.add_argument("--quick", action="store_true", help="tiny voices only (< 1 min)")
     ap.add_argument("--keep", type=Path, help="keep the .npz files of both runs in this folder")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per run")
-    ap.add_argument("--export-with", choices=("baseline", "current"), default="baseline",
-                    help="whose exporter builds the cached bundles (the other is the fallback)")
-    ap.add_argument("--rebuild-bundles", action="store_true", help="export the cached bundles again")
-    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         child(Path(a.child[0]), Path(a.child[1]), Path(a.child[2]))
