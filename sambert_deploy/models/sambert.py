@@ -371,7 +371,7 @@ def dur_positions(reps: Tensor, r: int) -> Tensor:
     """reps int64 [1, T] -> float [1, Tp]: 1-based index inside each unit, 0 on padding frames."""
     total = int(reps.sum())
     starts = torch.cumsum(reps[0], 0) - reps[0]
-    pos = torch.arange(total, dtype=torch.int64) - torch.repeat_interleave(starts, reps[0]) + 1
+    pos = torch.arange(total, dtype=torch.int64, device=reps.device) - torch.repeat_interleave(starts, reps[0]) + 1
     pad = (-total) % r
     return F.pad(pos.float(), (0, pad))[None]
 
@@ -477,7 +477,7 @@ class HybridAttentionDecoder(nn.Module):
             x = self.step_input(prev, memory[:, i:i + 1])
             # As the reference's infer(): the full [M, M] band masks are rebuilt at every step and
             # the step's rows sliced out; x keys/values grow by concatenation.
-            x_mask_full, h_mask_full = self.band_masks(m, x_band, h_band)
+            x_mask_full, h_mask_full = self.band_masks(m, x_band, h_band, memory.device)
             x_mask = x_mask_full[:, i:i + 1, :i + 1].unsqueeze(1)
             h_mask = h_mask_full[:, i:i + 1, :].unsqueeze(1)
             for li, blk in enumerate(self.pnca):
@@ -502,9 +502,9 @@ class HybridAttentionDecoder(nn.Module):
         return dec, x_attns, h_attns
 
     @staticmethod
-    def band_masks(m: int, x_band: int, h_band: int) -> tuple[Tensor, Tensor]:
+    def band_masks(m: int, x_band: int, h_band: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
         """[1, M, M] True = masked: x keys j in [i - x_band, i], memory j in [i, i + h_band] per query i."""
-        rng = torch.arange(m)
+        rng = torch.arange(m, device=device)
         x_start = torch.clamp_min(rng - x_band, 0)[None, None, :]
         x_end = (rng + 1)[None, None, :]
         h_start = rng[None, None, :]
@@ -623,7 +623,7 @@ class KanTtsSAMBERT(nn.Module):
         memory = self.build_memory(lr_text, lr_spk, lr_emo)
         dec_lfr, x_attns, h_attns = self.mel_decoder.mel_dec(memory, band, band, keep_attention)
         tp = lr_text.shape[1]
-        out_mask = (torch.arange(tp) >= valid)[None]
+        out_mask = (torch.arange(tp, device=lr_text.device) >= valid)[None]
         dec = dec_lfr.reshape(1, tp, self.cfg.num_mels).masked_fill(out_mask.unsqueeze(-1), 0.0)
         residual = self.mel_postnet(dec, out_mask)
         post = (residual + dec).masked_fill(out_mask.unsqueeze(-1), 0.0)
