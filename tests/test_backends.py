@@ -188,3 +188,17 @@ def test_keeps_outputs_on_device_drives_the_decoder_window(tiny_bundles: dict[st
         assert kinds["x_k"] is (ort.OrtValue if device else np.ndarray), i
         assert kinds["prev"] is np.ndarray
     np.testing.assert_array_equal(got, want)
+
+
+def test_cuda_ep_computes_fp32_in_fp32_unless_asked() -> None:
+    """ORT's CUDA EP uses TF32 by default on Ampere and later (1.6e-2 off the CPU's FP32 on an H200):
+    the provider options turn it off unless ``tf32`` is asked for."""
+    from sambert_deploy.runtime.backends import BackendOptions, OrtCudaBackend
+
+    def cuda_options(options: BackendOptions) -> dict:
+        (name, opts), *_ = OrtCudaBackend("graph.onnx", options).providers()
+        assert name == "CUDAExecutionProvider"
+        return opts
+
+    assert cuda_options(BackendOptions())["use_tf32"] == 0
+    assert cuda_options(BackendOptions(tf32=True))["use_tf32"] == 1

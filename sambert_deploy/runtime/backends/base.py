@@ -99,6 +99,10 @@ class BackendOptions:
     extra_session_options: dict[str, str] = field(default_factory=dict)
     precision_hint: str | None = None
     gpu_mem_limit: int | None = None  # bytes the CUDA EP's arena may hold (the --max-gpu-memory budget)
+    # FP32 graphs compute in FP32 on the GPU too: ORT's CUDA EP rounds matmul/conv inputs to TF32 on
+    # Ampere and later unless told not to (measured on the H200: GPU vs CPU FP32 audio max-abs 1.6e-2).
+    # The FP16 variant is the fast path; True trades FP32 parity for TF32 speed.
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         check_precision_hint(self.precision_hint)

@@ -155,7 +155,8 @@ class OrtCudaBackend(OrtBackend):
     def providers(self) -> list[Any]:
         cuda_options: dict[str, Any] = {"device_id": self.options.device_id,
                                         "cudnn_conv_algo_search": self.options.cudnn_conv_algo_search,
-                                        "do_copy_in_default_stream": True}
+                                        "do_copy_in_default_stream": True,
+                                        "use_tf32": int(self.options.tf32)}
         if self.options.gpu_mem_limit is not None:
             # The arena otherwise grows by powers of two past a budget; with a limit, allocations
             # beyond it fail (ORT's out-of-memory error) instead of taking another tenant's memory.
