@@ -131,7 +131,7 @@ def host_facts(request: PlacementRequest | None = None) -> HostFacts:
     present = tuple(available_backends())
     missing = {b: unavailable_reason(b) for b in BACKENDS if b not in present and b != "auto"}
     facts = HostFacts(present, missing, available_cpus())
-    if request is not None and _stage_backends(request, facts)[0] & GPU_BACKENDS:
+    if request is not None and set(_select_both(request, facts)[0]) & GPU_BACKENDS:
         dev, why = probe_device(0)
         facts = replace(facts, gpu=dev, gpu_note=why)
     return facts
@@ -286,11 +286,6 @@ def _select_both(request: PlacementRequest, host: HostFacts) -> tuple[tuple[str,
     am, notes = select_stage(request.am_requested, "am", host, request.strict)
     voc, more = select_stage(request.voc_requested, "vocoder", host, request.strict)
     return (am, voc), notes + more
-
-
-def _stage_backends(request: PlacementRequest, host: HostFacts) -> tuple[frozenset[str], list[str]]:
-    (am, voc), notes = _select_both(request, host)
-    return frozenset({am, voc}), notes
 
 
 def _vocoder_candidate(manifest: Manifest, vm: VoiceManifest, kind: str, request: PlacementRequest,

@@ -223,7 +223,8 @@ class Synthesizer:
         if key not in self.manifest.voices:
             raise InvalidInputError(f"unknown voice '{key}'; valid voices: {', '.join(self.manifest.voices)}",
                                     param="voice")
-        return self.manifest.voices[self.placement.voice(key).voice]
+        self.placement.voice(key)  # a voice this Synthesizer does not load is named as such
+        return self.manifest.voices[key]
 
     # -- loading (once per voice, under a lock) ---------------------------------------------------
     def _voice(self, name: str | None) -> LoadedVoice:
