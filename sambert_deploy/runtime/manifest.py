@@ -8,8 +8,10 @@ every graph file it names exists and has the recorded sha256 (cheap insurance ag
 from __future__ import annotations
 
 import json
+import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,9 @@ from .records import (
     ToleranceExceeded,
     Verdict,
 )
+from .schema import Where, check_manifest, parsed
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MODEL_TYPE = "kantts-sambert-hifigan"
@@ -129,6 +134,14 @@ class Variant:
     backends: tuple[str, ...]
     quality: QualityRecord
     recipe: dict[str, Any] = field(default_factory=dict)
+    # Why the variant's file cannot be used (missing, sha256 mismatch), found by read_manifest(verify=True);
+    # empty when intact. Not written: the record stays as quantize wrote it until quantize replaces it.
+    damage: str = ""
+
+    @property
+    def usable(self) -> bool:
+        """Intact and passed its quality gate: the only variants the runtime ever runs."""
+        return not self.damage and self.quality.passed
 
     def to_json(self) -> dict[str, Any]:
         return {"precision": self.precision, "graph": {"name": self.graph.name, **self.graph.to_json()},
@@ -136,6 +149,7 @@ class Variant:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Variant:
+        """A variant record (its shape checked by :func:`.schema.check_manifest` first)."""
         g = d["graph"]
         return cls(str(d["precision"]), GraphInfo.from_json(g["name"], g), tuple(d["backends"]),
                    QualityRecord.from_json(d["quality"]), dict(d.get("recipe", {})))
@@ -229,30 +243,51 @@ def read_manifest(bundle: str | Path, verify: bool = True) -> Manifest:
     if d.get("schema_version") != SCHEMA_VERSION:
         raise BundleError(f"{path}: schema_version {d.get('schema_version')} is not supported (this runtime reads "
                           f"{SCHEMA_VERSION}); re-export the bundle with this version of sambert-deploy")
-    try:
-        voices = {}
-        for name, v in d["voices"].items():
-            inv = Inventories.from_json(v["inventories"], has_mask=v.get("has_mask", True))
-            voices[name] = VoiceManifest(
-                name=name, folder=v["folder"], acoustic=AcousticInfo(**v["acoustic"]),
-                vocoder=VocoderInfo(**v["vocoder"]), inventories=inv,
-                graphs={k: GraphInfo.from_json(k, g) for k, g in v["graphs"].items()},
-                provenance=v.get("provenance", {}),
-                gate=GateRecord.from_json(v["gate"]) if v.get("gate") is not None else None,
-                variants={p: Variant.from_json(x) for p, x in v.get("variants", {}).items()})
-        m = Manifest(root=root, schema_version=d["schema_version"], model_type=d["model_type"],
-                     sample_rate=int(d["sample_rate"]), mel=d["mel"], voices=voices,
-                     default_voice=d["default_voice"], provenance=d.get("provenance", {}))
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise BundleError(f"{path} is corrupted or incomplete ({type(e).__name__}: {e}); re-export the bundle") from None
+    check_manifest(d, root, path)  # every value's type and range, every path inside the bundle
+    voices = {}
+    for name, v in d["voices"].items():
+        at = Where(path) / "voices" / name
+        inv = parsed(at / "inventories", partial(Inventories.from_json, v["inventories"],
+                                                 has_mask=v.get("has_mask", True)))
+        gate = parsed(at / "gate", partial(GateRecord.from_json, v["gate"])) if v.get("gate") is not None else None
+        variants = {p: parsed(at / "variants" / p, partial(Variant.from_json, x))
+                    for p, x in v.get("variants", {}).items()}
+        voices[name] = VoiceManifest(
+            name=name, folder=v["folder"], acoustic=AcousticInfo(**v["acoustic"]), vocoder=VocoderInfo(**v["vocoder"]),
+            inventories=inv, graphs={k: GraphInfo.from_json(k, g) for k, g in v["graphs"].items()},
+            provenance=v.get("provenance", {}), gate=gate, variants=variants)
+    m = Manifest(root=root, schema_version=d["schema_version"], model_type=d["model_type"],
+                 sample_rate=d["sample_rate"], mel=d["mel"], voices=voices, default_voice=d["default_voice"],
+                 provenance=d.get("provenance", {}))
     if verify:
-        from ..utils import file_sha256
-
-        for v in voices.values():
-            for g in (*v.graphs.values(), *(var.graph for var in v.variants.values())):
-                gp = root / v.folder / g.file
-                if not gp.is_file():
-                    raise BundleError(f"{gp} is missing from the bundle; re-export it")
-                if file_sha256(gp) != g.sha256:
-                    raise BundleError(f"{gp} does not match its sha256 in {path} (truncated or modified); re-export it")
+        m = _verify_files(m, path)
     return m
+
+
+def _verify_files(m: Manifest, path: Path) -> Manifest:
+    """Every graph file present with its recorded sha256 (cheap insurance against a truncated copy). A
+    damaged base graph refuses the bundle (re-export); a damaged vocoder variant disables that variant
+    only, so every voice still opens in FP32 (an interrupted quantize must not brick the bundle)."""
+    from ..utils import file_sha256
+
+    voices = dict(m.voices)
+    for name, v in m.voices.items():
+        for g in v.graphs.values():
+            gp = m.root / v.folder / g.file
+            if not gp.is_file():
+                raise BundleError(f"{gp} is missing from the bundle; re-export it")
+            if file_sha256(gp) != g.sha256:
+                raise BundleError(f"{gp} does not match its sha256 in {path} (truncated or modified); re-export it")
+        damaged = {}
+        for p, var in v.variants.items():
+            gp = m.root / v.folder / var.graph.file
+            problem = ("is missing" if not gp.is_file() else
+                       "does not match its sha256 (truncated or modified)" if file_sha256(gp) != var.graph.sha256
+                       else "")
+            if problem:
+                damaged[p] = replace(var, damage=f"{gp.name} {problem}; the {p} vocoder is disabled until you re-run: "
+                                                 f"sambert-deploy quantize {m.root} --voice {name} --precision {p}")
+                log.warning("voice %s: %s", name, damaged[p].damage)
+        if damaged:
+            voices[name] = replace(v, variants={**v.variants, **damaged})
+    return replace(m, voices=voices)

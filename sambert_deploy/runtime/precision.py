@@ -71,7 +71,7 @@ def choose_vocoder(voice: VoiceManifest, requested: str, backend: str, backend_g
             if p == "fp32":
                 return VocoderChoice("fp32", voice.graphs["vocoder"], b, precision_hint("fp32", b), None)
             var = voice.variants.get(p)
-            if var is not None and var.quality.passed and b in var.backends:
+            if var is not None and var.usable and b in var.backends:
                 return _choice(var, b)
         return fp32
     var = passed_variant(voice, requested)
@@ -94,6 +94,8 @@ def passed_variant(voice: VoiceManifest, precision: str) -> Variant:
         built = ", ".join(voice.variants) or "none"
         raise PrecisionError(f"voice '{voice.name}' has no {precision} vocoder (variants built: {built}); build it "
                              f"with: sambert-deploy quantize BUNDLE --precision {precision}")
+    if var.damage:
+        raise PrecisionError(f"voice '{voice.name}': {var.damage}")
     if not var.quality.passed:
         why = "; ".join(var.quality.reasons()) or "see sambert-deploy info"
         raise PrecisionError(f"voice '{voice.name}': the {precision} vocoder failed its quality gate ({why}); use "
@@ -117,7 +119,7 @@ def choose_engine(voice: VoiceManifest, requested: str, root: Path) -> VocoderCh
         if p == "fp32":
             graph = voice.graphs["vocoder"]
         else:
-            if requested == "auto" and not (p in voice.variants and voice.variants[p].quality.passed):
+            if requested == "auto" and not (p in voice.variants and voice.variants[p].usable):
                 continue
             var = passed_variant(voice, p)
             graph = var.graph

@@ -1,0 +1,272 @@
+"""Hardening (issue 19): a damaged variant disables only itself, manifest values and paths are validated
+at load, damaged checkpoints are named as such, cheap CLI checks come before the expensive load, symbol
+lines stream, CPU-only machines are not told about CUDA at INFO, and SIGTERM leaves no partial file."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sambert_deploy.errors import BundleError, PrecisionError
+from sambert_deploy.runtime.manifest import (
+    PASSED,
+    GraphInfo,
+    QualityRecord,
+    Variant,
+    Verdict,
+    read_manifest,
+)
+
+
+def _copy_bundle(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _load_json(bundle: Path) -> dict[str, Any]:
+    return json.loads((bundle / "manifest.json").read_text("utf-8"))
+
+
+def _save_json(bundle: Path, d: dict[str, Any]) -> None:
+    (bundle / "manifest.json").write_text(json.dumps(d, ensure_ascii=False), "utf-8")
+
+
+@pytest.fixture
+def bundle(tiny_bundles: dict[str, Path], tmp_path: Path) -> Path:
+    return _copy_bundle(tiny_bundles["causal"], tmp_path / "bundle")
+
+
+def _add_int8_variant(bundle: Path) -> None:
+    """An INT8 variant that passed its gate, its file a copy of the FP32 vocoder (what the runtime does
+    with a variant is independent of how it was quantized; quantizing takes minutes)."""
+    from sambert_deploy.utils import file_sha256
+
+    d = _load_json(bundle)
+    for v in d["voices"].values():
+        folder = bundle / v["folder"]
+        shutil.copy(folder / "vocoder.onnx", folder / "vocoder.int8.onnx")
+        g = GraphInfo.from_json("vocoder", v["graphs"]["vocoder"])
+        graph = GraphInfo("vocoder", "vocoder.int8.onnx", file_sha256(folder / "vocoder.int8.onnx"), g.inputs,
+                          g.outputs, "int8")
+        quality = QualityRecord(Verdict(PASSED, data="forced by a test"), Verdict(PASSED, data="forced by a test"))
+        v["variants"] = {"int8": Variant("int8", graph, ("cpu",), quality).to_json()}
+    _save_json(bundle, d)
+
+
+# -- 1b: a damaged variant disables that variant only ------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["modified", "missing"])
+def test_damaged_variant_disables_only_itself(bundle: Path, damage: str) -> None:
+    from sambert_deploy.runtime.synthesizer import Synthesizer
+
+    _add_int8_variant(bundle)
+    with Synthesizer(bundle, backend="cpu", voc_backend="cpu") as syn:
+        syn.load(None, text=False)
+        assert syn.precisions()["tiny_emo"] == "int8"  # auto takes it while it is intact
+    f = bundle / "voices" / "tiny_emo" / "vocoder.int8.onnx"
+    if damage == "missing":
+        f.unlink()
+    else:
+        f.write_bytes(f.read_bytes()[:-100])
+    m = read_manifest(bundle)  # opens: the base graphs are intact
+    var = m.voice(None).variants["int8"]
+    assert var.damage and "sambert-deploy quantize" in var.damage and "re-export" not in var.damage
+    with Synthesizer(bundle, backend="cpu", voc_backend="cpu") as syn:
+        syn.load(None, text=False)
+        assert syn.precisions()["tiny_emo"] == "fp32"  # auto falls back
+    with Synthesizer(bundle, backend="cpu", voc_backend="cpu", precision="fp32") as syn:
+        audio = b"".join(c.samples.tobytes() for c in syn.stream(symbols=_SYMBOLS))
+        assert len(audio) > 0
+    with pytest.raises(PrecisionError, match="sambert-deploy quantize") as e:
+        Synthesizer(bundle, backend="cpu", voc_backend="cpu", precision="int8").load(None, text=False)
+    assert "re-export" not in str(e.value)
+
+
+def test_damaged_base_graph_stays_a_hard_error_naming_export(bundle: Path) -> None:
+    f = bundle / "voices" / "tiny_emo" / "vocoder.onnx"
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(BundleError, match="re-export"):
+        read_manifest(bundle)
+
+
+_SYMBOLS = ("0\t{n_c$tone2$s_begin$word_begin$emotion_neutral$F7} {i_c$tone2$s_end$word_middle$emotion_neutral$F7} "
+            "{h_c$tone3$s_begin$word_middle$emotion_neutral$F7} {ao_c$tone3$s_end$word_end$emotion_neutral$F7} "
+            "{#4$tone_none$s_none$word_none$emotion_none$F7}\n")
+
+
+# -- 7: manifest values are validated once, typed, naming the field ----------------------------------
+
+
+@pytest.mark.parametrize("path, value, field", [
+    (("voices", "tiny_emo", "acoustic", "num_mels"), -5, "voices.tiny_emo.acoustic.num_mels"),
+    (("voices", "tiny_emo", "vocoder", "context_left"), "13", "voices.tiny_emo.vocoder.context_left"),
+    (("voices", "tiny_emo", "vocoder", "hop"), 0, "voices.tiny_emo.vocoder.hop"),
+    (("voices", "tiny_emo", "vocoder", "causal"), 1, "voices.tiny_emo.vocoder.causal"),
+    (("sample_rate",), float("nan"), "sample_rate"),
+    (("sample_rate",), -16000, "sample_rate"),
+    (("mel", "n_mels"), 21, "mel.n_mels"),
+    (("mel", "fmax"), float("inf"), "mel.fmax"),
+    (("voices", "tiny_emo", "graphs", "vocoder", "sha256"), "abc", "voices.tiny_emo.graphs.vocoder.sha256"),
+    (("voices", "tiny_emo", "graphs", "encoder", "inputs", 0, "axes", 0), -1,
+     "voices.tiny_emo.graphs.encoder.inputs[0].axes[0]"),
+    (("voices", "tiny_emo", "graphs", "encoder", "inputs", 0, "dtype"), "float128",
+     "voices.tiny_emo.graphs.encoder.inputs[0].dtype"),
+    (("voices", "tiny_emo", "inventories", "speaker"), "F7", "voices.tiny_emo.inventories.speaker"),
+    (("voices", "tiny_emo", "inventories", "sy", 0), 7, "voices.tiny_emo.inventories.sy[0]"),
+    (("voices", "tiny_emo", "emotions"), [1], "voices.tiny_emo.emotions[0]"),
+    (("default_voice",), "nobody", "default_voice"),
+    (("voices", "tiny_emo", "gate", "cases"), 5, "voices.tiny_emo.gate"),
+])
+def test_manifest_values_are_validated_naming_the_field(bundle: Path, path: tuple[Any, ...], value: Any,
+                                                        field: str) -> None:
+    d = _load_json(bundle)
+    node = d
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    _save_json(bundle, d)
+    with pytest.raises(BundleError) as e:
+        read_manifest(bundle)
+    msg = str(e.value)
+    assert field in msg and "re-export" in msg, msg
+
+
+def test_variant_record_is_validated(bundle: Path) -> None:
+    _add_int8_variant(bundle)
+    d = _load_json(bundle)
+    d["voices"]["tiny_emo"]["variants"]["int8"]["backends"] = "cpu"
+    _save_json(bundle, d)
+    with pytest.raises(BundleError, match=r"voices\.tiny_emo\.variants\.int8\.backends"):
+        read_manifest(bundle)
+
+
+def test_missing_field_is_named(bundle: Path) -> None:
+    d = _load_json(bundle)
+    del d["voices"]["tiny_emo"]["acoustic"]["decoder_heads"]
+    _save_json(bundle, d)
+    with pytest.raises(BundleError, match=r"voices\.tiny_emo\.acoustic\.decoder_heads is missing"):
+        read_manifest(bundle)
+
+
+# Values a hand edit, a bad copy or an attacker puts where a manifest value belongs: wrong types, out
+# of range, non-finite, huge, escaping paths. A different but plausible size (decoder_heads 2 -> 3)
+# cannot be told from the manifest alone: the graphs fix it (see the report of issue 19).
+_BAD_VALUES = [None, -5, 0, -1.5, 1.5, "", "x", "../../etc/passwd", "/etc", [], {}, [1, "a"], {"a": 1}, True,
+               False, float("nan"), float("inf"), 10**30, "0" * 64]
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node[:3]):  # the first few items of long inventories are enough
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fuzz_base(tiny_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    b = _copy_bundle(tiny_bundles["causal"], tmp_path_factory.mktemp("fuzz") / "base")
+    _add_int8_variant(b)
+    return b, _load_json(b)
+
+
+def test_mutated_manifest_loads_or_is_a_bundle_error(fuzz_base: tuple[Path, dict[str, Any]],
+                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from sambert_deploy.runtime.synthesizer import Synthesizer
+
+    base, doc = fuzz_base
+    paths = _paths(doc)
+    synthesized: list[tuple[Any, ...]] = []
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.sampled_from(paths), st.sampled_from(["delete", "replace"]), st.sampled_from(_BAD_VALUES))
+    def check(path: tuple[Any, ...], how: str, value: Any) -> None:
+        d = copy.deepcopy(doc)
+        node = d
+        for k in path[:-1]:
+            node = node[k]
+        if how == "delete":
+            if isinstance(node, dict):
+                del node[path[-1]]
+            else:
+                node.pop(path[-1])
+        else:
+            node[path[-1]] = value
+        b = tmp_path_factory.mktemp("m") / "b"
+        b.mkdir()
+        for entry in base.iterdir():  # hard links: cheap, and inside the bundle as far as resolve() goes
+            if entry.is_dir():
+                shutil.copytree(entry, b / entry.name, copy_function=os.link)
+        (b / "manifest.json").write_text(json.dumps(d), "utf-8")
+        try:
+            read_manifest(b)
+        except BundleError:
+            shutil.rmtree(b)
+            return
+        # Loaded: it must synthesize (the first few that load; opening sessions takes a second).
+        if len(synthesized) < 8:
+            with Synthesizer(b, backend="cpu", voc_backend="cpu") as syn:
+                chunks = list(syn.stream(symbols=_SYMBOLS))
+                assert sum(len(c.samples) for c in chunks) > 0
+                assert all(math.isfinite(float(abs(c.samples).max())) for c in chunks)
+            synthesized.append(path)
+        shutil.rmtree(b)
+
+    check()
+    assert synthesized, "no mutation loaded: the property never reached the Synthesizer"
+
+
+# -- 8: manifest paths stay inside the bundle ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("where, value", [
+    ("folder", "/etc"), ("folder", "../.."), ("folder", "voices/../../x"),
+    ("file", "../../../../etc/passwd"), ("file", "/etc/passwd"), ("voice", "../evil"),
+])
+def test_manifest_paths_are_confined_to_the_bundle(bundle: Path, where: str, value: str) -> None:
+    d = _load_json(bundle)
+    v = d["voices"]["tiny_emo"]
+    if where == "folder":
+        v["folder"] = value
+        field = "voices.tiny_emo.folder"
+    elif where == "file":
+        v["graphs"]["encoder"]["file"] = value
+        field = "voices.tiny_emo.graphs.encoder.file"
+    else:
+        d["voices"] = {value: v}
+        d["default_voice"] = value
+        field = "voices"
+    _save_json(bundle, d)
+    for verify in (True, False):
+        with pytest.raises(BundleError) as e:
+            read_manifest(bundle, verify=verify)
+        assert field in str(e.value), str(e.value)
+
+
+def test_symlink_out_of_the_bundle_is_refused(bundle: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.onnx"
+    enc = bundle / "voices" / "tiny_emo" / "encoder.onnx"
+    shutil.copy(enc, outside)
+    enc.unlink()
+    enc.symlink_to(outside)  # same bytes, same sha256: only where it points is wrong
+    with pytest.raises(BundleError, match=r"voices\.tiny_emo\.graphs\.encoder\.file"):
+        read_manifest(bundle)
+    folder = bundle / "voices" / "tiny_emo"
+    shutil.move(folder, tmp_path / "voice")
+    folder.symlink_to(tmp_path / "voice")
+    with pytest.raises(BundleError, match=r"voices\.tiny_emo\.folder"):
+        read_manifest(bundle, verify=False)
