@@ -270,3 +270,42 @@ def test_symlink_out_of_the_bundle_is_refused(bundle: Path, tmp_path: Path) -> N
     folder.symlink_to(tmp_path / "voice")
     with pytest.raises(BundleError, match=r"voices\.tiny_emo\.folder"):
         read_manifest(bundle, verify=False)
+
+
+# -- 14: a damaged checkpoint is named as damaged, not as needing pickled code ------------------------
+
+_TINY_CKPT = Path(__file__).parent / "fixtures" / "tiny" / "am" / "ckpt" / "checkpoint_0.pth"
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "truncated_head", "zeros", "zip_body_flipped"])
+def test_damaged_checkpoint_is_named_damaged(tmp_path: Path, damage: str) -> None:
+    pytest.importorskip("torch")
+    from sambert_deploy.errors import CheckpointError
+    from sambert_deploy.models.loading import load_checkpoint
+
+    real = _TINY_CKPT.read_bytes()
+    import random
+
+    data = {"random": random.Random(0).randbytes(100_000), "truncated": real[: len(real) // 2], "truncated_head": real[:300],
+            "zeros": bytes(4096),
+            # a flipped byte in the middle of the archive: the zip's CRC (or torch's record reader) notices
+            "zip_body_flipped": real[: len(real) // 2] + bytes([real[len(real) // 2] ^ 0xFF]) + real[len(real) // 2 + 1:],
+            }[damage]
+    p = tmp_path / "checkpoint_0.pth"
+    p.write_bytes(data)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(p)
+    msg = str(e.value)
+    assert "damaged" in msg and "pickled code" not in msg, msg
+
+
+def test_checkpoint_with_pickled_code_keeps_its_diagnosis(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from sambert_deploy.errors import CheckpointError
+    from sambert_deploy.models.loading import load_checkpoint
+
+    p = tmp_path / "checkpoint_0.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "extra": Path("x")}, p)  # a Path is a pickled class
+    with pytest.raises(CheckpointError, match="pickled code") as e:
+        load_checkpoint(p)
+    assert "damaged" not in str(e.value)

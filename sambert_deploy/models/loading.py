@@ -209,16 +209,58 @@ def checkpoint_error_message(path: Path, error: BaseException) -> str:
         return f"{path} is a directory; give the checkpoint file (ckpt/checkpoint_<N>.pth)"
     if isinstance(error, MemoryError) or "can't allocate memory" in low or "out of memory" in low:
         return f"{path}: out of memory while loading it ({first}); free memory and retry"
-    if isinstance(error, EOFError) or any(k in low for k in ("zip archive", "central directory", "unexpected eof",
-                                                             "ran out of input", "truncated", "invalid load key")):
-        return (f"{path} is damaged or truncated ({type(error).__name__}: {first}); download or copy the "
-                "checkpoint again")
-    return (f"{path} cannot be loaded safely with weights_only=True ({type(error).__name__}: {first}); it needs "
-            "arbitrary pickled code. Re-save it as a plain state dict from a trusted environment")
+    damaged = (f"{path} is damaged or truncated ({type(error).__name__}: {first}); download or copy the "
+               "checkpoint again")
+    if isinstance(error, EOFError) or any(k in low for k in _DAMAGE_WORDS):
+        return damaged
+    # Only a pickle naming a class or function outside weights_only's allow-list needs code; any other
+    # unpickling failure (an unknown opcode, an empty stack, an OSError from the zip reader) is garbage
+    # where a pickle was expected.
+    if any(k in low for k in ("unsupported global", "unsupported class", "global ")):
+        return (f"{path} cannot be loaded safely with weights_only=True ({type(error).__name__}: {first}); it needs "
+                "arbitrary pickled code. Re-save it as a plain state dict from a trusted environment")
+    return damaged
+
+
+# What torch (its zip reader, its unpickler) says when the bytes themselves are wrong.
+_DAMAGE_WORDS = ("zip archive", "central directory", "unexpected eof", "ran out of input", "truncated",
+                 "invalid load key", "corrupt", "pytorchstreamreader failed", "unsupported operand",
+                 "invalid argument", "pop from empty", "magic number")
+
+
+def archive_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be an intact ``torch.save`` file, judged from its bytes; None when it may be.
+
+    torch.save writes a zip archive (every member with a CRC-32, which ``torch.load`` does not check:
+    a flipped byte in a tensor loads silently) or, before torch 1.6, a bare pickle (protocol 2+,
+    first byte 0x80)."""
+    import zipfile
+    import zlib
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None  # torch.load reports it, with the reason
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as e:
+            return f"its zip archive is unreadable ({type(e).__name__}: {e})"
+        return f"the zip member {bad} fails its CRC-32 check" if bad else None
+    if not head.startswith(b"\x80"):
+        return "it is neither a zip archive nor a pickle, the two forms torch.save writes"
+    return None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """``torch.load(weights_only=True)``: refuses any checkpoint that would execute pickled code."""
+    """``torch.load(weights_only=True)``: refuses any checkpoint that would execute pickled code, and
+    names a damaged one as damaged (:func:`archive_problem`)."""
+    if path.is_file():
+        problem = archive_problem(path)
+        if problem:
+            raise CheckpointError(f"{path} is damaged or truncated: {problem}; download or copy the checkpoint again")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
