@@ -35,12 +35,34 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C: every ``finally`` runs (a
+    partial output file is removed, sessions close) instead of the process vanishing mid-write."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+# uvicorn catches SIGTERM itself for its graceful shutdown (and re-raises it afterwards).
+_OWN_SIGTERM = frozenset({"serve"})
+
+
 def handle_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kw: Any) -> Any:
+        import signal
+        import threading
+
         ctx = click.get_current_context()
+        previous = None
+        if fn.__name__ not in _OWN_SIGTERM and threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return fn(*args, **kw)
+        except Terminated:
+            click.echo("terminated", err=True)
+            sys.exit(143)  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
         except SambertDeployError as e:
             if ctx.find_root().params.get("debug"):
                 raise
@@ -52,6 +74,9 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     return wrapper  # type: ignore[return-value]
 
 
@@ -173,6 +198,7 @@ def synth(bundle: Path, text: str | None, symbols_file: str | None, out: str, vo
     begins with '-' goes after '--':  sambert-deploy synth BUNDLE -o out.wav -- "-5度"
     """
     from .errors import InvalidInputError
+    from .runtime.manifest import read_manifest
     from .runtime.sinks import write_stream
     from .runtime.synthesizer import SpeechOptions, StreamOptions, Synthesizer
 
@@ -195,7 +221,10 @@ def synth(bundle: Path, text: str | None, symbols_file: str | None, out: str, vo
     given = {k: v for k, v in (("vocoder_chunk", chunk), ("first_chunk", first_chunk)) if v}
     stream_opts = StreamOptions(max_units=max_units or None, **given) if given or max_units != 300 else None
     call = SpeechOptions(voice=voice, emotion=emotion, speaker=speaker, speed=speed, lexicon=lexicon)
-    with Synthesizer(bundle, voice=voice, backend=backend, strict=strict, threads=threads, options=stream_opts,
+    # What the manifest alone can refuse is refused before seconds of loading sessions and dictionaries.
+    manifest = read_manifest(bundle)
+    _check_request(manifest, text, voice, emotion, speaker, out)
+    with Synthesizer(manifest, voice=voice, backend=backend, strict=strict, threads=threads, options=stream_opts,
                      am_backend=am_backend, voc_backend=voc_backend, precision=precision,
                      max_gpu_memory=max_gpu_memory, gpu_streams=gpu_streams) as syn:
         is_text = symbols_file is None
@@ -216,6 +245,23 @@ def synth(bundle: Path, text: str | None, symbols_file: str | None, out: str, vo
         log.info("%d sentence(s), %d units -> %.2f s audio in %.2f s (RTF %.3f, first audio %.0f ms) on %s/%s "
                  "(vocoder %s) -> %s", st.sentences, st.units, audio_s, st.elapsed_s, st.elapsed_s / max(audio_s, 1e-9),
                  (st.first_audio_s or 0) * 1e3, am_b, voc_b, syn.precisions().get(st.voice, "?"), out)
+
+
+def _check_request(manifest: Any, text: str | None, voice: str | None, emotion: str | None, speaker: str | None,
+                   out: str) -> None:
+    """The request's mistakes the manifest can tell (the same rules the Synthesizer applies later)."""
+    from .errors import InvalidInputError
+    from .runtime.sinks import check_output
+
+    if text is not None and not text.strip():
+        raise InvalidInputError("nothing to synthesize: the text is empty", param="input")
+    inv = manifest.voice(voice).inventories
+    if emotion is not None:
+        inv.resolve_emotion(emotion)
+    if speaker is not None:
+        inv.resolve_speaker(speaker)
+    if out != "-":
+        check_output(out)
 
 
 def _stdin_lines() -> Any:
@@ -249,12 +295,13 @@ def symbols(text: str, emotion: str | None, speaker: str, lexicon: Path | None, 
                                   lexicon_path=str(lexicon) if lexicon else None,
                                   max_units_per_sentence=max_units or None))
     out = sys.stdout
-    if text == "-":
-        for line in fe.lines_from_inputs(sys.stdin):
+    lines = fe.lines_from_inputs(sys.stdin) if text == "-" else fe.iter_lines(text)
+    try:
+        for line in lines:
             out.write(line + "\n")
-    else:
-        for line in fe.to_lines(text):
-            out.write(line + "\n")
+            out.flush()  # each line as soon as it is ready, also into a pipe
+    except BrokenPipeError:
+        _quiet_broken_pipe()
 
 
 @main.command()
@@ -360,7 +407,7 @@ def info(bundle: Path) -> None:
             click.echo("    vocoder variants: none (sambert-deploy quantize BUNDLE --precision fp16,bf16,int8)")
         for var in v.variants.values():
             click.echo(f"    vocoder {var.precision}: {var.graph.file} on {'/'.join(var.backends)}; "
-                       f"{_gate_line(var.quality)}")
+                       + (f"DISABLED: {var.damage}" if var.damage else _gate_line(var.quality)))
         reports = engine_reports(m, v)
         if not reports:
             click.echo(f"    TensorRT engines: none (sambert-deploy engines BUNDLE --voice {v.name} --precision fp16)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import shutil
@@ -309,3 +310,151 @@ def test_checkpoint_with_pickled_code_keeps_its_diagnosis(tmp_path: Path) -> Non
     with pytest.raises(CheckpointError, match="pickled code") as e:
         load_checkpoint(p)
     assert "damaged" not in str(e.value)
+
+
+# -- 15: synth's cheap checks come before the expensive load ----------------------------------------
+
+
+@pytest.fixture
+def no_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any ONNX session or front-end dictionary load fails the test: the check must come first."""
+    from sambert_deploy.runtime.backends import openvino, ort
+
+    def refuse(*a: Any, **k: Any) -> None:
+        raise AssertionError("a session was opened before the cheap checks")
+
+    monkeypatch.setattr(ort.OrtBackend, "open", refuse)
+    monkeypatch.setattr(openvino.OpenVinoBackend, "open", refuse)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["   "], "empty"),
+    (["你好。", "--emotion", "furious"], "unknown emotion"),
+    (["你好。", "--voice", "nobody"], "unknown voice"),
+    (["你好。", "--speaker", "Z9"], "speaker"),
+    (["你好。", "-o", "{tmp}/no/such/folder/x.wav"], "does not exist"),
+    (["你好。", "-o", "{tmp}"], "is a directory"),
+])
+def test_synth_checks_cheap_things_before_loading(tiny_bundles: dict[str, Path], tmp_path: Path, no_sessions: None,
+                                                  args: list[str], words: str) -> None:
+    from click.testing import CliRunner
+
+    from sambert_deploy.cli import main
+
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    out = [] if "-o" in args else ["-o", str(tmp_path / "x.wav")]
+    r = CliRunner().invoke(main, ["synth", str(tiny_bundles["causal"]), *args, *out])
+    assert r.exit_code == 2, r.output
+    assert "error:" in r.output and words in r.output and "Traceback" not in r.output, r.output
+
+
+# -- 16: symbols streams sentence by sentence ---------------------------------------------------------
+
+
+def test_symbol_lines_stream_before_the_input_line_is_processed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sambert_deploy.frontend import FrontEnd
+
+    fe = FrontEnd()
+    blocks: list[str] = []
+    real = fe.block_units
+
+    def spy(block: str, *a: Any) -> Any:
+        blocks.append(block)
+        return real(block, *a)
+
+    monkeypatch.setattr(fe, "block_units", spy)
+    line = "你好。" * 2000 + "\n"  # one input line, 2,000 sentences
+    out = fe.lines_from_inputs(iter([line]))
+    first = next(out)
+    assert first.startswith("1\t")
+    analysed = sum(b.count("。") for b in blocks)
+    assert analysed < 100, f"{analysed} sentences analysed before the first line came out"
+    rest = list(out)
+    assert len(rest) == 1999 and sum(b.count("。") for b in blocks) == 2000
+
+
+def test_symbols_cli_writes_each_line_flushed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from sambert_deploy.cli import main
+
+    r = CliRunner().invoke(main, ["symbols", "-"], input="你好。再见。\n\n谢谢。\n")
+    assert r.exit_code == 0, r.output
+    assert [ln.split("\t")[0] for ln in r.output.splitlines()] == ["1", "1", "3"]
+
+
+# -- CPU-only machines: the CUDA/TensorRT absence said once, at DEBUG unless a GPU was asked for ------
+
+
+def _backend_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "not used" in r.getMessage() and ("cuda" in r.getMessage().lower()
+                                                                              or "tensorrt" in r.getMessage().lower())]
+
+
+def test_cpu_machine_does_not_talk_about_cuda_at_info(tiny_bundles: dict[str, Path],
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    from sambert_deploy.runtime.backends import available_backends
+    from sambert_deploy.runtime.synthesizer import Synthesizer
+
+    if "cuda" in available_backends():
+        pytest.skip("a GPU machine: CUDA is used here")
+    caplog.set_level(logging.DEBUG, logger="sambert_deploy")
+    Synthesizer(tiny_bundles["causal"]).close()
+    recs = _backend_records(caplog)
+    assert recs and all(r.levelno == logging.DEBUG for r in recs), [(r.levelname, r.getMessage()) for r in recs]
+    msgs = [r.getMessage() for r in recs]
+    assert len(msgs) == len(set(msgs)), msgs  # each said once
+    caplog.clear()
+    Synthesizer(tiny_bundles["causal"], backend="cuda").close()
+    recs = _backend_records(caplog)
+    assert any(r.levelno == logging.WARNING and "cuda" in r.getMessage() for r in recs), \
+        [(r.levelname, r.getMessage()) for r in recs]
+
+
+def test_cli_on_cpu_prints_no_backend_lines(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from sambert_deploy.runtime.backends import available_backends
+
+    if "cuda" in available_backends():
+        pytest.skip("a GPU machine: CUDA is used here")
+    r = subprocess.run([sys.executable, "-m", "sambert_deploy.cli", "synth", str(tiny_bundles["causal"]), "你好。",
+                        "-o", str(tmp_path / "a.wav")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "not used" not in r.stderr, r.stderr
+
+
+# -- SIGTERM during synth: the same clean path as Ctrl-C ----------------------------------------------
+
+
+def test_sigterm_leaves_no_part_file(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "long.wav"
+    # Stdin stays open: synth waits for more text with the .part file open, whatever the machine's speed.
+    p = subprocess.Popen([sys.executable, "-m", "sambert_deploy.cli", "synth", str(tiny_bundles["causal"]), "-",
+                          "-o", str(out)], stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdin is not None and p.stderr is not None
+    p.stdin.write("你好。" * 20 + "\n")
+    p.stdin.flush()
+    # The first sentence is written once the log says it loaded; then the .part file exists.
+    for line in p.stderr:
+        if "loaded in" in line:
+            break
+    for _ in range(600):
+        if list(tmp_path.glob(".long.wav.*.part")):
+            break
+        import time
+
+        time.sleep(0.05)  # polling for a file to appear, not a timing assertion
+    assert list(tmp_path.glob(".long.wav.*.part")), "the .part file never appeared"
+    p.send_signal(signal.SIGTERM)
+    err = p.stderr.read()
+    rc = p.wait(timeout=60)
+    assert rc == 143, (rc, err)
+    assert "Traceback" not in err, err
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))
+    assert not out.exists()

@@ -145,7 +145,19 @@ class FrontEnd:
 
     def to_lines(self, text: str, *, emotion: str | None = None, speaker: str | None = None) -> list[str]:
         """ttsfrd lines ``<n>\\t<unit> <unit> ... <unit> `` (every unit followed by one space), n from 0."""
-        return [format_line(i, u) for i, u in enumerate(self.units(text, emotion=emotion, speaker=speaker))]
+        return list(self.iter_lines(text, emotion=emotion, speaker=speaker))
+
+    def iter_lines(self, text: str, *, emotion: str | None = None, speaker: str | None = None) -> Iterator[str]:
+        """:meth:`to_lines`, each line as soon as its sentence is analysed."""
+        if not isinstance(text, str):
+            raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
+        rd = self.reader(emotion=emotion, speaker=speaker)
+        rd.feed(text)
+        rd.finish()
+        i = 0
+        while (u := rd.next_sentence()) is not None:
+            yield format_line(i, u)
+            i += 1
 
     def lines_from_inputs(
         self, inputs: Iterable[str], *, emotion: str | None = None, speaker: str | None = None, start: int = 1
@@ -155,12 +167,18 @@ class FrontEnd:
         Errors name the line number.
         """
         for n, line in enumerate(inputs, start):
+            if not isinstance(line, str):
+                raise InvalidInputError(f"line {n}: text must be a string, got {type(line).__name__}")
+            # The incremental reader, not units(): a long line's first sentences come out while the rest
+            # is still to be analysed (a 2 MB line took 27 s to its first output line).
             try:
-                sents = self.units(line.rstrip("\r\n"), emotion=emotion, speaker=speaker)
+                rd = self.reader(emotion=emotion, speaker=speaker)
+                rd.feed(line.rstrip("\r\n"))
+                rd.finish()
+                while (u := rd.next_sentence()) is not None:
+                    yield format_line(n, u)
             except InvalidInputError as e:
                 raise InvalidInputError(f"line {n}: {e}") from None
-            for u in sents:
-                yield format_line(n, u)
 
     # --- the incremental reader's entry (SentenceReader calls it per block) ----------------------------------
 

@@ -14,6 +14,18 @@ from ..errors import InvalidInputError
 from .stream import AudioChunk
 
 
+def check_output(path: str | Path) -> Path:
+    """``path`` as a WAV output: its folder exists and it is not a folder itself (a cheap check callers
+    make before loading anything, and :func:`write_wav` again before writing)."""
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise InvalidInputError(f"output folder {folder} does not exist; create it or choose another -o path")
+    if p.is_dir():
+        raise InvalidInputError(f"output {p} is a directory; give a .wav file path")
+    return p
+
+
 def write_wav(chunks: Iterable[AudioChunk], path: str | Path, sample_rate: int) -> int:
     """Stream chunks into a PCM16 WAV file. Returns samples written.
 
@@ -22,12 +34,8 @@ def write_wav(chunks: Iterable[AudioChunk], path: str | Path, sample_rate: int) 
     """
     import soundfile as sf
 
-    p = Path(path)
-    folder = p.parent if str(p.parent) else Path(".")
-    if not folder.is_dir():
-        raise InvalidInputError(f"output folder {folder} does not exist; create it or choose another -o path")
-    if p.is_dir():
-        raise InvalidInputError(f"output {p} is a directory; give a .wav file path")
+    p = check_output(path)
+    folder = p.parent
     n = 0
     try:
         # Not mkstemp: its 0600 mode would end up on the user's file; a random name is as safe here.

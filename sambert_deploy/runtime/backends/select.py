@@ -22,6 +22,8 @@ BACKENDS = ("auto", "tensorrt", "cuda", "openvino", "cpu")
 # TensorRT runs only the vocoder (its engines are built per window profile; the acoustic model's
 # per-step decoder is launch-bound and stays on the CUDA EP with its key/value window on the device).
 AUTO_ORDER = {"am": ("cuda", "cpu"), "vocoder": ("tensorrt", "cuda", "openvino", "cpu")}
+GPU_BACKENDS = frozenset({"cuda", "tensorrt"})
+_PASSED_OVER = ("backend ", " not used: ")  # how choose_backend's notes of a backend passed over read
 
 
 def _ort_providers() -> list[str]:
@@ -66,8 +68,22 @@ def select_backend(requested: str = "auto", strict: bool = False, stage: str = "
     missing = {b: unavailable_reason(b) for b in BACKENDS if b not in present and b != "auto"}
     kind, notes = choose_backend(requested, stage, present, missing, strict, exclude)
     for note in notes:
-        log.info("%s", note)
+        log.log(note_level(note, requested in GPU_BACKENDS), "%s", note)
     return kind
+
+
+def passed_over(note: str) -> bool:
+    """Whether ``note`` (of :func:`choose_backend`) says a backend was passed over."""
+    return note.startswith(_PASSED_OVER[0]) and _PASSED_OVER[1] in note
+
+
+def note_level(note: str, gpu_asked: bool) -> int:
+    """The log level of a placement note: a backend passed over is a WARNING when a GPU backend was
+    asked for (the user expected it), else DEBUG (on a CPU-only machine ``auto`` passing over CUDA and
+    TensorRT is the normal case, not news on every command); any other note is INFO."""
+    if passed_over(note):
+        return logging.WARNING if gpu_asked else logging.DEBUG
+    return logging.INFO
 
 
 def choose_backend(requested: str, stage: str, present: Sequence[str], missing: Mapping[str, str],
@@ -93,7 +109,7 @@ def choose_backend(requested: str, stage: str, present: Sequence[str], missing: 
             if kind == "openvino":
                 raise MissingExtraError("openvino", "openvino")
             raise BackendUnavailableError(f"backend '{kind}' is not available: {reason}")
-        notes.append(f"backend {kind} not used: {reason}; falling back")
+        notes.append(f"{_PASSED_OVER[0]}{kind}{_PASSED_OVER[1]}{reason}; falling back")
     return "cpu", notes
 
 
