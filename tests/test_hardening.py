@@ -477,3 +477,22 @@ def test_reference_vocoder_loads_without_the_weight_norm_warning() -> None:
         warnings.simplefilter("always")
         load_generator()
     assert not [w for w in caught if "weight_norm" in str(w.message)], [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("field, value", [("decoder_heads", 3), ("decoder_head_dim", 4), ("num_mels", 40),
+                                          ("dur_lstm_layers", 3), ("embedding_dim", 8)])
+def test_plausible_but_wrong_size_is_refused_when_the_graphs_open(bundle: Path, field: str, value: int) -> None:
+    """A size of the right type and range that the graphs contradict: the manifest alone cannot tell,
+    the opened graphs can, at load (before any stream), naming the field."""
+    from sambert_deploy.runtime.synthesizer import Synthesizer
+
+    d = _load_json(bundle)
+    v = d["voices"]["tiny_emo"]
+    v["acoustic"][field] = value
+    if field == "num_mels":  # kept consistent inside the manifest, so only the graphs disagree
+        v["vocoder"]["in_channels"] = d["mel"]["n_mels"] = value
+    _save_json(bundle, d)
+    read_manifest(bundle)  # loads: nothing in the manifest itself is wrong
+    with Synthesizer(bundle, backend="cpu", voc_backend="cpu") as syn:
+        with pytest.raises(BundleError, match=rf"voices\.tiny_emo\.acoustic\.{field}.*re-export"):
+            syn.load(None, text=False)

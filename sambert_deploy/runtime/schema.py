@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import BundleError
+
+if TYPE_CHECKING:
+    from .backends import InputMeta
+    from .manifest import VoiceManifest
 
 # The ONNX element types a graph of this toolkit declares (TensorSpec.dtype).
 DTYPES = frozenset({"float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool"})
@@ -263,3 +267,38 @@ def _kind(v: Any) -> str:
     if isinstance(v, int | float):
         return f"the number {v}"
     return f"a {type(v).__name__}"
+
+
+# Symbolic axis names of the graphs' declared inputs -> the acoustic size the runtime feeds there; and
+# the dur_step state's leading axis (a literal in the declaration), its LSTM layers.
+_AXIS_SIZES = {"num_mels": "num_mels", "embedding_dim": "embedding_dim", "dur_lstm_units": "dur_lstm_units",
+               "memory_units": "d_mem", "layers": "decoder_layers", "heads": "decoder_heads",
+               "head_dim": "decoder_head_dim", "postnet_lstm_units": "postnet_lstm_units",
+               "postnet_memory_units": "postnet_memory_units"}
+_FIXED_SIZES = {("dur_step", "h", 0): "dur_lstm_layers", ("dur_step", "c", 0): "dur_lstm_layers"}
+
+
+def check_opened(voice: VoiceManifest, manifest: Path, opened: Mapping[str, Mapping[str, InputMeta]]) -> None:
+    """The manifest's sizes against the input shapes of the graphs as opened (``opened``: graph name ->
+    the session's inputs). A size of the right type and range can still contradict the graphs (a hand
+    edit, a manifest from another export); caught here, at load, it is a BundleError naming the field
+    instead of a numpy error inside the first stream."""
+    at = Where(manifest, f"voices.{voice.name}")
+    sizes = {k: getattr(voice.acoustic, k) for k in ACOUSTIC_SIZES}
+    for g, inputs in opened.items():
+        spec = voice.graphs.get(g)
+        if spec is None:
+            continue
+        for t in spec.inputs:
+            meta = inputs.get(t.name)
+            if meta is None:
+                at.fail(f"declares graph {g} with an input '{t.name}' its ONNX file does not have")
+            for i, (axis, dim) in enumerate(zip(t.axes, meta.shape, strict=False)):
+                key = _FIXED_SIZES.get((g, t.name, i)) or (_AXIS_SIZES.get(axis) if isinstance(axis, str) else None)
+                if not isinstance(dim, int) or isinstance(dim, bool):
+                    continue  # a dynamic axis: nothing to compare
+                if key is not None and sizes[key] != dim:
+                    (at / "acoustic" / key).fail(f"is {sizes[key]} but {spec.file}'s input '{t.name}' has {dim} "
+                                                 f"on axis {i}")
+                if isinstance(axis, int) and axis != dim:
+                    (at / "graphs" / g / "inputs").fail(f"declare '{t.name}' axis {i} as {axis}; {spec.file} has {dim}")

@@ -36,7 +36,7 @@ from .backends import Backend
 from .backends.select import GPU_BACKENDS, note_level
 from .cursor import UnitSource, VoiceWork
 from .gpu_plan import GpuPlan, parse_bytes
-from .manifest import Manifest, VoiceManifest, read_manifest
+from .manifest import MANIFEST, Manifest, VoiceManifest, read_manifest
 from .placement import (
     Placement,
     PlacementRequest,
@@ -47,6 +47,7 @@ from .placement import (
     window_frames,
 )
 from .scheduler import Scheduler
+from .schema import check_opened
 from .sources import SymbolLines
 from .state import StreamPlan, StreamState
 from .stream import AudioChunk, Stream, StreamInfo, read_input
@@ -237,7 +238,14 @@ class Synthesizer:
         with self._load_lock:
             self._check_open()
             if vm.name not in self._voices:  # another thread may have loaded it while we waited
-                self._voices[vm.name] = open_voice(self.manifest, self.placement, vm.name)
+                loaded = open_voice(self.manifest, self.placement, vm.name)
+                try:
+                    graphs = {g: s.inputs for g, s in loaded.am.sessions.items()}
+                    check_opened(vm, self.manifest.root / MANIFEST, {**graphs, "vocoder": loaded.voc.session.inputs})
+                except BaseException:
+                    loaded.close()
+                    raise
+                self._voices[vm.name] = loaded
             return self._voices[vm.name]
 
     def front_end(self, voice: str | None = None, lexicon: str | Path | None = None) -> FrontEnd:
