@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, SynthesizerClosedError
 from .backends import Backend
-from .backends.select import GPU_BACKENDS, note_level
+from .backends.select import note_level
 from .cursor import UnitSource, VoiceWork
 from .gpu_plan import GpuPlan, parse_bytes
 from .manifest import MANIFEST, Manifest, VoiceManifest, read_manifest
@@ -125,9 +125,9 @@ class Synthesizer:
         if voice is None and default not in self.placement.voices:
             default = next(iter(self.placement.voices))
         self.default_voice = self.placement.voice(default).voice
-        gpu_asked = bool({backend, am_backend, voc_backend} & GPU_BACKENDS)
+        asked = {b for b in (backend, am_backend, voc_backend) if b}
         for note in dict.fromkeys(self.placement.notes):  # both stages pass over CUDA: said once
-            log.log(note_level(note, gpu_asked), "%s", note)
+            log.log(note_level(note, asked), "%s", note)
         for warning in self.placement.warnings:
             log.warning("%s", warning)
         p = self.placement

@@ -4,7 +4,7 @@ fallback logged and its reason, ``strict`` raising instead, and making a backend
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from ...errors import BackendUnavailableError, BundleError, InvalidInputError, MissingExtraError
@@ -22,7 +22,6 @@ BACKENDS = ("auto", "tensorrt", "cuda", "openvino", "cpu")
 # TensorRT runs only the vocoder (its engines are built per window profile; the acoustic model's
 # per-step decoder is launch-bound and stays on the CUDA EP with its key/value window on the device).
 AUTO_ORDER = {"am": ("cuda", "cpu"), "vocoder": ("tensorrt", "cuda", "openvino", "cpu")}
-GPU_BACKENDS = frozenset({"cuda", "tensorrt"})
 _PASSED_OVER = ("backend ", " not used: ")  # how choose_backend's notes of a backend passed over read
 
 
@@ -68,22 +67,26 @@ def select_backend(requested: str = "auto", strict: bool = False, stage: str = "
     missing = {b: unavailable_reason(b) for b in BACKENDS if b not in present and b != "auto"}
     kind, notes = choose_backend(requested, stage, present, missing, strict, exclude)
     for note in notes:
-        log.log(note_level(note, requested in GPU_BACKENDS), "%s", note)
+        log.log(note_level(note, (requested,)), "%s", note)
     return kind
 
 
-def passed_over(note: str) -> bool:
-    """Whether ``note`` (of :func:`choose_backend`) says a backend was passed over."""
-    return note.startswith(_PASSED_OVER[0]) and _PASSED_OVER[1] in note
+def passed_over(note: str) -> str | None:
+    """The backend ``note`` (of :func:`choose_backend`) says was passed over, or None for any other note."""
+    head, sep, _ = note.partition(_PASSED_OVER[1])
+    if not sep or not head.startswith(_PASSED_OVER[0]):
+        return None
+    return head[len(_PASSED_OVER[0]):]
 
 
-def note_level(note: str, gpu_asked: bool) -> int:
-    """The log level of a placement note: a backend passed over is a WARNING when a GPU backend was
-    asked for (the user expected it), else DEBUG (on a CPU-only machine ``auto`` passing over CUDA and
-    TensorRT is the normal case, not news on every command); any other note is INFO."""
-    if passed_over(note):
-        return logging.WARNING if gpu_asked else logging.DEBUG
-    return logging.INFO
+def note_level(note: str, requested: Collection[str]) -> int:
+    """The log level of a placement note. A backend passed over is a WARNING when the user named it
+    (``requested``: the backends asked for), else DEBUG: on a CPU-only machine ``auto`` passing over
+    CUDA and TensorRT is the normal case, not news on every command. Any other note is INFO."""
+    kind = passed_over(note)
+    if kind is None:
+        return logging.INFO
+    return logging.WARNING if kind in requested else logging.DEBUG
 
 
 def choose_backend(requested: str, stage: str, present: Sequence[str], missing: Mapping[str, str],
