@@ -306,48 +306,84 @@ def symbols(text: str, emotion: str | None, speaker: str, lexicon: Path | None, 
 
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (loopback by default; any other address without an API key is warned about).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--max-concurrent", default=2, show_default=True, type=click.IntRange(1, 1024),
               help="Streams synthesizing at once.")
 @click.option("--max-queue", default=8, show_default=True, type=click.IntRange(0, 100000),
               help="Requests waiting for a slot; more get 429 with Retry-After.")
 @click.option("--max-input-chars", default=4096, show_default=True, type=click.IntRange(1, 10**7))
-@click.option("--api-key", "api_key", help="Require 'Authorization: Bearer KEY' on /v1/*.")
-@click.option("--api-key-file", type=click.Path(path_type=Path), help="File with one API key per line.")
+@click.option("--api-key-file", type=click.Path(path_type=Path),
+              help="File with one API key per line: require 'Authorization: Bearer KEY' on /v1/* (recommended).")
+@click.option("--api-key", "api_key",
+              help="One API key on the command line (visible to other users in ps and /proc/PID/cmdline: prefer "
+                   "--api-key-file).")
+@click.option("--send-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds a stream may wait for its client to accept bytes before it is cut and its slot freed.")
+@click.option("--header-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds a connection gets to send its request headers.")
+@click.option("--body-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds a request gets to send its body.")
+@click.option("--max-connections", default=256, show_default=True, type=click.IntRange(1, 100000),
+              help="Open connections at most; past it the longest idle one is closed.")
+@click.option("--keep-alive", default=5, show_default=True, type=click.IntRange(1, 3600),
+              help="Seconds an idle keep-alive connection stays open.")
+@click.option("--shutdown-grace", default=30.0, show_default=True, type=click.FloatRange(0, 86400),
+              help="On SIGTERM/SIGINT: seconds running streams get to finish (new requests get 503), then they "
+                   "are cut; exit 0.")
 @click.option("--backend", type=BACKEND_CHOICES, default="auto", show_default=True)
 @click.option("--precision", default="auto", show_default=True, help=PRECISION_HELP)
 @click.option("--threads", default=0, type=click.IntRange(0, 256), help="CPU budget (0: every CPU this process may use).")
 @click.option("--max-gpu-memory", help=GPU_MEMORY_HELP)
 @handle_errors
 def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: int, max_input_chars: int,
-          api_key: str | None, api_key_file: Path | None, backend: str, precision: str, threads: int,
-          max_gpu_memory: str | None) -> None:
+          api_key_file: Path | None, api_key: str | None, send_timeout: float, header_timeout: float,
+          body_timeout: float, max_connections: int, keep_alive: int, shutdown_grace: float, backend: str,
+          precision: str, threads: int, max_gpu_memory: str | None) -> None:
     """Serve BUNDLE over HTTP: OpenAI's /v1/audio/speech (streamed), voices, models, health, metrics and a
-    browser page at /."""
+    browser page at /. SIGTERM or Ctrl-C drains running streams (--shutdown-grace), then exits 0."""
     from .errors import InvalidInputError, MissingExtraError
     from .runtime.synthesizer import Synthesizer
 
     try:
-        import uvicorn
-
         from .serve.app import ServeConfig, create_app
+        from .serve.run import bind, exposure_warning, run
     except ImportError as e:
         raise MissingExtraError(e.name or "fastapi", "serve") from None
-    keys = [api_key] if api_key else []
+    # Cheap checks before the load: an empty key would silently serve without auth.
+    keys: list[str] = []
+    if api_key is not None:
+        if not api_key.strip():
+            raise InvalidInputError("--api-key is empty: give a key (better: --api-key-file FILE), or leave the "
+                                    "option out to serve without auth", param="api_key")
+        keys.append(api_key.strip())
     if api_key_file is not None:
         try:
-            keys += [k.strip() for k in api_key_file.read_text("utf-8").splitlines() if k.strip()]
-        except OSError as e:
+            from_file = [k.strip() for k in api_key_file.read_text("utf-8").splitlines() if k.strip()]
+        except (OSError, UnicodeDecodeError) as e:
             raise InvalidInputError(f"cannot read --api-key-file {api_key_file}: {e}") from None
-    with Synthesizer(bundle, backend=backend, threads=threads, precision=precision,
-                     max_gpu_memory=max_gpu_memory) as syn:
-        loaded = syn.load("*")
-        log.info("loaded %d voice(s) in %.2f s; backends %s; vocoder precision %s", len(syn.voices()), loaded,
-                 syn.backends(), syn.precisions())
-        cfg = ServeConfig(max_concurrent=max_concurrent, max_queue=max_queue, max_input_chars=max_input_chars,
-                          api_keys=tuple(keys), load_seconds=loaded)
-        uvicorn.run(create_app(syn, cfg), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+        if not from_file:
+            raise InvalidInputError(f"--api-key-file {api_key_file} holds no key: write one key per line, or leave "
+                                    "the option out to serve without auth", param="api_key_file")
+        keys += from_file
+    warning = exposure_warning(host, keys)
+    if warning:
+        log.warning("%s", warning)
+    sock = bind(host, port)  # a port in use is one line and exit 2, before seconds of loading
+    try:
+        with Synthesizer(bundle, backend=backend, threads=threads, precision=precision,
+                         max_gpu_memory=max_gpu_memory) as syn:
+            loaded = syn.load("*")
+            log.info("loaded %d voice(s) in %.2f s; backends %s; vocoder precision %s", len(syn.voices()), loaded,
+                     syn.backends(), syn.precisions())
+            cfg = ServeConfig(max_concurrent=max_concurrent, max_queue=max_queue, max_input_chars=max_input_chars,
+                              api_keys=tuple(keys), load_seconds=loaded, send_timeout_s=send_timeout,
+                              header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                              max_connections=max_connections, keep_alive_s=keep_alive, shutdown_grace_s=shutdown_grace)
+            run(create_app(syn, cfg), cfg, sock)
+    finally:
+        sock.close()
 
 
 @main.command()

@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer  # noqa: E402
 from sambert_deploy.serve.app import ServeConfig, create_app  # noqa: E402
+from sambert_deploy.serve.encode import FORMATS  # noqa: E402
 
 TEXT = "今天天气很好。我们去公园散步吧！"
 
@@ -42,6 +43,22 @@ def client(synth: Synthesizer) -> Iterator[TestClient]:
         yield c
 
 
+def _decoded(data: bytes) -> tuple[int, int]:
+    """(sample rate, samples) of a compressed stream, decoded by FFmpeg (PyAV): libsndfile cannot read
+    a streamed FLAC (no length in its header) or ADTS AAC."""
+    import av
+
+    with av.open(io.BytesIO(data)) as f:
+        rate = f.streams.audio[0].codec_context.sample_rate
+        n = sum(frame.samples for frame in f.decode(audio=0))
+    if rate == 48000:  # Opus decodes at its native 48 kHz whatever rate went in
+        return 16000, round(n / 3)
+    return rate, n
+
+
+TOLERANCE = {"mp3": 2304, "opus": 960, "aac": 3072}  # codec frame padding and priming; exact otherwise
+
+
 def _wav_samples(data: bytes) -> tuple[int, np.ndarray]:
     assert data[:4] == b"RIFF" and data[8:12] == b"WAVE" and data[36:40] == b"data"
     rate = struct.unpack("<I", data[24:28])[0]
@@ -49,10 +66,8 @@ def _wav_samples(data: bytes) -> tuple[int, np.ndarray]:
 
 
 def test_formats_decode_to_the_python_api_length(client: TestClient, synth: Synthesizer) -> None:
-    import soundfile as sf
-
     ref = synth.synthesize(TEXT, voice=synth.voices()[0])
-    for fmt in ("wav", "pcm", "flac", "mp3", "opus"):
+    for fmt in FORMATS:
         r = client.post("/v1/audio/speech", json={"model": "tts-1", "input": TEXT, "voice": synth.voices()[0],
                                                    "response_format": fmt})
         assert r.status_code == 200, (fmt, r.text)
@@ -64,11 +79,8 @@ def test_formats_decode_to_the_python_api_length(client: TestClient, synth: Synt
             assert r.headers["content-type"].startswith("audio/L16; rate=16000")
             assert len(r.content) // 2 == len(ref)
         else:
-            f = sf.SoundFile(io.BytesIO(r.content))
-            n = sum(len(b) for b in f.blocks(4096))
-            assert f.samplerate == 16000
-            # lossy codecs pad to their frame size (MP3 1152 samples plus encoder delay; Opus 20 ms)
-            assert abs(n - len(ref)) <= (2304 if fmt == "mp3" else 960), (fmt, n, len(ref))
+            rate, n = _decoded(r.content)
+            assert rate == 16000 and abs(n - len(ref)) <= TOLERANCE.get(fmt, 0), (fmt, n, len(ref))
     r = client.post("/v1/audio/speech", json={"model": "tts-1", "input": TEXT, "voice": synth.voices()[0],
                                               "response_format": "pcm", "sample_rate": 24000})
     assert r.status_code == 200 and abs(len(r.content) // 2 - len(ref) * 3 // 2) <= 1
@@ -97,7 +109,7 @@ def test_sse_events_concatenate_to_the_same_audio(client: TestClient, synth: Syn
     ({"model": "tts-1", "input": "", "voice": "tiny_emo"}, 400, "input"),
     ({"model": "tts-1", "input": "好" * 5000, "voice": "tiny_emo"}, 400, "input"),
     ({"model": "tts-1", "input": TEXT, "voice": "tiny_emo", "speed": 9}, 400, "speed"),
-    ({"model": "tts-1", "input": TEXT, "voice": "tiny_emo", "response_format": "aac"}, 400, "response_format"),
+    ({"model": "tts-1", "input": TEXT, "voice": "tiny_emo", "response_format": "ogg"}, 400, "response_format"),
     ({"model": "tts-1", "input": TEXT, "voice": "tiny_emo", "emotion": "grumpy"}, 400, "emotion"),
     ({"model": "tts-1", "voice": "tiny_emo"}, 400, "input"),
     ({"model": "tts-1", "input": 5, "voice": "tiny_emo"}, 400, "input"),
@@ -188,12 +200,10 @@ def live(synth: Synthesizer) -> Iterator[str]:
 def test_openai_client(live: str, synth: Synthesizer) -> None:
     """The real `openai` client: every format decoded back to the Python API's length, streaming that
     starts before synthesis ends, SSE, and its typed errors."""
-    import soundfile as sf
-
     openai = need_module("openai", "the dev extra (pip install -e '.[dev]')")
     c = openai.OpenAI(base_url=live + "/v1", api_key="unused")
     ref = synth.synthesize(TEXT)
-    for fmt in ("wav", "pcm", "flac", "mp3", "opus"):
+    for fmt in FORMATS:
         data = c.audio.speech.create(model="tts-1", voice="tiny_emo", input=TEXT, response_format=fmt).content
         if fmt == "wav":
             rate, pcm = _wav_samples(data)
@@ -201,10 +211,8 @@ def test_openai_client(live: str, synth: Synthesizer) -> None:
         elif fmt == "pcm":
             rate, n = 16000, len(data) // 2
         else:
-            f = sf.SoundFile(io.BytesIO(data))
-            rate, n = f.samplerate, sum(len(b) for b in f.blocks(4096))
-        tolerance = {"mp3": 2304, "opus": 960}.get(fmt, 0)  # codec frame padding; exact otherwise
-        assert rate == 16000 and abs(n - len(ref)) <= tolerance, (fmt, n, len(ref))
+            rate, n = _decoded(data)
+        assert rate == 16000 and abs(n - len(ref)) <= TOLERANCE.get(fmt, 0), (fmt, n, len(ref))
     ten = "".join(f"第{k}句，今天天气很好，我们去公园散步吧。" for k in range(10))
     t0 = time.perf_counter()
     with c.audio.speech.with_streaming_response.create(model="tts-1", voice={"id": "tiny_emo"}, input=ten,
@@ -338,51 +346,392 @@ def test_browser_page_plays_while_streaming(live: str) -> None:
                 const audio = await ctx.decodeAudioData(buf);
                 return {bytes: bytes, samples: audio.length, rate: audio.sampleRate};
             }""")
+            # Stop while audio is scheduled ahead: nothing plays on, and the page says it stopped.
+            page.fill("#text", TEXT * 200)
+            page.click("#speak")
+            page.wait_for_function("window.sambertStats.playStartMs !== null && window.sambertStats.audioS > 2",
+                                   timeout=120_000)
+            page.click("#stop")
+            page.wait_for_function("window.sambertStats.stoppedMs !== undefined && window.sambertStats.stoppedMs !== null",
+                                   timeout=10_000)
+            stopped = page.evaluate("""() => ({scheduled: window.sambertPlayer.scheduled(),
+                                               text: document.getElementById('stats').textContent,
+                                               speak: document.getElementById('speak').disabled})""")
+            # An error shows in red.
+            page.fill("#text", "")
+            page.click("#speak")
+            page.wait_for_function("window.sambertStats.error !== null", timeout=10_000)
+            color = page.evaluate("getComputedStyle(document.getElementById('stats')).color")
+            icon = page.evaluate("fetch('/favicon.ico').then((r) => r.status)")
         finally:
             browser.close()
+    assert stopped["scheduled"] == 0 and "playing" not in stopped["text"] and "stopped" in stopped["text"], stopped
+    assert not stopped["speak"], stopped
+    assert color == "rgb(176, 0, 32)", color
+    assert icon == 200
     assert stats["error"] is None and stats["audioS"] > 1
     assert stats["playStartMs"] < stats["doneMs"], stats
     assert decoded["rate"] == 16000 and decoded["samples"] == (decoded["bytes"] - 44) // 2, decoded
 
 
-def test_graceful_shutdown(tiny_bundles: dict[str, Path]) -> None:
-    """SIGTERM while a long stream runs: the server stops taking requests, ends the stream (finished or
-    cancelled within the grace period) and exits."""
-    import shutil
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_graceful_shutdown(tiny_bundles: dict[str, Path], synth: Synthesizer, sig: str) -> None:
+    """SIGTERM/SIGINT while a stream runs: new requests get 503, the running stream finishes whole
+    (inside the grace period), and the server exits 0 without a traceback."""
     import signal
     import subprocess
-    import sys
 
     import httpx
 
-    exe = shutil.which("sambert-deploy", path=str(Path(sys.executable).parent))
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
-    p = subprocess.Popen([exe, "-q", "serve", str(tiny_bundles["causal"]), "--port", str(port)],
+    port = _free_port()
+    p = subprocess.Popen(_serve_cmd(tiny_bundles["causal"], "--port", str(port), "--shutdown-grace", "60"),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
+    text = TEXT * 40
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        body = {"model": "tts-1", "input": TEXT * 200, "voice": "tiny_emo", "response_format": "pcm"}
+        assert _until(lambda: _alive(url), 60)
+        body = {"model": "tts-1", "input": text, "voice": "tiny_emo", "response_format": "pcm"}
         got = bytearray()
         with httpx.Client(timeout=60) as h, h.stream("POST", url + "/v1/audio/speech", json=body) as r:
             it = r.iter_bytes()
             got += next(it)
-            t0 = time.perf_counter()
-            p.send_signal(signal.SIGTERM)
-            try:
-                for b in it:
-                    got += b
-            except httpx.HTTPError:
-                pass  # cut off at the end of the grace period: acceptable
-        # uvicorn re-raises the signal once shut down, so the exit status is the SIGTERM one, as a shell expects
-        assert p.wait(30) in (0, -signal.SIGTERM), p.stderr.read() if p.stderr else ""
-        assert time.perf_counter() - t0 < 20 and len(got) > 0
+            p.send_signal(getattr(signal, sig))
+            refused = httpx.post(url + "/v1/audio/speech", json=body, timeout=30)
+            for b in it:
+                got += b
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down", refused.text
+        code = p.wait(60)
+        err = p.stderr.read().decode() if p.stderr else ""
+        assert code == 0 and "Traceback" not in err and "CancelledError" not in err, (code, err)
+        assert len(got) // 2 == len(synth.synthesize(text))  # the whole stream, not a cut one
     finally:
         p.kill()
+
+
+def test_shutdown_grace_cuts_what_runs_longer(tiny_bundles: dict[str, Path]) -> None:
+    """A stream still running when the grace period ends is cut (its connection closed, so a client sees
+    a truncated body, never a complete-looking one) and the server still exits 0 quietly."""
+    import signal
+    import subprocess
+
+    port = _free_port()
+    p = subprocess.Popen(_serve_cmd(tiny_bundles["causal"], "--port", str(port), "--shutdown-grace", "1"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert _until(lambda: _alive(url), 60)
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(_speech_request({"model": "tts-1", "input": LONG, "voice": "tiny_emo", "response_format": "pcm"}))
+        s.settimeout(30)
+        assert s.recv(12) == b"HTTP/1.1 200"  # then stops reading
+        p.send_signal(signal.SIGTERM)
+        code = p.wait(60)
+        err = p.stderr.read().decode() if p.stderr else ""
+        assert code == 0 and "Traceback" not in err, (code, err)
+        tail = b""
+        while True:
+            b = s.recv(1 << 20)
+            if not b:
+                break
+            tail = (tail + b)[-5:]
+        assert tail != b"0\r\n\r\n"  # no terminating chunk: the cut is visible to the client
+        s.close()
+    finally:
+        p.kill()
+
+
+# -- hardening (issue 19) -------------------------------------------------------------------------
+
+LONG = TEXT * 250  # 4,000 characters: minutes of audio, more than any socket buffer holds
+
+
+def _speech_request(body: dict, *, host: str = "127.0.0.1", extra: bytes = b"") -> bytes:
+    import json
+
+    data = json.dumps(body).encode()
+    return (b"POST /v1/audio/speech HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: application/json\r\n"
+            + extra + b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+
+
+def _until(cond: object, seconds: float = 10.0) -> bool:
+    """Polls ``cond()`` until true or ``seconds`` pass (a bound on waiting, not a speed claim)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if cond():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return bool(cond())  # type: ignore[operator]
+
+
+def _health(url: str) -> dict:
+    import httpx
+
+    return httpx.get(url + "/health", timeout=5).json()
+
+
+@pytest.fixture
+def served(synth: Synthesizer) -> Iterator[object]:
+    """Starts the hardened server (serve.run) in a thread with a given config; yields a starter."""
+    from sambert_deploy.serve.run import bind, make_server
+
+    servers: list[tuple[object, threading.Thread]] = []
+
+    def start(cfg: ServeConfig) -> str:
+        sock = bind("127.0.0.1", 0)
+        server = make_server(create_app(synth, cfg), cfg, log_level="warning")
+        t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        t.start()
+        assert _until(lambda: server.started, 20)
+        servers.append((server, t))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    yield start
+    for server, t in servers:
+        server.should_exit = True  # type: ignore[attr-defined]
+        t.join(20)
+
+
+def test_chunked_body_over_the_limit_is_413(client: TestClient) -> None:
+    """Transfer-Encoding: chunked carries no Content-Length: the limit counts the bytes as they come."""
+    pulled = [0]
+
+    def body() -> Iterator[bytes]:
+        for _ in range(64):
+            pulled[0] += 1
+            yield b"x" * 65536
+
+    r = client.post("/v1/audio/speech", content=body(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large", r.text
+
+
+def test_queued_client_that_disconnects_leaves_the_queue(live: str) -> None:
+    """Two readers that stop reading hold both slots; a third request waits in the queue and its client
+    goes away: its place is free at once (not when a slot frees)."""
+    holders = []
+    for _ in range(2):
+        s = socket.create_connection(("127.0.0.1", int(live.rsplit(":", 1)[1])))
+        s.sendall(_speech_request({"model": "tts-1", "input": LONG, "voice": "tiny_emo", "response_format": "pcm"}))
+        holders.append(s)
+    try:
+        assert _until(lambda: _health(live)["streams_running"] == 2)
+        ghost = socket.create_connection(("127.0.0.1", int(live.rsplit(":", 1)[1])))
+        ghost.sendall(_speech_request({"model": "tts-1", "input": TEXT, "voice": "tiny_emo"}))
+        assert _until(lambda: _health(live)["streams_queued"] == 1)
+        ghost.close()
+        assert _until(lambda: _health(live)["streams_queued"] == 0, 5), _health(live)
+        assert _health(live)["streams_running"] == 2  # the holders still hold: only the queue moved
+    finally:
+        for s in holders:
+            s.close()
+    assert _until(lambda: _health(live)["streams_running"] == 0, 30)
+
+
+def test_a_reader_that_stops_is_cut_and_its_slot_freed(served: object) -> None:
+    """A client that stops reading holds its slot only until the send timeout; the request queued behind
+    it is then served, and its time to first audio counts from its arrival (the wait included)."""
+    import httpx
+
+    url = served(ServeConfig(max_concurrent=1, max_queue=2, send_timeout_s=1.0))  # type: ignore[operator]
+    port = int(url.rsplit(":", 1)[1])
+    stalled = socket.create_connection(("127.0.0.1", port))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(_speech_request({"model": "tts-1", "input": LONG, "voice": "tiny_emo", "response_format": "pcm"}))
+    try:
+        assert _until(lambda: _health(url)["streams_running"] == 1)
+        t0 = time.perf_counter()
+        r = httpx.post(url + "/v1/audio/speech", json={"model": "tts-1", "input": TEXT, "voice": "tiny_emo",
+                                                       "response_format": "wav"}, timeout=120)
+        waited = time.perf_counter() - t0
+        assert r.status_code == 200 and len(r.content) > 44
+        assert _until(lambda: _health(url)["streams_running"] == 0)
+        # The stalled one was cut: its connection is closed by the server (no more than the buffered bytes).
+        stalled.settimeout(30)
+        while stalled.recv(1 << 20):
+            pass
+    finally:
+        stalled.close()
+    m = httpx.get(url + "/metrics").text
+    ttfa_sum = float(next(line.split()[1] for line in m.splitlines()
+                          if line.startswith("sambert_time_to_first_audio_seconds_sum")))
+    assert ttfa_sum >= 1.0 and waited >= 1.0, (ttfa_sum, waited)  # it waited >= the 1 s send timeout
+    assert 'outcome="stalled"' in m
+
+
+def test_header_timeout_and_connection_cap(served: object) -> None:
+    """Slowloris: connections that never finish their headers are closed after the header timeout, and
+    past the connection cap the oldest of them makes room for a new client."""
+    import httpx
+
+    url = served(ServeConfig(header_timeout_s=1.0, max_connections=4))  # type: ignore[operator]
+    port = int(url.rsplit(":", 1)[1])
+    slow = []
+    for _ in range(4):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        s.settimeout(30)
+        slow.append(s)
+    r = httpx.get(url + "/health", timeout=10)  # a fifth connection over the cap of 4
+    assert r.status_code == 200
+    try:
+        closed = [s.recv(100) for s in slow]  # b"" once the server closes each (or 408's bytes)
+        assert all(c == b"" or c.startswith(b"HTTP/1.1 408") for c in closed), closed
+    finally:
+        for s in slow:
+            s.close()
+
+
+def test_body_that_never_arrives_is_408(served: object) -> None:
+    url = served(ServeConfig(body_timeout_s=1.0))  # type: ignore[operator]
+    s = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    s.settimeout(30)
+    s.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 100\r\n\r\n{\"model\"")
+    try:
+        head = s.recv(4096)
+    finally:
+        s.close()
+    assert head.startswith(b"HTTP/1.1 408"), head[:200]
+    assert b'"error"' in head or b"408" in head
+
+
+def test_non_ascii_api_key_matches_a_utf8_client(synth: Synthesizer) -> None:
+    with TestClient(create_app(synth, ServeConfig(api_keys=("clé-密钥",)))) as c:
+        ok = c.get("/v1/models", headers={"Authorization": "Bearer clé-密钥".encode()})
+        assert ok.status_code == 200, ok.text
+        assert c.get("/v1/models", headers={"Authorization": "Bearer cl\xe9-密钥".encode()[:-1]}).status_code == 401
+
+
+def test_metrics_count_every_status(synth: Synthesizer) -> None:
+    with TestClient(create_app(synth, ServeConfig(api_keys=("k",), max_body_bytes=1000))) as c:
+        auth = {"Authorization": "Bearer k"}
+        assert c.get("/v1/models").status_code == 401
+        assert c.post("/v1/audio/speech", content=b"x" * 2000, headers=auth).status_code == 413
+        assert c.post("/v1/audio/speech", json={"model": "tts-1", "input": "", "voice": "tiny_emo"},
+                      headers=auth).status_code == 400
+        assert c.get("/nowhere").status_code == 404
+        assert c.post("/v1/audio/speech", json={"model": "tts-1", "input": TEXT, "voice": "tiny_emo"},
+                      headers=auth).status_code == 200
+        m = c.get("/metrics").text
+    for status in ("401", "413", "400", "404", "200"):
+        assert f'status="{status}"' in m, (status, m)
+
+
+def test_429_is_counted(live: str) -> None:
+    import httpx
+
+    test_admission_under_load(live)
+    m = httpx.get(live + "/metrics").text
+    assert any(line.startswith("sambert_http_responses_total") and 'status="429"' in line for line in m.splitlines())
+
+
+@pytest.mark.parametrize(("kind", "param", "status"), [
+    ("truncated", None, 400), ("voice_type", "voice", 400), ("not_utf8", None, 400), ("route", None, 404),
+    ("method", None, 405), ("form", None, 400),
+])
+def test_every_error_is_openai_shaped(client: TestClient, kind: str, param: str | None, status: int) -> None:
+    ct = {"content-type": "application/json"}
+    if kind == "truncated":
+        r = client.post("/v1/audio/speech", content=b'{"model": "tts-1", "inpu', headers=ct)
+    elif kind == "voice_type":
+        r = client.post("/v1/audio/speech", json={"model": "tts-1", "input": TEXT, "voice": 5})
+    elif kind == "not_utf8":
+        r = client.post("/v1/audio/speech", content=b'{"model": "\xff\xfe"}', headers=ct)
+    elif kind == "route":
+        r = client.get("/v1/nothing-here")
+    elif kind == "method":
+        r = client.delete("/v1/models")
+    else:
+        r = client.post("/v1/audio/speech", content=b"model=tts-1", headers={"content-type": "text/plain"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"], err
+    assert err["param"] == param, err
+
+
+# -- the `serve` command in a subprocess -----------------------------------------------------------
+
+def _serve_cmd(bundle: Path, *args: str) -> list[str]:
+    import shutil
+    import sys
+
+    exe = shutil.which("sambert-deploy", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    return [exe, "serve", str(bundle), *args]
+
+
+def _free_port() -> int:
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return int(sk.getsockname()[1])
+
+
+@pytest.mark.parametrize("args", [("--api-key", ""), ("--api-key-file", "EMPTY")])
+def test_empty_api_key_is_refused(tiny_bundles: dict[str, Path], tmp_path: Path, args: tuple[str, str]) -> None:
+    import subprocess
+
+    empty = tmp_path / "keys"
+    empty.write_text("\n  \n", "utf-8")
+    argv = [a if a != "EMPTY" else str(empty) for a in args]
+    p = subprocess.run(_serve_cmd(tiny_bundles["causal"], "--port", str(_free_port()), *argv), capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "api-key" in lines[0], p.stderr
+
+
+def test_port_in_use_is_one_line_exit_2(tiny_bundles: dict[str, Path]) -> None:
+    import subprocess
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        p = subprocess.run(_serve_cmd(tiny_bundles["causal"], "--port", str(port)), capture_output=True, text=True,
+                           timeout=120)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and str(port) in errors[0] and "Traceback" not in p.stderr, p.stderr
+
+
+def test_public_bind_without_key_warns() -> None:
+    from sambert_deploy.serve.run import exposure_warning
+
+    assert exposure_warning("0.0.0.0", ()) is not None and "api-key-file" in (exposure_warning("::", ()) or "")
+    assert exposure_warning("127.0.0.1", ()) is None and exposure_warning("localhost", ()) is None
+    assert exposure_warning("::1", ()) is None and exposure_warning("0.0.0.0", ("k",)) is None
+
+
+def test_client_text_is_escaped_and_truncated_in_the_log(tiny_bundles: dict[str, Path]) -> None:
+    """A path full of escape sequences and 12 KB long: the log gets one short printable line for it."""
+    import subprocess
+
+    import httpx
+
+    port = _free_port()
+    p = subprocess.Popen(_serve_cmd(tiny_bundles["causal"], "--port", str(port)), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert _until(lambda: _alive(url), 60)
+        evil = "/v1/" + "%1b%5b31m%0d%0aFAKE%20LINE%07" * 300
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(f"GET {evil} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            s.settimeout(10)
+            assert s.recv(100).startswith(b"HTTP/1.1 40")
+        httpx.post(url + "/v1/audio/speech", json={"model": "tts-1", "input": "\x1b[31m" * 2000, "voice": "x\x07"})
+    finally:
+        p.terminate()
+        out, _ = p.communicate(timeout=60)
+    log = out.decode("utf-8", "replace")
+    assert "\x1b" not in log and "\x07" not in log and "\r" not in log, repr(log[-500:])
+    assert max(len(line) for line in log.splitlines()) < 1000, max(len(line) for line in log.splitlines())
+    assert "FAKE LINE" not in log.replace("\\r\\nFAKE", "")  # the CR LF did not start a forged line
+
+
+def _alive(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url + "/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

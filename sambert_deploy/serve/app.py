@@ -1,12 +1,16 @@
 """An OpenAI-compatible speech server over one shared :class:`~sambert_deploy.runtime.synthesizer.Synthesizer`.
 
-FastAPI + Starlette (uvicorn to run it): async streaming responses, request validation that also
-writes the OpenAPI document clients and fuzzers read, and the stack Kokoro-FastAPI and most
-OpenAI-compatible TTS servers use. The server is a thin shell: every request is one
-``Synthesizer.stream()``; its chunks are encoded as they come (``encode.py``).
+FastAPI + Starlette (uvicorn to run it, with the guards of ``run.py``): async streaming responses,
+request validation that also writes the OpenAPI document clients and fuzzers read, and the stack
+Kokoro-FastAPI and most OpenAI-compatible TTS servers use. The server is a thin shell: every request
+is one ``Synthesizer.stream()``; its chunks are encoded as they come (``encode.py``), off the event
+loop for the codecs that cost CPU.
 
 Load: at most ``max_concurrent`` streams synthesize at once and ``max_queue`` more wait; past that a
-request gets 429 with ``Retry-After``. A client that disconnects cancels its stream and frees its slot.
+request gets 429 with ``Retry-After``. A client that disconnects, while queued or streaming, frees its
+place at once; one that stops reading is cut after ``send_timeout_s``. Every response, whatever its
+status, is counted in ``/metrics``; every error is OpenAI-shaped (``{"error": {message, type, param,
+code}}``); anything the client sent is escaped and truncated before it reaches the log.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the request model from the live annotation.
@@ -17,7 +21,10 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,9 +35,17 @@ from .encode import FORMATS, encoder, encoding
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("sambert_deploy.serve.access")
 
 MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "sambert")
 STATIC = Path(__file__).parent / "static"
+# Formats whose encoding is a cast (and, for 24 kHz pcm, a short filter): a thread hop would cost them
+# more than the work; every other codec's work runs in the encode pool, never on the event loop.
+INLINE_FORMATS = ("wav", "pcm")
+# The ASGI extension the guarded uvicorn protocol (run.py) puts in the scope: aborts the connection.
+ABORT_EXTENSION = "sambert.abort"
+ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/audio/voices", "/v1/audio/speech", "/favicon.ico",
+          "/favicon.svg", "/docs", "/openapi.json")
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,16 @@ class ServeConfig:
     models: tuple[str, ...] = MODELS
     load_seconds: float = 0.0
     backends: dict[str, Any] = field(default_factory=dict)
+    # A stream whose client has accepted no bytes for this long is cut and its slot freed.
+    send_timeout_s: float = 30.0
+    # The whole request body must arrive within this long of the headers.
+    body_timeout_s: float = 10.0
+    # Enforced by the uvicorn protocol in run.py (ASGI sees no connection before its headers are in):
+    header_timeout_s: float = 10.0
+    max_connections: int = 256
+    keep_alive_s: int = 5
+    # On SIGTERM/SIGINT: running streams get this long to finish; new requests get 503 meanwhile.
+    shutdown_grace_s: float = 30.0
 
 
 class ApiError(Exception):
@@ -54,45 +79,309 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+class ClientStalled(Exception):
+    """The client accepted no bytes for ``send_timeout_s``: its stream is cut."""
+
+
+def printable(text: str | bytes, limit: int = 200) -> str:
+    """Client-supplied text made safe for a log line: control and other non-printable characters
+    escaped (no forged lines, no terminal escapes), and at most ``limit`` characters kept."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "backslashreplace")
+    head = text[:limit]
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in head)
+    return out + (f"...(+{len(text) - limit} chars)" if len(text) > limit else "")
+
+
 class Admission:
-    """At most ``active`` holders and ``queue`` waiters; beyond that ``acquire`` refuses at once."""
+    """At most ``active`` holders and ``queue`` waiters; beyond that ``acquire`` refuses at once. A
+    waiter that is cancelled (its client left) leaves the queue at once; a released slot is handed to
+    the oldest waiter still there."""
 
     def __init__(self, active: int, queue: int, retry_after_s: int = 1):
         self.active, self.queue, self.retry_after_s = active, queue, retry_after_s
         self.running = 0
-        self.waiting = 0
-        self._cond = asyncio.Condition()
+        self.closed = False
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def idle(self) -> bool:
+        return self.running == 0 and not self._waiters
+
+    def try_acquire(self) -> bool:
+        """Takes a slot if one is free now (no waiting)."""
+        self._check_open()
+        if self.running < self.active and not self._waiters:
+            self.running += 1
+            return True
+        return False
 
     async def acquire(self) -> None:
-        async with self._cond:
-            if self.running >= self.active and self.waiting >= self.queue:
-                raise ApiError(429, f"server busy: {self.running} streams running and {self.waiting} queued; retry "
-                               "later", "rate_limit_error", code="server_busy",
-                               headers={"Retry-After": str(self.retry_after_s)})
-            self.waiting += 1
-            try:
-                await self._cond.wait_for(lambda: self.running < self.active)
-            finally:
-                self.waiting -= 1
-            self.running += 1
+        if self.try_acquire():
+            return
+        if len(self._waiters) >= self.queue:
+            raise ApiError(429, f"server busy: {self.running} streams running and {self.waiting} queued; retry "
+                           "later", "rate_limit_error", code="server_busy",
+                           headers={"Retry-After": str(self.retry_after_s)})
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut  # release() hands its slot over: `running` already counts this holder
+        except BaseException:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release()  # handed a slot in the same moment we were cancelled: pass it on
+            else:
+                with suppress(ValueError):
+                    self._waiters.remove(fut)
+            raise
 
-    async def release(self) -> None:
-        async with self._cond:
-            self.running -= 1
-            self._cond.notify()
+    def release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.running -= 1
+
+    def close(self) -> None:
+        """Refuses new holders and every waiter (503): the server is shutting down."""
+        self.closed = True
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(_shutting_down())
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise _shutting_down()
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down; retry on another instance or later", "server_error",
+                    code="shutting_down", headers={"Retry-After": "5", "Connection": "close"})
 
 
 def _error_body(e: ApiError) -> dict[str, Any]:
     return {"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}}
 
 
-def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> Any:
+def _validation_error(errs: list[Any]) -> ApiError:
+    """pydantic's first complaint as OpenAI's error: ``param`` is the top-level field at fault (never a
+    union member's tag like ``voice.str``, nor a character offset)."""
+    first = errs[0] if errs else {}
+    loc = list(first.get("loc", ()))
+    if loc and loc[0] == "body":
+        loc = loc[1:]
+    kind = first.get("type")
+    if kind == "json_invalid":
+        where = f" at character {loc[0]}" if loc and isinstance(loc[0], int) else ""
+        why = (first.get("ctx") or {}).get("error")
+        return ApiError(400, f"the body is not valid JSON ({why or 'parse error'}{where})", code="invalid_json")
+    param = loc[0] if loc and isinstance(loc[0], str) else None
+    if param is None:
+        return ApiError(400, "the body must be a JSON object (Content-Type: application/json) with model, input "
+                        "and voice", code="invalid_body")
+    msg = "required field missing" if kind == "missing" else first.get("msg", "invalid value")
+    return ApiError(400, f"{param}: {msg}", param=param)
+
+
+class SpeechApp:
+    """The outermost ASGI layer, in front of FastAPI's own error handling (so a 500 is counted too).
+
+    Per request: the arrival time (time to first audio counts from it), the API key and the body limit
+    on /v1/* (the body is read here, counted as it streams in, with a deadline, then handed on), a send
+    deadline on the response body, one access-log line with the client's text escaped, and one count
+    by route and status. Plain ASGI: Starlette's BaseHTTPMiddleware would pass every streamed chunk
+    through an extra task and queue (measured: milliseconds on first byte)."""
+
+    def __init__(self, inner: Any, config: ServeConfig, metrics: Metrics, admission: Admission):
+        self.inner, self.config, self.metrics, self.admission = inner, config, metrics, admission
+        self.state = inner.state
+        self.draining = False
+        self._keys = tuple(k.encode("utf-8") for k in config.api_keys)
+        self._aborts: dict[int, Callable[[], None]] = {}  # running speech requests: cut their connection
+
+    def drain(self) -> None:
+        """New requests get 503 from now on; queued ones too. Running streams go on."""
+        self.draining = True
+        self.admission.close()
+
+    @property
+    def idle(self) -> bool:
+        return self.admission.idle
+
+    def abort_streams(self) -> int:
+        """Cuts every running speech request's connection (the client sees a truncated body, never a
+        complete-looking one). Returns how many."""
+        aborts = list(self._aborts.values())
+        for abort in aborts:
+            abort()
+        return len(aborts)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.inner(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        info: dict[str, Any] = {"arrival": t0, "cut": None}
+        scope["sambert"] = info
+        status = [0]
+        timeout = self.config.send_timeout_s
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            elif message["type"] == "http.response.body" and timeout:
+                try:
+                    await asyncio.wait_for(send(message), timeout)
+                except asyncio.TimeoutError:
+                    info["cut"] = "stalled"
+                    raise ClientStalled from None
+                return
+            await send(message)
+
+        path = scope["path"]
+        abort = (scope.get("extensions") or {}).get(ABORT_EXTENSION)
+        key = id(info)
+        try:
+            error = self._refusal(scope) if path.startswith("/v1/") else None
+            body = b""
+            if error is None:
+                body, error = await self._read_body(receive)
+            if error is not None:
+                await _send_json(guarded_send, error)
+                return
+            if path == "/v1/audio/speech" and abort is not None:
+                self._aborts[key] = abort
+            await self.inner(scope, _replay(body, receive), guarded_send)
+        except ClientStalled:
+            log.warning("client %s accepted no bytes for %.0f s: its stream was cut", _client(scope), timeout)
+            if abort is not None:
+                abort()
+                await asyncio.sleep(0)  # lets the transport report the loss before uvicorn checks
+        finally:
+            self._aborts.pop(key, None)
+            route = path if path in ROUTES else "other"
+            self.metrics.response(route, status[0])
+            access_log.info('%s "%s %s" %s %.0f ms%s', _client(scope), printable(scope["method"], 16),
+                            printable(path), status[0] or "-", (time.perf_counter() - t0) * 1e3,
+                            f" ({info['cut']})" if info["cut"] else "")
+
+    def _refusal(self, scope: dict[str, Any]) -> ApiError | None:
+        if self.draining:
+            return _shutting_down()
+        headers = dict(scope["headers"])
+        if self._keys:
+            # Bytes against the key's UTF-8 bytes: a header decoded as latin-1 never equals a non-ASCII key.
+            scheme, _, token = headers.get(b"authorization", b"").strip().partition(b" ")
+            token = token.strip() if scheme.lower() == b"bearer" else b""
+            ok = False
+            for k in self._keys:  # every key compared: no early exit to time
+                ok |= hmac.compare_digest(token, k)
+            if not ok:
+                return ApiError(401, "invalid or missing API key (Authorization: Bearer KEY)", "authentication_error",
+                                code="invalid_api_key")
+        size = headers.get(b"content-length", b"").decode("latin-1")
+        if size.isdigit() and int(size) > self.config.max_body_bytes:
+            return self._too_large(int(size))
+        return None
+
+    def _too_large(self, size: int) -> ApiError:
+        return ApiError(413, f"request body of {size}{'+' if size > self.config.max_body_bytes else ''} bytes is over "
+                        f"the {self.config.max_body_bytes}-byte limit", code="body_too_large",
+                        headers={"Connection": "close"})
+
+    async def _read_body(self, receive: Any) -> tuple[bytes, ApiError | None]:
+        """The whole body, counted as it arrives (a chunked body has no Content-Length to refuse early),
+        within ``body_timeout_s``."""
+        parts: list[bytes] = []
+        size = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.body_timeout_s
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
+            except asyncio.TimeoutError:
+                return b"", ApiError(408, f"the request body did not arrive within {self.config.body_timeout_s:g} s",
+                                     code="body_timeout", headers={"Connection": "close"})
+            if message["type"] != "http.request":
+                return b"", ApiError(499, "the client closed the connection", code="client_gone")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.config.max_body_bytes:
+                return b"", self._too_large(size)
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts), None
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    sent = [False]
+
+    async def replay() -> dict[str, Any]:
+        if not sent[0]:
+            sent[0] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # later calls: the disconnect, whenever it comes
+
+    return replay
+
+
+async def _send_json(send: Any, e: ApiError) -> None:
+    data = json.dumps(_error_body(e)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in e.headers.items()]
+    await send({"type": "http.response.start", "status": e.status, "headers": headers})
+    await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+def _client(scope: dict[str, Any]) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "-"
+
+
+async def _until_disconnect(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _admit(admission: Admission, receive: Any) -> None:
+    """A slot, or an error; while queued, a client that disconnects gives its place up at once."""
+    if admission.try_acquire():
+        return
+    waiting = asyncio.ensure_future(admission.acquire())
+    gone = asyncio.ensure_future(_until_disconnect(receive))
+    try:
+        await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if waiting.done():
+        waiting.result()  # raises 429/503
+        return
+    waiting.cancel()
+    with suppress(asyncio.CancelledError):
+        await waiting
+    raise ApiError(499, "the client closed the connection while queued", code="client_gone")
+
+
+def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> SpeechApp:
     """The ASGI app. ``synth`` is shared by every request; the caller owns (and closes) it."""
     try:
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+        from fastapi.responses import (
+            HTMLResponse,
+            JSONResponse,
+            PlainTextResponse,
+            Response,
+            StreamingResponse,
+        )
         from pydantic import BaseModel, ConfigDict, Field
+        from starlette.exceptions import HTTPException as StarletteHTTPException
     except ImportError as e:  # pragma: no cover - the serve extra is missing
         from ..errors import MissingExtraError
 
@@ -102,6 +391,8 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> Any:
     metrics = Metrics()
     metrics.load_seconds = cfg.load_seconds
     admission = Admission(cfg.max_concurrent, cfg.max_queue, cfg.retry_after_s)
+    # Codec work (mp3, opus, flac, aac) off the event loop: one worker per stream that can run.
+    pool = ThreadPoolExecutor(max_workers=cfg.max_concurrent, thread_name_prefix="sambert-encode")
     warned_instructions: list[bool] = []
 
     class VoiceRef(BaseModel):
@@ -120,8 +411,24 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> Any:
         speaker: str | None = None
         sample_rate: Literal[16000, 24000] | None = Field(None, description="pcm only: 24000 resamples")
 
-    app = FastAPI(title="sambert-deploy", version=_version(), docs_url="/docs", redoc_url=None)
+    class CutStream(StreamingResponse):
+        """Closes its body generator however the response ends (a send that raised included), so the
+        slot and the synthesizer stream are freed now, not when the generator is collected."""
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        yield
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="sambert-deploy", version=_version(), docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.state.synth, app.state.metrics, app.state.admission = synth, metrics, admission
+    service = SpeechApp(app, cfg, metrics, admission)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, e: ApiError) -> JSONResponse:
@@ -129,52 +436,40 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> Any:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
-        errs = e.errors()
-        first = errs[0] if errs else {}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        param = ".".join(loc) or None
-        msg = first.get("msg", "invalid request")
-        if first.get("type") == "json_invalid":
-            msg = "the body is not valid JSON"
-        return JSONResponse(_error_body(ApiError(400, f"{param or 'body'}: {msg}", param=param)), status_code=400)
+        return JSONResponse(_error_body(_validation_error(list(e.errors()))), status_code=400)
 
-    def refusal(headers: dict[bytes, bytes]) -> ApiError | None:
-        if cfg.api_keys:
-            got = headers.get(b"authorization", b"").decode("latin-1")
-            token = got[7:] if got.lower().startswith("bearer ") else ""
-            if not any(hmac.compare_digest(token.encode(), k.encode()) for k in cfg.api_keys):
-                return ApiError(401, "invalid or missing API key (Authorization: Bearer KEY)", "authentication_error",
-                                code="invalid_api_key")
-        size = headers.get(b"content-length", b"").decode("latin-1")
-        if size.isdigit() and int(size) > cfg.max_body_bytes:
-            return ApiError(413, f"request body of {size} bytes is over the {cfg.max_body_bytes}-byte limit",
-                            code="body_too_large")
-        return None
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        if e.status_code == 404:
+            err = ApiError(404, f"no route {printable(request.url.path, 100)}; the API is under /v1 (GET /v1/models, "
+                           "GET /v1/audio/voices, POST /v1/audio/speech)", code="not_found")
+        elif e.status_code == 405:
+            err = ApiError(405, f"{printable(request.method, 16)} is not allowed on {request.url.path}",
+                           code="method_not_allowed")
+        else:  # FastAPI's "There was an error parsing the body" and the like
+            err = ApiError(e.status_code, f"the request could not be read: {e.detail}",
+                           code="invalid_body" if e.status_code == 400 else None)
+        return JSONResponse(_error_body(err), status_code=e.status_code, headers=dict(e.headers or {}))
 
-    class Guard:
-        """API key and body size on /v1/*, as plain ASGI: Starlette's BaseHTTPMiddleware would pass
-        every streamed chunk through an extra task and queue (measured: milliseconds on first byte)."""
-
-        def __init__(self, inner: Any):
-            self.inner = inner
-
-        async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-            if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-                e = refusal(dict(scope["headers"]))
-                if e is not None:
-                    await JSONResponse(_error_body(e), status_code=e.status)(scope, receive, send)
-                    return
-            await self.inner(scope, receive, send)
-
-    app.add_middleware(Guard)
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, e: Exception) -> JSONResponse:
+        return JSONResponse(_error_body(ApiError(500, "internal error; the server log has the details",
+                                                 "server_error", code="internal_error")), status_code=500)
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text("utf-8"))
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    @app.get("/favicon.svg", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response((STATIC / "favicon.svg").read_bytes(), media_type="image/svg+xml",
+                        headers={"Cache-Control": "max-age=86400"})
+
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "voices": synth.voices(), "load_seconds": round(cfg.load_seconds, 3),
+    async def health() -> Any:
+        body = {"status": "draining" if service.draining else "ok", "voices": synth.voices(),
+                "load_seconds": round(cfg.load_seconds, 3),
                 "backends": {k: list(v) for k, v in synth.backends().items()},
                 "vocoder_precision": synth.precisions(), "sample_rate": synth.sample_rate,
                 # What each voice opened on, with every fallback taken (as `sambert-deploy info` prints it).
@@ -182,6 +477,8 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> Any:
                 "streams_running": admission.running, "streams_queued": admission.waiting,
                 # The memory tier where a stage runs on a GPU (None on a CPU-only server).
                 "gpu_plan": asdict(synth.gpu_plan) if synth.gpu_plan is not None else None}
+        # A load balancer stops sending here as soon as a shutdown starts.
+        return JSONResponse(body, status_code=503 if service.draining else 200)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> PlainTextResponse:
@@ -206,14 +503,14 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> Any:
     async def speech(req: SpeechRequest, request: Request) -> Any:
         fmt = req.response_format
         if fmt not in FORMATS:
-            raise ApiError(400, f"response_format '{fmt}' cannot be encoded here (no AAC encoder ships in a wheel); "
-                           f"use one of {', '.join(FORMATS)}", param="response_format")
+            raise ApiError(400, f"response_format '{fmt}' cannot be encoded here; use one of {', '.join(FORMATS)}",
+                           param="response_format")
         if req.model not in cfg.models and req.model not in synth.voices():
-            raise ApiError(404, f"model '{req.model}' does not exist; GET /v1/models lists: {', '.join(cfg.models)}",
-                           param="model", code="model_not_found")
+            raise ApiError(404, f"model '{printable(req.model, 100)}' does not exist; GET /v1/models lists: "
+                           f"{', '.join(cfg.models)}", param="model", code="model_not_found")
         voice = req.voice.id if isinstance(req.voice, VoiceRef) else req.voice
         if voice not in synth.voices():
-            raise ApiError(404, f"voice '{voice}' does not exist; GET /v1/audio/voices lists: "
+            raise ApiError(404, f"voice '{printable(voice, 100)}' does not exist; GET /v1/audio/voices lists: "
                            f"{', '.join(synth.voices())}", param="voice", code="voice_not_found")
         if not req.input.strip():
             raise ApiError(400, "input: the text is empty", param="input")
@@ -229,8 +526,8 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> Any:
             opts = SpeechOptions(voice=voice, emotion=req.emotion, speaker=req.speaker, speed=req.speed)
         except InvalidInputError as e:
             raise ApiError(400, str(e), param=e.param) from None
-        await admission.acquire()
-        t0 = time.perf_counter()
+        info = request.scope.get("sambert") or {"arrival": time.perf_counter(), "cut": None}
+        await _admit(admission, request.receive)
         stream = None
         try:
             # The first chunk before the response starts: an error found by then is still a clean 4xx.
@@ -242,35 +539,48 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> Any:
         except BaseException as e:
             if stream is not None:
                 stream.close()
-            await admission.release()
+            admission.release()
             if isinstance(e, SambertDeployError):
                 raise ApiError(400, str(e), param=getattr(e, "param", None)) from None
             raise
         enc = encoding(fmt, synth.sample_rate, req.sample_rate)
         body = _body(stream, first, enc, synth.sample_rate, req.stream_format == "sse", request, admission,
-                     metrics, t0, fmt, len(req.input))
+                     metrics, info, fmt, len(req.input), None if fmt in INLINE_FORMATS else pool)
         headers = {"X-Sample-Rate": str(enc.sample_rate), "X-Model": req.model, "Cache-Control": "no-store"}
         media = "text/event-stream" if req.stream_format == "sse" else enc.content_type
-        return StreamingResponse(body, media_type=media, headers=headers)
+        return CutStream(body, media_type=media, headers=headers)
 
-    return app
+    return service
 
 
 async def _body(stream: Any, first: Any, enc: Any, model_rate: int, sse: bool, request: Any, admission: Admission,
-                metrics: Metrics, t0: float, fmt: str, chars: int) -> AsyncIterator[bytes]:
+                metrics: Metrics, info: dict[str, Any], fmt: str, chars: int,
+                pool: ThreadPoolExecutor | None) -> AsyncIterator[bytes]:
     g = encoder(enc, model_rate)
+    running: list[Any] = []  # the encoder call in the pool (a concurrent future), while one runs
+
+    async def call(fn: Any, *args: Any) -> bytes:
+        if pool is None:
+            return fn(*args)
+        cf = pool.submit(fn, *args)
+        running[:] = [cf]
+        out = await asyncio.wrap_future(cf)
+        running.clear()
+        return out
+
+    t0 = info["arrival"]
     samples = 0
     outcome = "error"
     ttfa = None
     try:
-        head = next(g)
+        head = await call(next, g)
         chunk = first
         pending = head
         while chunk is not None:
             if ttfa is None:
                 ttfa = time.perf_counter() - t0
             samples += len(chunk.samples)
-            data = pending + g.send(chunk.samples)
+            data = pending + await call(g.send, chunk.samples)
             pending = b""
             if data:
                 yield _sse_delta(data) if sse else data
@@ -281,7 +591,7 @@ async def _body(stream: Any, first: Any, enc: Any, model_rate: int, sse: bool, r
                 chunk = await stream.__anext__()
             except StopAsyncIteration:
                 chunk = None
-        tail = pending + g.send(None)
+        tail = pending + await call(g.send, None)
         if tail:
             yield _sse_delta(tail) if sse else tail
         if sse:
@@ -293,9 +603,13 @@ async def _body(stream: Any, first: Any, enc: Any, model_rate: int, sse: bool, r
         outcome = "disconnected"
         raise
     finally:
+        outcome = info.get("cut") or outcome
         stream.close()
-        g.close()
-        await admission.release()
+        if running and not running[0].done():  # a worker is inside the encoder: close it when that call returns
+            running[0].add_done_callback(lambda _: g.close())
+        else:
+            g.close()
+        admission.release()
         wall = time.perf_counter() - t0
         audio = samples / model_rate
         metrics.observe(outcome, fmt, ttfa, wall / audio if audio else None, audio)
@@ -315,4 +629,4 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["ServeConfig", "create_app"]
+__all__ = ["ServeConfig", "SpeechApp", "create_app", "printable"]

@@ -36,6 +36,7 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, str], int] = defaultdict(int)
+        self.responses: dict[tuple[str, int], int] = defaultdict(int)
         self.ttfa = _Histogram(TTFA_BUCKETS)
         self.rtf = _Histogram(RTF_BUCKETS)
         self.audio_seconds = 0.0
@@ -44,6 +45,8 @@ class Metrics:
         self.load_seconds = 0.0
 
     def observe(self, outcome: str, fmt: str, ttfa: float | None, rtf: float | None, audio_s: float) -> None:
+        """One speech stream that started: outcome ok, error, disconnected, stalled (cut: the client stopped
+        reading) or shutdown (cut at the end of the grace period)."""
         with self._lock:
             self.requests[(outcome, fmt)] += 1
             if ttfa is not None:
@@ -52,14 +55,23 @@ class Metrics:
                 self.rtf.observe(rtf)
             self.audio_seconds += audio_s
 
+    def response(self, route: str, status: int) -> None:
+        """One HTTP response of any status (refusals included); ``route`` is a known path or "other"."""
+        with self._lock:
+            self.responses[(route, status)] += 1
+
     def render(self) -> str:
         with self._lock:
-            out = ["# HELP sambert_requests_total Speech requests by outcome and response format.",
+            out = ["# HELP sambert_http_responses_total Every HTTP response, by route and status (0: none sent).",
+                   "# TYPE sambert_http_responses_total counter"]
+            for (route, status), n in sorted(self.responses.items()):
+                out.append(f'sambert_http_responses_total{{route="{route}",status="{status}"}} {n}')
+            out += ["# HELP sambert_requests_total Speech requests by outcome and response format.",
                    "# TYPE sambert_requests_total counter"]
             for (outcome, fmt), n in sorted(self.requests.items()):
                 out.append(f'sambert_requests_total{{outcome="{outcome}",format="{fmt}"}} {n}')
             out += self.ttfa.render("sambert_time_to_first_audio_seconds",
-                                    "From the request to the first audio chunk, in seconds.")
+                                    "From the request's arrival (queueing included) to the first audio chunk, in seconds.")
             out += self.rtf.render("sambert_real_time_factor", "Wall time over audio time per request.")
             out += ["# HELP sambert_audio_seconds_total Audio produced, in seconds.",
                     "# TYPE sambert_audio_seconds_total counter", f"sambert_audio_seconds_total {self.audio_seconds:.3f}",
