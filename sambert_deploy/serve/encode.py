@@ -49,7 +49,8 @@ class Codec:
 
 
 CODECS = {
-    # Speech at 16 kHz mono: 64 kb/s is transparent for MP3/AAC at this rate, 32 kb/s for Opus.
+    # For 16 kHz mono speech; tests/test_formats.py's two tones come back at 26 dB SNR (MP3), 42 (AAC)
+    # and 39 (Opus) at these rates.
     "mp3": Codec("libmp3lame", "mp3", "fltp", 64_000),
     "aac": Codec("aac", "adts", "fltp", 64_000),
     # An Ogg page is written when it holds page_duration of audio (1 s by default): 60 ms pages leave
