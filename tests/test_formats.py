@@ -312,3 +312,12 @@ def test_browser_decodes_each_format(live: str, synth: object) -> None:
         got = decoded[fmt]
         assert "error" not in got, (fmt, got)
         assert 0 <= got["duration"] - ref_s <= SLACK[fmt] / RATE + 1e-3, (fmt, got, ref_s)
+
+
+def test_a_format_not_offered_is_a_400(live: str) -> None:
+    """aac is offered now; a format that is not (ogg) is a 400 naming the field."""
+    import httpx
+
+    r = httpx.post(live + "/v1/audio/speech", json={"model": "tts-1", "input": TEXT, "voice": "tiny_emo",
+                                                    "response_format": "ogg"}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format", r.text
