@@ -99,6 +99,8 @@ def codec_rate(fmt: str, model_rate: int) -> int:
 
 
 def encoding(fmt: str, model_rate: int, pcm_rate: int | None = None) -> Encoding:
+    """What ``fmt`` sends for a model at ``model_rate``: its rate (``pcm_rate`` for pcm; the codec's for a
+    codec) and content type. ``fmt`` is one of :data:`FORMATS`."""
     if fmt == "pcm":
         rate = pcm_rate or model_rate
         return Encoding("pcm", rate, f"audio/L16; rate={rate}; channels=1")
