@@ -8,6 +8,8 @@ connection:
 
 * a header deadline: the request line and headers must be complete within ``header_timeout_s`` of
   the connection (or of its first byte after a keep-alive pause), else 408 and close;
+* a send buffer of ``send_buffer_bytes`` (not the kernel's autotuned megabytes), so a client that
+  stops reading blocks its stream within seconds of audio and the send timeout starts counting;
 * a connection cap: past ``max_connections`` the connection that has waited longest between requests
   is closed to make room (an attacker's idle sockets go first); if all are busy, the new one is closed;
 * an ASGI extension (``sambert.abort`` in the scope) the app calls to cut a connection whose client
@@ -44,7 +46,7 @@ def _timeout_response(seconds: float) -> bytes:
             b"content-length: %d\r\n\r\n" % len(body)) + body
 
 
-def guarded_protocol(header_timeout_s: float, max_connections: int) -> type:
+def guarded_protocol(header_timeout_s: float, max_connections: int, send_buffer_bytes: int = 0) -> type:
     """uvicorn's h11 protocol with a header deadline, a connection cap and the abort extension."""
     timeout_response = _timeout_response(header_timeout_s)
 
@@ -66,6 +68,11 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type:
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            if send_buffer_bytes and sock is not None:
+                # Linux grows a send buffer to 4 MB on loopback: two minutes of PCM a client that stopped
+                # reading would be sent before a send blocks and the send timeout can start counting.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
             self._arm()
             if len(self.connections) > max_connections:
                 idle = [c for c in self.connections
@@ -113,7 +120,8 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type:
 
 def make_server(app: SpeechApp, cfg: ServeConfig, *, log_level: str = "info") -> SpeechServer:
     """A uvicorn server for ``app`` with the guards above; run it with ``server.run(sockets=[bind(...)])``."""
-    config = uvicorn.Config(app, http=guarded_protocol(cfg.header_timeout_s, cfg.max_connections), lifespan="on",
+    protocol = guarded_protocol(cfg.header_timeout_s, cfg.max_connections, cfg.send_buffer_bytes)
+    config = uvicorn.Config(app, http=protocol, lifespan="on",
                             log_level=log_level, access_log=False,  # the app logs each request, escaped
                             timeout_keep_alive=cfg.keep_alive_s,
                             # after the drain only the 503s and cut connections are left to finish
