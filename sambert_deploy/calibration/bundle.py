@@ -9,15 +9,22 @@ passes only if its worst clip does; a length mismatch is a failure; a real-vocod
 not run (or was skipped) is recorded as ``not_run``, and that is not a pass.
 
 A variant is recorded in the manifest with its :class:`~sambert_deploy.runtime.manifest.QualityRecord`
-whether it passed or not (``info`` shows why it failed; the runtime refuses it). Files are written
-under temporary names and moved into place before the manifest is replaced, so an interrupted run
-leaves the bundle as it was.
+whether it passed or not (``info`` shows why it failed; the runtime refuses it).
+
+One run is one transaction, so ``kill -9`` at any instant leaves the bundle as it was or as the run
+made it: variants are built in a staging folder inside the bundle, then moved into the voice folders
+under names the current manifest does not use (``vocoder.int8.onnx``, or ``vocoder.int8.<sha256>.onnx``
+when that name holds the variant being replaced), and the new manifest replaces the old in one rename,
+the commit point. Files no manifest names any more are deleted after it; what a killed run left
+(staging folders, temp files, uncommitted variants) is deleted by the next run, which holds the
+bundle's writer lock so that no other run is writing it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +38,7 @@ from ..errors import InvalidInputError, MissingExtraError, ModelDirectoryError, 
 from ..gates import PRECISION_GATES, Comparator, verdict_of, worst_metrics
 from ..runtime.backends import BackendOptions, available_backends, make_backend
 from ..runtime.manifest import (
+    MANIFEST,
     ClipScore,
     GraphInfo,
     Manifest,
@@ -42,7 +50,7 @@ from ..runtime.manifest import (
     write_manifest,
 )
 from ..runtime.precision import precision_hint
-from ..utils import file_sha256
+from ..utils import clean_beside, file_sha256, remove_stale, replace_durably, staging_folder, writer_lock
 from .mels import CalibrationMels, default_corpus, read_corpus
 from .precision import DEFAULT_INT8, ROLES, Int8Recipe, convert_fp16, quantize_int8
 
@@ -137,33 +145,98 @@ def judge_audio(precision: str, ref: Sequence[np.ndarray], got: Sequence[np.ndar
 
 
 def quantize_bundle(bundle: str | Path, options: QuantizeOptions | None = None) -> dict[str, VoiceResult]:
-    """Build, judge and record the requested vocoder variants of every (or the named) voice."""
+    """Build, judge and record the requested vocoder variants of every (or the named) voice, as one
+    transaction (see the module's docstring)."""
     o = options or QuantizeOptions()
-    m = read_manifest(bundle)
-    present = available_backends()
-    if "bf16" in o.precisions and "openvino" not in present:
-        raise MissingExtraError("openvino", "openvino")
-    names = list(o.voices) or list(m.voices)
-    for n in names:
-        m.voice(n)  # unknown voice: BundleError naming the valid ones
-    sentences = read_corpus(o.corpus) if o.corpus is not None else default_corpus()
-    if len(sentences) < 2:
-        raise InvalidInputError("the calibration corpus needs at least 2 sentences (half calibrate, half judge)",
-                                param="corpus")
-    results: dict[str, VoiceResult] = {}
-    voices = dict(m.voices)
-    real = _RealVocoderCheck(o.recipe, present) if o.reference else None
-    for name in names:
-        vm = voices[name]
-        res = _quantize_voice(m, vm, sentences, o, present, real)
-        voices[name] = replace(vm, variants={**vm.variants, **res.variants})
-        results[name] = res
-    write_manifest(m.root, m.sample_rate, m.mel, list(voices.values()), m.provenance)
+    read_manifest(bundle, verify=False)  # not a bundle: its error, before anything is locked or cleaned
+    root = Path(bundle)
+    with writer_lock(root):
+        clean_bundle(root)
+        m = read_manifest(root)
+        present = available_backends()
+        if "bf16" in o.precisions and "openvino" not in present:
+            raise MissingExtraError("openvino", "openvino")
+        names = list(o.voices) or list(m.voices)
+        for n in names:
+            m.voice(n)  # unknown voice: BundleError naming the valid ones
+        sentences = read_corpus(o.corpus) if o.corpus is not None else default_corpus()
+        if len(sentences) < 2:
+            raise InvalidInputError("the calibration corpus needs at least 2 sentences (half calibrate, half judge)",
+                                    param="corpus")
+        results: dict[str, VoiceResult] = {}
+        voices = dict(m.voices)
+        real = _RealVocoderCheck(o.recipe, present) if o.reference else None
+        stage = staging_folder(root, STAGING)
+        try:
+            staged: list[tuple[Path, Path]] = []
+            for name in names:
+                vm = voices[name]
+                res, files = _quantize_voice(m, vm, sentences, o, present, real, stage / name)
+                voices[name] = replace(vm, variants={**vm.variants, **res.variants})
+                results[name] = res
+                staged += files
+            _commit(m, list(voices.values()), staged, stage)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        remove_unnamed(read_manifest(root, verify=False))
     return results
 
 
+STAGING = ".quantize-"
+
+
+def clean_bundle(root: Path) -> None:
+    """Delete what killed runs left in and beside the bundle ``root`` (the caller holds its writer
+    lock): staging folders and temp files whose owner is gone, graphs no manifest names."""
+    clean_beside(root)
+    remove_stale(root, (STAGING,), pid_temps=True)
+    m = read_manifest(root, verify=False)
+    for vm in m.voices.values():
+        # .quantize-PRECISION-RANDOM in voice folders: staging of the previous version
+        remove_stale(root / vm.folder, (STAGING,), pid_temps=True)
+    remove_unnamed(m)
+
+
+def remove_unnamed(m: Manifest) -> list[Path]:
+    """Delete the ``*.onnx`` files of each voice folder that ``m`` does not name: replaced variants and
+    what a killed run moved in but never committed. Returns them."""
+    gone = []
+    for vm in m.voices.values():
+        named = {g.file for g in vm.graphs.values()} | {v.graph.file for v in vm.variants.values()}
+        for p in (m.root / vm.folder).glob("*.onnx"):
+            if p.name not in named and p.is_file():
+                log.info("removing %s: no manifest names it", p)
+                p.unlink(missing_ok=True)
+                gone.append(p)
+    return gone
+
+
+def _commit(m: Manifest, voices: list[VoiceManifest], staged: list[tuple[Path, Path]], stage: Path) -> None:
+    """Move the staged variant files in (under names the current manifest does not use, so it stays
+    valid), then replace the manifest: that rename is the commit point."""
+    for src, dst in staged:
+        os.replace(src, dst)
+    write_manifest(stage, m.sample_rate, m.mel, voices, m.provenance)
+    replace_durably(stage / MANIFEST, m.root / MANIFEST)
+
+
+def variant_file(vm: VoiceManifest, precision: str, sha256: str) -> str:
+    """The file name of a new ``precision`` variant of ``vm``'s vocoder with content ``sha256``: the
+    plain name (``vocoder.int8.onnx``) unless the current manifest uses it for other content, else one
+    carrying the content hash, so the file the current manifest names is never overwritten."""
+    stem = Path(vm.graphs["vocoder"].file).stem
+    named = {g.file: g.sha256 for g in vm.graphs.values()} | {v.graph.file: v.graph.sha256 for v in vm.variants.values()}
+    for name in (f"{stem}.{precision}.onnx", f"{stem}.{precision}.{sha256[:16]}.onnx"):
+        if named.get(name, sha256) == sha256:
+            return name
+    raise AssertionError(f"{stem}.{precision}.{sha256[:16]}.onnx is named with other content")  # a sha256 collision
+
+
 def _quantize_voice(m: Manifest, vm: VoiceManifest, sentences: Sequence[str], o: QuantizeOptions,
-                    present: list[str], real: _RealVocoderCheck | None) -> VoiceResult:
+                    present: list[str], real: _RealVocoderCheck | None,
+                    stage: Path) -> tuple[VoiceResult, list[tuple[Path, Path]]]:
+    """The variants of one voice, built under ``stage``; returns them and the (staged, final) paths
+    of their files."""
     mels = CalibrationMels(m, vm, sentences).mels()
     if len(mels) < 2:
         raise InvalidInputError(f"voice '{vm.name}': the corpus gave {len(mels)} sentence(s); need at least 2",
@@ -174,34 +247,36 @@ def _quantize_voice(m: Manifest, vm: VoiceManifest, sentences: Sequence[str], o:
     fp32 = folder / vm.graphs["vocoder"].file
     ref = _run_all(fp32, "cpu", None, judge)
     res = VoiceResult(vm.name)
+    files: list[tuple[Path, Path]] = []
     data = f"{len(judge)} sentences of this voice ({sum(x.shape[-1] for x in judge)} frames) from the calibration corpus"
     for precision in o.precisions:
-        with tempfile.TemporaryDirectory(prefix=f".quantize-{precision}-", dir=folder) as tmp:
-            staged, recipe = _build(precision, fp32, Path(tmp), calib, o.recipe)
-            backends = [b for b in RUNS_ON[precision] if b in present and b != "cuda"]
-            comp = Comparator(PRECISION_GATES[precision])
-            for b in backends:
-                got = _run_all(staged or fp32, b, precision_hint(precision, b), judge)
-                clips = score_clips(comp, f"{precision} on {b}", b, ref, got, m.sample_rate, m.mel)
-                log.info("voice %s %s on %s: worst clip %s", vm.name, precision, b,
-                         worst_metrics(clips))
-            own = comp.verdict(data + f"; judged on {', '.join(backends)}, every sentence (the worst counts)")
-            reference = real.verdict(precision) if real is not None else Verdict.not_run(
-                "skipped on request (quantize --no-reference)")
-            quality = QualityRecord(own, reference)
-            file = fp32.name
-            if staged is not None:
-                file = f"{fp32.stem}.{precision}.onnx"
-                os.replace(staged, folder / file)
-            graph = GraphInfo("vocoder", file, file_sha256(folder / file), vm.graphs["vocoder"].inputs,
-                              vm.graphs["vocoder"].outputs, precision)
-            res.variants[precision] = Variant(precision, graph, RUNS_ON[precision], quality, recipe)
-            if quality.passed:
-                log.info("voice %s: %s vocoder passed", vm.name, precision)
-            else:
-                log.warning("voice %s: %s vocoder not passed (%s): %s", vm.name, precision, quality.status,
-                            "; ".join(quality.reasons()))
-    return res
+        tmp = stage / precision
+        tmp.mkdir(parents=True, exist_ok=True)
+        staged, recipe = _build(precision, fp32, tmp, calib, o.recipe)
+        backends = [b for b in RUNS_ON[precision] if b in present and b != "cuda"]
+        comp = Comparator(PRECISION_GATES[precision])
+        for b in backends:
+            got = _run_all(staged or fp32, b, precision_hint(precision, b), judge)
+            clips = score_clips(comp, f"{precision} on {b}", b, ref, got, m.sample_rate, m.mel)
+            log.info("voice %s %s on %s: worst clip %s", vm.name, precision, b, worst_metrics(clips))
+        own = comp.verdict(data + f"; judged on {', '.join(backends)}, every sentence (the worst counts)")
+        reference = real.verdict(precision) if real is not None else Verdict.not_run(
+            "skipped on request (quantize --no-reference)")
+        quality = QualityRecord(own, reference)
+        file, sha = fp32.name, vm.graphs["vocoder"].sha256
+        if staged is not None:
+            sha = file_sha256(staged)
+            file = variant_file(vm, precision, sha)
+            if not (folder / file).is_file() or file_sha256(folder / file) != sha:
+                files.append((staged, folder / file))
+        graph = GraphInfo("vocoder", file, sha, vm.graphs["vocoder"].inputs, vm.graphs["vocoder"].outputs, precision)
+        res.variants[precision] = Variant(precision, graph, RUNS_ON[precision], quality, recipe)
+        if quality.passed:
+            log.info("voice %s: %s vocoder passed", vm.name, precision)
+        else:
+            log.warning("voice %s: %s vocoder not passed (%s): %s", vm.name, precision, quality.status,
+                        "; ".join(quality.reasons()))
+    return res, files
 
 
 def _build(precision: str, fp32: Path, tmp: Path, calib: list[dict[str, np.ndarray]],
@@ -209,6 +284,14 @@ def _build(precision: str, fp32: Path, tmp: Path, calib: list[dict[str, np.ndarr
     if precision == "bf16":
         return None, {"kind": "openvino INFERENCE_PRECISION_HINT=bf16 on the fp32 graph"}
     out = tmp / f"{fp32.stem}.{precision}.onnx"
+    # ONNX Runtime's quantizer writes a shape-inferred copy next to its input (NAME-inferred.onnx): work
+    # on a link in the staging folder, so that file is never left in the bundle by a kill.
+    src = tmp / f"src-{fp32.name}"
+    try:
+        os.link(fp32, src)
+        fp32 = src
+    except OSError:  # another filesystem: read the original
+        pass
     if precision == "fp16":
         convert_fp16(fp32, out, probe=calib[:2])
         return out, {"kind": "fp16 weights and compute, fp32 inputs/outputs, range-guarded nodes kept fp32"}

@@ -8,7 +8,7 @@ import platform
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from ..runtime.manifest import (
     write_manifest,
 )
 from ..symbols import EncodedUnits, Inventories
-from ..utils import file_sha256, staging_beside, swap_into_place
+from ..utils import clean_beside, file_sha256, staging_beside, swap_into_place, writer_lock
 from . import require_export_extra
 from .exporter import audit_graph, check_graph_parity, export_graph
 from .graphs import GRAPHS
@@ -116,7 +116,9 @@ def staging_dir(out: Path) -> Iterator[Path]:
 
 
 def replace_bundle(tmp: Path, out: Path, force: bool) -> None:
-    """Move the finished bundle ``tmp`` to ``out``; a previous bundle there is removed only once the new one is in.
+    """Move the finished bundle ``tmp`` to ``out``: a previous bundle there is exchanged with it in one
+    atomic step (see :func:`~sambert_deploy.utils.swap_into_place`), so a kill at any instant leaves the
+    old bundle or the new one at ``out``, and removed only once the new one is in.
 
     Graph paths in the manifest are relative to the bundle folder, so the rename keeps it valid.
     """
@@ -205,11 +207,22 @@ def export_model(model_dir: str | Path | None, out: str | Path, voices: list[str
         files = [voice_files(model_dir, v) for v in chosen]
         sample_rate = files[0].sample_rate
     out = Path(out)
+    try:
+        clean_beside(out)  # what killed runs left: a half-done swap rolled back, their staging removed
+    except OSError as e:
+        raise ExportError(f"could not restore {out} from what an interrupted export set aside beside it "
+                          f"({e.strerror}); check permissions on {out.parent}") from None
     check_output(out, options.force)
-    with staging_dir(out) as tmp:
+    with _bundle_lock(out), staging_dir(out) as tmp:
         reports = _export_into(tmp, model_dir, files, sample_rate, options)
         replace_bundle(tmp, out, options.force)
     return ExportReport(out, reports, time.perf_counter() - t0)
+
+
+def _bundle_lock(out: Path) -> AbstractContextManager[None]:
+    """The writer lock of the bundle being replaced (a quantize running on it would write the old
+    bundle's manifest over the new one); a new output has no one else writing it."""
+    return writer_lock(out) if (out / MANIFEST).is_file() else nullcontext()
 
 
 def _export_into(tmp: Path, model_dir: str | Path | None, files: list[VoiceFiles], sample_rate: int,
