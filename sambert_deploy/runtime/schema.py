@@ -293,7 +293,10 @@ def check_opened(voice: VoiceManifest, manifest: Path, opened: Mapping[str, Mapp
             meta = inputs.get(t.name)
             if meta is None:
                 at.fail(f"declares graph {g} with an input '{t.name}' its ONNX file does not have")
-            for i, (axis, dim) in enumerate(zip(t.axes, meta.shape, strict=False)):
+            if len(t.axes) != len(meta.shape):
+                (at / "graphs" / g / "inputs").fail(f"declare '{t.name}' with {len(t.axes)} axes; {spec.file} has "
+                                                    f"{len(meta.shape)}")
+            for i, (axis, dim) in enumerate(zip(t.axes, meta.shape, strict=True)):
                 key = _FIXED_SIZES.get((g, t.name, i)) or (_AXIS_SIZES.get(axis) if isinstance(axis, str) else None)
                 if not isinstance(dim, int) or isinstance(dim, bool):
                     continue  # a dynamic axis: nothing to compare
