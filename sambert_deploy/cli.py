@@ -321,6 +321,9 @@ def symbols(text: str, emotion: str | None, speaker: str, lexicon: Path | None, 
                    "--api-key-file).")
 @click.option("--send-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds a stream may wait for its client to accept bytes before it is cut and its slot freed.")
+@click.option("--park-after", default=0.5, show_default=True, type=click.FloatRange(0, 3600),
+              help="Seconds a stream's send may block (its client not reading) before it lends its slot to the "
+                   "next in line until the client reads again (0: never).")
 @click.option("--header-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds a connection gets to send its request headers.")
 @click.option("--body-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
@@ -338,7 +341,7 @@ def symbols(text: str, emotion: str | None, speaker: str, lexicon: Path | None, 
 @click.option("--max-gpu-memory", help=GPU_MEMORY_HELP)
 @handle_errors
 def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: int, max_input_chars: int,
-          api_key_file: Path | None, api_key: str | None, send_timeout: float, header_timeout: float,
+          api_key_file: Path | None, api_key: str | None, send_timeout: float, park_after: float, header_timeout: float,
           body_timeout: float, max_connections: int, keep_alive: int, shutdown_grace: float, backend: str,
           precision: str, threads: int, max_gpu_memory: str | None) -> None:
     """Serve BUNDLE over HTTP: OpenAI's /v1/audio/speech (streamed), voices, models, health, metrics and a
@@ -379,6 +382,7 @@ def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: in
                      syn.backends(), syn.precisions())
             cfg = ServeConfig(max_concurrent=max_concurrent, max_queue=max_queue, max_input_chars=max_input_chars,
                               api_keys=tuple(keys), load_seconds=loaded, send_timeout_s=send_timeout,
+                              park_after_s=park_after,
                               header_timeout_s=header_timeout, body_timeout_s=body_timeout,
                               max_connections=max_connections, keep_alive_s=keep_alive, shutdown_grace_s=shutdown_grace)
             run(create_app(syn, cfg), cfg, sock)

@@ -531,7 +531,8 @@ def test_a_reader_that_stops_is_cut_and_its_slot_freed(served: object) -> None:
     it is then served, and its time to first audio counts from its arrival (the wait included)."""
     import httpx
 
-    url = served(ServeConfig(max_concurrent=1, max_queue=2, send_timeout_s=1.0))  # type: ignore[operator]
+    # Parking off: this is the cut itself (test_a_reader_that_stops_parks... covers parking).
+    url = served(ServeConfig(max_concurrent=1, max_queue=2, send_timeout_s=1.0, park_after_s=0))  # type: ignore[operator]
     port = int(url.rsplit(":", 1)[1])
     stalled = socket.create_connection(("127.0.0.1", port))
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -555,6 +556,55 @@ def test_a_reader_that_stops_is_cut_and_its_slot_freed(served: object) -> None:
                           if line.startswith("sambert_time_to_first_audio_seconds_sum")))
     assert ttfa_sum >= 1.0 and waited >= 1.0, (ttfa_sum, waited)  # it waited >= the 1 s send timeout
     assert 'outcome="stalled"' in m
+
+
+def test_a_reader_that_stops_parks_and_lends_its_slot(served: object) -> None:
+    """Stalled readers (blocked sends) lend their slots: with one slot and two clients that stopped
+    reading, a normal request is served long before the send timeout; the stalled ones stay connected
+    (parked) and, once they read again, get the rest of their audio, complete."""
+    import httpx
+
+    url = served(ServeConfig(max_concurrent=1, max_queue=4, send_timeout_s=600, park_after_s=0.2))  # type: ignore[operator]
+    port = int(url.rsplit(":", 1)[1])
+    body = {"model": "tts-1", "input": TEXT * 12, "voice": "tiny_emo", "response_format": "pcm"}
+    stalled = []
+    for _ in range(2):
+        s = socket.create_connection(("127.0.0.1", port))  # default buffers: ~6 s of audio fills them
+        s.sendall(_speech_request(body))
+        stalled.append(s)
+    try:
+        assert _until(lambda: _health(url)["streams_parked"] == 2, 60), _health(url)
+        r = httpx.post(url + "/v1/audio/speech", json={"model": "tts-1", "input": TEXT, "voice": "tiny_emo",
+                                                       "response_format": "wav"}, timeout=120)
+        assert r.status_code == 200 and len(r.content) > 44
+        h = _health(url)
+        assert h["streams_parked"] == 2 and h["streams_running"] == 0, h  # nobody was cut
+        whole = httpx.post(url + "/v1/audio/speech", json=body, timeout=120).content
+        for s in stalled:  # they read again: each resumes and completes (chunked body, then its terminator)
+            s.settimeout(60)
+            got = b""
+            while not got.endswith(b"0\r\n\r\n"):
+                data = s.recv(1 << 16)
+                assert data, "the server closed a parked stream"
+                got += data
+            head, _, chunked = got.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert _dechunk(chunked) == whole
+    finally:
+        for s in stalled:
+            s.close()
+    assert _until(lambda: _health(url)["streams_parked"] == 0 and _health(url)["streams_running"] == 0)
+    assert 'outcome="stalled"' not in httpx.get(url + "/metrics").text
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return out
+        out, data = out + data[:size], data[size + 2:]
 
 
 def test_header_timeout_and_connection_cap(served: object) -> None:

@@ -21,16 +21,16 @@ import hmac
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import InvalidInputError, SambertDeployError
 from ..runtime.synthesizer import SPEED_RANGE, SpeechOptions, Synthesizer
+from .admission import Admission, ApiError, Slot, admit, shutting_down
 from .encode import FORMATS, encoder, encoding
 from .metrics import Metrics
 
@@ -61,6 +61,11 @@ class ServeConfig:
     backends: dict[str, Any] = field(default_factory=dict)
     # A stream whose client has accepted no bytes for this long is cut and its slot freed.
     send_timeout_s: float = 30.0
+    # A stream whose send has been blocked this long parks: its slot goes to the next in line until its
+    # client reads again (admission.py). 0: never park. At most max_parked at once (None: max_concurrent
+    # + max_queue).
+    park_after_s: float = 0.5
+    max_parked: int | None = None
     # The whole request body must arrive within this long of the headers.
     body_timeout_s: float = 10.0
     # Enforced by the uvicorn protocol in run.py (ASGI sees no connection before its headers are in):
@@ -70,14 +75,6 @@ class ServeConfig:
     keep_alive_s: int = 5
     # On SIGTERM/SIGINT: running streams get this long to finish; new requests get 503 meanwhile.
     shutdown_grace_s: float = 30.0
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-        self.headers = headers or {}
 
 
 class ClientStalled(Exception):
@@ -92,78 +89,6 @@ def printable(text: str | bytes, limit: int = 200) -> str:
     head = text[:limit]
     out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in head)
     return out + (f"...(+{len(text) - limit} chars)" if len(text) > limit else "")
-
-
-class Admission:
-    """At most ``active`` holders and ``queue`` waiters; beyond that ``acquire`` refuses at once. A
-    waiter that is cancelled (its client left) leaves the queue at once; a released slot is handed to
-    the oldest waiter still there."""
-
-    def __init__(self, active: int, queue: int, retry_after_s: int = 1):
-        self.active, self.queue, self.retry_after_s = active, queue, retry_after_s
-        self.running = 0
-        self.closed = False
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-    @property
-    def idle(self) -> bool:
-        return self.running == 0 and not self._waiters
-
-    def try_acquire(self) -> bool:
-        """Takes a slot if one is free now (no waiting)."""
-        self._check_open()
-        if self.running < self.active and not self._waiters:
-            self.running += 1
-            return True
-        return False
-
-    async def acquire(self) -> None:
-        if self.try_acquire():
-            return
-        if len(self._waiters) >= self.queue:
-            raise ApiError(429, f"server busy: {self.running} streams running and {self.waiting} queued; retry "
-                           "later", "rate_limit_error", code="server_busy",
-                           headers={"Retry-After": str(self.retry_after_s)})
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut  # release() hands its slot over: `running` already counts this holder
-        except BaseException:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.release()  # handed a slot in the same moment we were cancelled: pass it on
-            else:
-                with suppress(ValueError):
-                    self._waiters.remove(fut)
-            raise
-
-    def release(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self.running -= 1
-
-    def close(self) -> None:
-        """Refuses new holders and every waiter (503): the server is shutting down."""
-        self.closed = True
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_exception(_shutting_down())
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise _shutting_down()
-
-
-def _shutting_down() -> ApiError:
-    return ApiError(503, "the server is shutting down; retry on another instance or later", "server_error",
-                    code="shutting_down", headers={"Retry-After": "5", "Connection": "close"})
 
 
 def _error_body(e: ApiError) -> dict[str, Any]:
@@ -231,17 +156,13 @@ class SpeechApp:
         info: dict[str, Any] = {"arrival": t0, "cut": None}
         scope["sambert"] = info
         status = [0]
-        timeout = self.config.send_timeout_s
+        timeout, park_after = self.config.send_timeout_s, self.config.park_after_s
 
         async def guarded_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-            elif message["type"] == "http.response.body" and timeout:
-                try:
-                    await asyncio.wait_for(send(message), timeout)
-                except asyncio.TimeoutError:
-                    info["cut"] = "stalled"
-                    raise ClientStalled from None
+            elif message["type"] == "http.response.body" and (timeout or park_after):
+                await self._send_body(send, message, info)
                 return
             await send(message)
 
@@ -272,9 +193,32 @@ class SpeechApp:
                             printable(path), status[0] or "-", (time.perf_counter() - t0) * 1e3,
                             f" ({info['cut']})" if info["cut"] else "")
 
+    async def _send_body(self, send: Any, message: dict[str, Any], info: dict[str, Any]) -> None:
+        """One body send under the send deadline; a send blocked for ``park_after_s`` parks the
+        request's slot (admission.py) and takes one back once the client has read."""
+        timeout, park_after = self.config.send_timeout_s, self.config.park_after_s
+        task = asyncio.ensure_future(send(message))
+        slot: Slot | None = info.get("slot")
+        parked = False
+        try:
+            waited = 0.0
+            if slot is not None and park_after and (not timeout or park_after < timeout):
+                done, _ = await asyncio.wait({task}, timeout=park_after)
+                waited = park_after
+                parked = not done and slot.park()
+            done, _ = await asyncio.wait({task}, timeout=(timeout - waited) if timeout else None)
+            if not done:
+                info["cut"] = "stalled"
+                raise ClientStalled
+            task.result()
+        finally:
+            task.cancel()  # a no-op once done; else we were cancelled or the client stalled
+        if parked and slot is not None:
+            await slot.resume()
+
     def _refusal(self, scope: dict[str, Any]) -> ApiError | None:
         if self.draining:
-            return _shutting_down()
+            return shutting_down()
         headers = dict(scope["headers"])
         if self._keys:
             # Bytes against the key's UTF-8 bytes: a header decoded as latin-1 never equals a non-ASCII key.
@@ -345,30 +289,6 @@ def _client(scope: dict[str, Any]) -> str:
     return f"{client[0]}:{client[1]}" if client else "-"
 
 
-async def _until_disconnect(receive: Any) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _admit(admission: Admission, receive: Any) -> None:
-    """A slot, or an error; while queued, a client that disconnects gives its place up at once."""
-    if admission.try_acquire():
-        return
-    waiting = asyncio.ensure_future(admission.acquire())
-    gone = asyncio.ensure_future(_until_disconnect(receive))
-    try:
-        await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-    if waiting.done():
-        waiting.result()  # raises 429/503
-        return
-    waiting.cancel()
-    with suppress(asyncio.CancelledError):
-        await waiting
-    raise ApiError(499, "the client closed the connection while queued", code="client_gone")
-
-
 def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> SpeechApp:
     """The ASGI app. ``synth`` is shared by every request; the caller owns (and closes) it."""
     try:
@@ -391,7 +311,8 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> SpeechA
     cfg = config or ServeConfig()
     metrics = Metrics()
     metrics.load_seconds = cfg.load_seconds
-    admission = Admission(cfg.max_concurrent, cfg.max_queue, cfg.retry_after_s)
+    max_parked = cfg.max_parked if cfg.max_parked is not None else cfg.max_concurrent + cfg.max_queue
+    admission = Admission(cfg.max_concurrent, cfg.max_queue, cfg.retry_after_s, max_parked)
     # Codec work (mp3, opus, flac, aac) off the event loop: one worker per stream that can run.
     pool = ThreadPoolExecutor(max_workers=cfg.max_concurrent, thread_name_prefix="sambert-encode")
     warned_instructions: list[bool] = []
@@ -476,6 +397,7 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> SpeechA
                 # What each voice opened on, with every fallback taken (as `sambert-deploy info` prints it).
                 "placement": {k: o.to_json() for k, o in synth.opened().items()},
                 "streams_running": admission.running, "streams_queued": admission.waiting,
+                "streams_parked": admission.parked,
                 # The memory tier where a stage runs on a GPU (None on a CPU-only server).
                 "gpu_plan": asdict(synth.gpu_plan) if synth.gpu_plan is not None else None}
         # A load balancer stops sending here as soon as a shutdown starts.
@@ -483,7 +405,7 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> SpeechA
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> PlainTextResponse:
-        metrics.running, metrics.queued = admission.running, admission.waiting
+        metrics.running, metrics.queued, metrics.parked = admission.running, admission.waiting, admission.parked
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
@@ -528,7 +450,8 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> SpeechA
         except InvalidInputError as e:
             raise ApiError(400, str(e), param=e.param) from None
         info = request.scope.get("sambert") or {"arrival": time.perf_counter(), "cut": None}
-        await _admit(admission, request.receive)
+        slot = await admit(admission, request.receive)
+        info["slot"] = slot
         stream = None
         try:
             # The first chunk before the response starts: an error found by then is still a clean 4xx.
@@ -540,12 +463,12 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> SpeechA
         except BaseException as e:
             if stream is not None:
                 stream.close()
-            admission.release()
+            slot.release()
             if isinstance(e, SambertDeployError):
                 raise ApiError(400, str(e), param=getattr(e, "param", None)) from None
             raise
         enc = encoding(fmt, synth.sample_rate, req.sample_rate)
-        body = _body(stream, first, enc, synth.sample_rate, req.stream_format == "sse", request, admission,
+        body = _body(stream, first, enc, synth.sample_rate, req.stream_format == "sse", request, slot,
                      metrics, info, fmt, len(req.input), None if fmt in INLINE_FORMATS else pool)
         headers = {"X-Sample-Rate": str(enc.sample_rate), "X-Model": req.model, "Cache-Control": "no-store"}
         media = "text/event-stream" if req.stream_format == "sse" else enc.content_type
@@ -554,7 +477,7 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> SpeechA
     return service
 
 
-async def _body(stream: Any, first: Any, enc: Any, model_rate: int, sse: bool, request: Any, admission: Admission,
+async def _body(stream: Any, first: Any, enc: Any, model_rate: int, sse: bool, request: Any, slot: Slot,
                 metrics: Metrics, info: dict[str, Any], fmt: str, chars: int,
                 pool: ThreadPoolExecutor | None) -> AsyncIterator[bytes]:
     g = encoder(enc, model_rate)
@@ -610,7 +533,7 @@ async def _body(stream: Any, first: Any, enc: Any, model_rate: int, sse: bool, r
             running[0].add_done_callback(lambda _: g.close())
         else:
             g.close()
-        admission.release()
+        slot.release()
         wall = time.perf_counter() - t0
         audio = samples / model_rate
         metrics.observe(outcome, fmt, ttfa, wall / audio if audio else None, audio)

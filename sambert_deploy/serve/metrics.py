@@ -42,6 +42,7 @@ class Metrics:
         self.audio_seconds = 0.0
         self.running = 0
         self.queued = 0
+        self.parked = 0
         self.load_seconds = 0.0
 
     def observe(self, outcome: str, fmt: str, ttfa: float | None, rtf: float | None, audio_s: float) -> None:
@@ -79,6 +80,8 @@ class Metrics:
                     f"sambert_streams_in_flight {self.running}",
                     "# HELP sambert_streams_queued Streams waiting for a slot.", "# TYPE sambert_streams_queued gauge",
                     f"sambert_streams_queued {self.queued}",
+                    "# HELP sambert_streams_parked Streams whose client is not reading, their slot lent out.",
+                    "# TYPE sambert_streams_parked gauge", f"sambert_streams_parked {self.parked}",
                     "# HELP sambert_load_seconds Time to load the voices at start-up.",
                     "# TYPE sambert_load_seconds gauge", f"sambert_load_seconds {self.load_seconds:.3f}"]
             return "\n".join(out) + "\n"
