@@ -52,7 +52,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [exe, "-q", "serve", str(bundle), "--port", str(self.port), "--max-concurrent", "2", "--max-queue", "4",
-               "--send-timeout", str(args.send_timeout)]
+               "--send-timeout", str(args.send_timeout), "--park-after", str(args.park_after)]
         self.log = open(args.log, "wb") if args.log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
         import httpx
@@ -277,6 +277,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=300.0, help="length of the soak (c)")
     ap.add_argument("--only", default="a,b,c", help="which parts to run (a, b, c)")
     ap.add_argument("--send-timeout", type=float, default=30.0, help="the server's --send-timeout")
+    ap.add_argument("--park-after", type=float, default=0.5, help="the server's --park-after (0: never park)")
     ap.add_argument("--log", help="write the server's log here")
     args = ap.parse_args()
     parts = set(args.only.split(","))

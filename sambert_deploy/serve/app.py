@@ -71,7 +71,7 @@ class ServeConfig:
     # Enforced by the uvicorn protocol in run.py (ASGI sees no connection before its headers are in):
     header_timeout_s: float = 10.0
     max_connections: int = 256
-    send_buffer_bytes: int = 64 * 1024  # per connection, in the kernel (0: the kernel's autotuning)
+    send_buffer_bytes: int = 16 * 1024  # per connection, in the kernel (0: the kernel's autotuning)
     keep_alive_s: int = 5
     # On SIGTERM/SIGINT: running streams get this long to finish; new requests get 503 meanwhile.
     shutdown_grace_s: float = 30.0

@@ -73,6 +73,9 @@ def guarded_protocol(header_timeout_s: float, max_connections: int, send_buffer_
                 # Linux grows a send buffer to 4 MB on loopback: two minutes of PCM a client that stopped
                 # reading would be sent before a send blocks and the send timeout can start counting.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
+                # asyncio's own buffer in front of it (64 KiB by default) is as much again: a stalled
+                # client is seen (its send blocks, it parks) only once both are full.
+                transport.set_write_buffer_limits(high=max(send_buffer_bytes // 4, 4096))
             self._arm()
             if len(self.connections) > max_connections:
                 idle = [c for c in self.connections
