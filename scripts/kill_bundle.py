@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -120,7 +121,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tiny", help="'tiny' (the test fixtures, two voices) or a ModelScope model dir")
     ap.add_argument("--voices", nargs="*", default=["zhitian_emo"], help="voices to export from --model")
-    ap.add_argument("--runs", type=int, default=20, help="kills per kind of run")
+    ap.add_argument("--runs", type=int, default=20, help="kills per kind of run (runs that end first are extra)")
     ap.add_argument("--kinds", default="quantize,export")
     ap.add_argument("--seed", type=int, default=19)
     ap.add_argument("--work", type=Path, help="working folder (default: a temp folder, removed)")
@@ -133,17 +134,22 @@ def main() -> int:
         model, base, voices, symbols = setup(args, work)
         corpus = work / "corpus_b.txt"
         for kind in args.kinds.split(","):
-            duration = measure(kind, base, model, corpus, voices, work)
-            print(f"\n{kind}: a complete run takes {duration:.1f} s (the CLI process, start to exit); "
-                  f"{args.runs} kills at uniform random delays in [0, {duration:.1f}] s; model {args.model}, "
+            # The machine is shared, so a run's duration drifts: each kill is placed at a uniform random
+            # fraction of the median of every complete run seen so far (the one after each kill included).
+            durations = [measure(kind, base, model, corpus, voices, work)]
+            print(f"\n{kind}: a complete run took {durations[0]:.1f} s (the CLI process, start to exit); {args.runs} "
+                  f"kills at a uniform random fraction of the median complete run so far; model {args.model}, "
                   f"{len(voices)} voice(s)")
             print(f"{'#':>3} {'kill at':>8} {'of run':>7} {'outcome':>9} {'opens':>6} {'voices ok':>10} "
                   f"{'staging after kill':>19} {'stale left':>11}  problems")
-            for i in range(1, args.runs + 1):
+            kills, i = 0, 0
+            while kills < args.runs:  # a run that ends before its kill is checked and listed, not counted
+                i += 1
                 case = work / kind / f"run{i}"
                 shutil.rmtree(case, ignore_errors=True)
                 bundle = case / "bundle"
                 shutil.copytree(base, bundle)
+                duration = statistics.median(durations)
                 delay = rng.uniform(0, duration)
                 p = subprocess.Popen([*CLI, *run_args(kind, bundle, model, corpus, voices)], cwd=REPO,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -156,12 +162,15 @@ def main() -> int:
                     p.send_signal(signal.SIGKILL)
                     p.wait()
                     outcome = "killed"
+                    kills += 1
                 at = time.perf_counter() - t0
                 after_kill = len(leftovers(bundle))
                 opens, ok, bad = usable(bundle, voices, symbols, case)
                 stale = ["(not checked: unusable)"]
                 if opens and not bad:
+                    t1 = time.perf_counter()
                     r = cli(*run_args(kind, bundle, model, corpus, voices), check=False)
+                    durations.append(time.perf_counter() - t1)
                     stale = leftovers(bundle) if r.returncode == 0 else [f"next run failed: {r.stderr.strip()[-300:]}"]
                 problems = bad + stale
                 failed |= bool(problems) or not opens
