@@ -785,3 +785,14 @@ def _alive(url: str) -> bool:
         return httpx.get(url + "/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_metrics_report_the_event_loop_lag(synth: Synthesizer) -> None:
+    """The loop watches itself: its lag histogram fills while the app runs, and the worst lag is a gauge."""
+    with TestClient(create_app(synth, ServeConfig())) as c:
+        def watched() -> bool:
+            text = c.get("/metrics").text
+            count = next(line for line in text.splitlines() if line.startswith("sambert_event_loop_lag_seconds_count"))
+            return float(count.split()[1]) > 0 and "sambert_event_loop_lag_max_seconds " in text
+
+        assert _until(watched, 10)

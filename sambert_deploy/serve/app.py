@@ -345,8 +345,12 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> SpeechA
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
-        yield
-        pool.shutdown(wait=False, cancel_futures=True)
+        watch = asyncio.ensure_future(_watch_loop(metrics))
+        try:
+            yield
+        finally:
+            watch.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="sambert-deploy", version=_version(), docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.state.synth, app.state.metrics, app.state.admission = synth, metrics, admission
@@ -541,6 +545,15 @@ async def _body(stream: Any, first: Any, enc: Any, model_rate: int, sse: bool, r
         log.info("speech %s: %s, %.2f s audio in %.2f s, first audio %s (synthesizer %s)", fmt, outcome, audio, wall,
                  f"{ttfa * 1e3:.0f} ms" if ttfa is not None else "-",
                  f"{synth_first * 1e3:.0f} ms" if synth_first is not None else "-")
+
+
+async def _watch_loop(metrics: Metrics, period: float = 0.05) -> None:
+    """The event loop's own lag, for /metrics: whatever blocks the loop (or starves its thread of CPU)
+    delays every request, /health included; a client's ping time alone cannot tell the two apart."""
+    while True:
+        t = time.perf_counter()
+        await asyncio.sleep(period)
+        metrics.observe_lag(max(time.perf_counter() - t - period, 0.0))
 
 
 def _sse_delta(data: bytes) -> bytes:

@@ -7,6 +7,7 @@ import threading
 from collections import defaultdict
 
 TTFA_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 RTF_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
 
 
@@ -39,6 +40,8 @@ class Metrics:
         self.responses: dict[tuple[str, int], int] = defaultdict(int)
         self.ttfa = _Histogram(TTFA_BUCKETS)
         self.rtf = _Histogram(RTF_BUCKETS)
+        self.loop_lag = _Histogram(LAG_BUCKETS)
+        self.loop_lag_max = 0.0
         self.audio_seconds = 0.0
         self.running = 0
         self.queued = 0
@@ -61,6 +64,11 @@ class Metrics:
         with self._lock:
             self.responses[(route, status)] += 1
 
+    def observe_lag(self, lag: float) -> None:
+        with self._lock:
+            self.loop_lag.observe(lag)
+            self.loop_lag_max = max(self.loop_lag_max, lag)
+
     def render(self) -> str:
         with self._lock:
             out = ["# HELP sambert_http_responses_total Every HTTP response, by route and status (0: none sent).",
@@ -74,6 +82,11 @@ class Metrics:
             out += self.ttfa.render("sambert_time_to_first_audio_seconds",
                                     "From the request's arrival (queueing included) to the first audio chunk, in seconds.")
             out += self.rtf.render("sambert_real_time_factor", "Wall time over audio time per request.")
+            out += self.loop_lag.render("sambert_event_loop_lag_seconds",
+                                        "How late the event loop ran a 50 ms timer (a busy loop delays every request).")
+            out += ["# HELP sambert_event_loop_lag_max_seconds The worst event-loop lag since start.",
+                    "# TYPE sambert_event_loop_lag_max_seconds gauge",
+                    f"sambert_event_loop_lag_max_seconds {self.loop_lag_max:.6f}"]
             out += ["# HELP sambert_audio_seconds_total Audio produced, in seconds.",
                     "# TYPE sambert_audio_seconds_total counter", f"sambert_audio_seconds_total {self.audio_seconds:.3f}",
                     "# HELP sambert_streams_in_flight Streams synthesizing now.", "# TYPE sambert_streams_in_flight gauge",
