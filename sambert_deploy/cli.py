@@ -351,7 +351,7 @@ def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: in
 
     try:
         from .serve.app import ServeConfig, create_app
-        from .serve.run import bind, exposure_warning, run
+        from .serve.run import bind, exposure_warning, run, warm_up
     except ImportError as e:
         raise MissingExtraError(e.name or "fastapi", "serve") from None
     # Cheap checks before the load: an empty key would silently serve without auth.
@@ -380,6 +380,8 @@ def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: in
             loaded = syn.load("*")
             log.info("loaded %d voice(s) in %.2f s; backends %s; vocoder precision %s", len(syn.voices()), loaded,
                      syn.backends(), syn.precisions())
+            log.info("warmed up in %.2f s (a short stream per voice and codec; start-up objects frozen for the GC)",
+                     warm_up(syn))
             cfg = ServeConfig(max_concurrent=max_concurrent, max_queue=max_queue, max_input_chars=max_input_chars,
                               api_keys=tuple(keys), load_seconds=loaded, send_timeout_s=send_timeout,
                               park_after_s=park_after,

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from _http import start_server, timed_speech  # scripts/ is on sys.path when a script runs
 
 # 200 characters of ordinary prose with punctuation (several sentences, so several chunks).
 TEXT = ("今天天气很好，阳光明媚，微风轻轻地吹过湖面。我们一家人决定去公园散步，顺便带上相机拍几张照片。"
@@ -34,18 +33,7 @@ TARGET_MS = 50.0
 
 def once(client: object, url: str, voice: str, fmt: str) -> tuple[float, float, int]:
     """(first byte s, total s, bytes) of one request on a kept-alive client."""
-    body = {"model": "tts-1", "input": TEXT, "voice": voice, "response_format": fmt}
-    t0 = time.perf_counter()
-    first = None
-    n = 0
-    with client.stream("POST", url + "/v1/audio/speech", json=body) as r:  # type: ignore[attr-defined]
-        r.raise_for_status()
-        for b in r.iter_raw():
-            if first is None and b:
-                first = time.perf_counter() - t0
-            n += len(b)
-    total = time.perf_counter() - t0
-    return first if first is not None else total, total, n
+    return timed_speech(client, url, {"model": "tts-1", "input": TEXT, "voice": voice, "response_format": fmt})
 
 
 def commit() -> str:
@@ -69,22 +57,8 @@ def main() -> None:
         sys.exit(f"no bundle at {a.bundle}: run `make demo` first (or pass --bundle)")
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = shutil.which("sambert-deploy", path=str(Path(sys.executable).parent)) or "sambert-deploy"
-    server = subprocess.Popen([exe, "serve", a.bundle, "--port", str(port), "--max-concurrent", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(a.bundle, "--max-concurrent", "1")
     try:
-        for _ in range(1200):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            sys.exit("the server did not answer /health within 2 minutes")
         print(f"{datetime.date.today()}, commit {commit()}, bundle {a.bundle}, {os.cpu_count()} CPUs, "
               f"{len(TEXT)} characters, median of {a.repeat} rounds (each round every format once)")
         with httpx.Client(timeout=600) as client:

@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from _http import start_server, timed_speech  # scripts/ is on sys.path when a script runs
 
 SENTENCE = "一个开源的语音合成工具，把声学模型和声码器从训练检查点导出成小而快的部署版本。"
 
@@ -38,20 +37,10 @@ def text_of(units: int) -> str:
 
 
 def http_once(h: object, url: str, voice: str, text: str) -> tuple[float, float, float]:
-    """One request on a kept-alive client (building an httpx.Client loads its CA bundle: tens of ms
-    that are the client's, not the server's)."""
-    body = {"model": "tts-1", "input": text, "voice": voice, "response_format": "pcm"}
-    t0 = time.perf_counter()
-    first = None
-    n = 0
-    with h.stream("POST", url + "/v1/audio/speech", json=body) as r:  # type: ignore[attr-defined]
-        r.raise_for_status()
-        for b in r.iter_bytes():
-            if first is None and b:
-                first = time.perf_counter() - t0
-            n += len(b)
-    total = time.perf_counter() - t0
-    return first or total, total, n / 2 / 16000
+    """(first byte s, total s, audio s) of one pcm request (s16le at 16 kHz)."""
+    first, total, n = timed_speech(h, url, {"model": "tts-1", "input": text, "voice": voice,
+                                            "response_format": "pcm"})
+    return first, total, n / 2 / 16000
 
 
 def local_once(syn: object, voice: str, text: str) -> tuple[float, float, float]:
@@ -78,12 +67,7 @@ def main() -> None:
     a = ap.parse_args()
     if not Path(a.bundle, "manifest.json").is_file():
         sys.exit(f"no bundle at {a.bundle}: run `make demo` first (or pass --bundle)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = shutil.which("sambert-deploy", path=str(Path(sys.executable).parent)) or "sambert-deploy"
-    server = subprocess.Popen([exe, "serve", a.bundle, "--port", str(port), "--max-concurrent", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server, url = start_server(a.bundle, "--max-concurrent", "1", capture_log=True)
     synth_firsts: list[float] = []
 
     def read_log() -> None:
@@ -94,16 +78,9 @@ def main() -> None:
                 synth_firsts.append(float(m.group(1)) / 1e3)
 
     threading.Thread(target=read_log, daemon=True).start()
-    url = f"http://127.0.0.1:{port}"
     try:
         import httpx
 
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         from sambert_deploy import Synthesizer
 
         # The server process has the whole machine to itself while it is measured, and so does this one:

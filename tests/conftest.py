@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
@@ -121,3 +123,40 @@ def tiny_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         export_model(d, b, options=ExportOptions(gate_units=(1, 37)))
         out[variant] = b
     return out
+
+
+@contextlib.contextmanager
+def uvicorn_on_loopback(app: object) -> Iterator[str]:
+    """A plain uvicorn serving ``app`` in a thread on a free loopback port; yields its base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(10)
+
+
+@pytest.fixture(scope="module")
+def served_synth(tiny_bundles: dict[str, Path]) -> Iterator[object]:
+    """The tiny causal voice as the HTTP tests serve it: CPU, 16-frame vocoder windows, loaded."""
+    from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
+
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=StreamOptions(vocoder_chunk=16)) as s:
+        s.load("*")
+        yield s

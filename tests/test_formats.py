@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 import subprocess
-import threading
-import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from .conftest import missing, need_module
+from .conftest import missing, need_module, uvicorn_on_loopback
 
 need_module("av", "the serve extra (pip install -e '.[serve]')")
 need_module("soxr", "the serve extra (pip install -e '.[serve]')")
@@ -226,36 +222,17 @@ TEXT = "今天天气很好。我们去公园散步吧！"
 
 
 @pytest.fixture(scope="module")
-def synth(tiny_bundles: dict[str, Path]) -> Iterator[object]:
-    from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
-
-    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=StreamOptions(vocoder_chunk=16)) as s:
-        s.load("*")
-        yield s
+def synth(served_synth: object) -> object:
+    return served_synth
 
 
 @pytest.fixture(scope="module")
 def live(synth: object) -> Iterator[str]:
     need_module("fastapi", "the serve extra (pip install -e '.[serve]')")
-    import uvicorn
-
     from sambert_deploy.serve.app import ServeConfig, create_app
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = uvicorn.Server(uvicorn.Config(create_app(synth, ServeConfig(max_concurrent=2, max_queue=4)),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    for _ in range(500):
-        if server.started:
-            break
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    t.join(10)
+    with uvicorn_on_loopback(create_app(synth, ServeConfig(max_concurrent=2, max_queue=4))) as url:
+        yield url
 
 
 @pytest.mark.parametrize("fmt", COMPRESSED)

@@ -16,14 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import missing, need_module
+from .conftest import missing, need_module, uvicorn_on_loopback
 
 need_module("fastapi", "the serve extra (pip install -e '.[serve]')")
 need_module("httpx", "the dev extra (pip install -e '.[dev]')")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer  # noqa: E402
+from sambert_deploy.runtime.synthesizer import Synthesizer  # noqa: E402
 from sambert_deploy.serve.app import ServeConfig, create_app  # noqa: E402
 from sambert_deploy.serve.encode import FORMATS  # noqa: E402
 
@@ -31,10 +31,8 @@ TEXT = "今天天气很好。我们去公园散步吧！"
 
 
 @pytest.fixture(scope="module")
-def synth(tiny_bundles: dict[str, Path]) -> Iterator[Synthesizer]:
-    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=StreamOptions(vocoder_chunk=16)) as s:
-        s.load("*")
-        yield s
+def synth(served_synth: Synthesizer) -> Synthesizer:
+    return served_synth
 
 
 @pytest.fixture(scope="module")
@@ -178,23 +176,8 @@ def test_api_key(synth: Synthesizer) -> None:
 
 @pytest.fixture(scope="module")
 def live(synth: Synthesizer) -> Iterator[str]:
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = uvicorn.Server(uvicorn.Config(create_app(synth, ServeConfig(max_concurrent=2, max_queue=2)),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    t.join(10)
+    with uvicorn_on_loopback(create_app(synth, ServeConfig(max_concurrent=2, max_queue=2))) as url:
+        yield url
 
 
 def test_openai_client(live: str, synth: Synthesizer) -> None:
@@ -796,3 +779,18 @@ def test_metrics_report_the_event_loop_lag(synth: Synthesizer) -> None:
             return float(count.split()[1]) > 0 and "sambert_event_loop_lag_max_seconds " in text
 
         assert _until(watched, 10)
+
+
+def test_warm_up_runs_each_voice_and_freezes_startup_objects(synth: Synthesizer) -> None:
+    """serve's warm-up: every voice has streamed once (its front end built), and what is alive then
+    is out of the collector's reach (a full collection no longer walks the dictionaries)."""
+    import gc
+
+    from sambert_deploy.serve.run import warm_up
+
+    try:
+        warm_up(synth)
+        assert gc.get_freeze_count() > 10000
+        assert all("" in synth.front_ends().get(v, ()) for v in synth.voices()), synth.front_ends()
+    finally:
+        gc.unfreeze()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -216,11 +215,11 @@ def write_manifest(root: Path, sample_rate: int, mel: dict[str, Any], voices: li
     data = {"schema_version": SCHEMA_VERSION, "model_type": MODEL_TYPE, "sample_rate": sample_rate, "mel": mel,
             "default_voice": voices[0].name, "voices": {v.name: voice_to_json(v) for v in voices},
             "provenance": provenance}
+    from ..utils import write_atomic
+
     path = root / MANIFEST
-    # Temp file, then a rename: a reader (or a crash) never sees half a manifest.
-    tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), "utf-8")
-    os.replace(tmp, path)
+    # Flushed temp file, then a flushed rename: a reader, or a crash, never sees half a manifest.
+    write_atomic(path, json.dumps(data, indent=1, ensure_ascii=False).encode("utf-8"))
     return path
 
 
