@@ -618,3 +618,14 @@ def test_real_engine_matches_cpu(tiny_bundles: dict[str, Path], tmp_path: Path) 
             Synthesizer(b, backend="tensorrt", strict=True, options=SMALL) as gpu:
         a, g = cpu.synthesize(symbols=sym), gpu.synthesize(symbols=sym)
     assert a.shape == g.shape and float(np.abs(a - g).max()) < 1e-4
+
+
+def test_engine_named_by_precision_whatever_the_variant_file() -> None:
+    """A re-quantized variant's content-addressed file keeps its precision's engine name, so an engine
+    built from the replaced file is found (and refused by its sidecar) rather than silently ignored."""
+    from sambert_deploy.runtime.backends.sidecar import engine_path
+
+    names = {f: engine_path("B", "v", f).name for f in
+             ("vocoder.onnx", "vocoder.fp16.onnx", "vocoder.int8.onnx", "vocoder.int8.2ec9e0923db119b7.onnx")}
+    assert names == {"vocoder.onnx": "vocoder.plan", "vocoder.fp16.onnx": "vocoder.fp16.plan",
+                     "vocoder.int8.onnx": "vocoder.int8.plan", "vocoder.int8.2ec9e0923db119b7.onnx": "vocoder.int8.plan"}

@@ -24,9 +24,17 @@ SIDECAR_FORMAT = 1
 
 
 def engine_path(root: str | Path, voice: str, onnx_file: str) -> Path:
-    """``BUNDLE/engines/<voice>/<graph file stem>.plan``: one engine per graph file and precision
-    (``vocoder.plan``, ``vocoder.fp16.plan``, ``vocoder.int8.plan``)."""
-    return Path(root) / ENGINES_DIR / voice / (Path(onnx_file).stem + ".plan")
+    """``BUNDLE/engines/<voice>/<graph file stem>.plan``: one engine per graph and precision
+    (``vocoder.plan``, ``vocoder.fp16.plan``, ``vocoder.int8.plan``).
+
+    A variant quantized again over a live one is written as ``vocoder.int8.<sha16>.onnx`` (quantize's
+    transaction); its engine keeps the precision's name, so the engine built from the old file is
+    found and refused by its sidecar (naming the rebuild), never silently passed over."""
+    stem = Path(onnx_file).stem
+    head, _, tail = stem.rpartition(".")
+    if head.count(".") >= 1 and len(tail) == 16 and all(c in "0123456789abcdef" for c in tail):
+        stem = head
+    return Path(root) / ENGINES_DIR / voice / (stem + ".plan")
 
 
 def sidecar_path(engine: Path) -> Path:
