@@ -88,13 +88,13 @@ def test_info_backends_and_health_agree_under_forced_fallbacks(two_voices: Path,
     from sambert_deploy.serve.app import ServeConfig, create_app
 
     def refuse(what: str) -> Any:
-        def _open(self: Any) -> Any:
+        def open_(self: Any) -> Any:  # what the runtime calls to open a backend: it fails
             raise BackendUnavailableError(f"{what} cannot start here")
-        return _open
+        return open_
 
     monkeypatch.setattr(placement, "available_backends", lambda: ["cuda", "openvino", "cpu"])
-    monkeypatch.setattr(backends.OrtCudaBackend, "_open", refuse("CUDA EP"))
-    monkeypatch.setattr(backends.OpenVinoBackend, "_open", refuse("OpenVINO"))
+    monkeypatch.setattr(backends.OrtCudaBackend, "open", refuse("CUDA EP"))
+    monkeypatch.setattr(backends.OpenVinoBackend, "open", refuse("OpenVINO"))
     info = _info_lines(two_voices)
     with Synthesizer(two_voices, options=StreamOptions(vocoder_chunk=8, postnet_chunk=8)) as syn:
         assert syn.placement.am_backend == "cuda"  # planned; what opened is below

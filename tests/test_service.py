@@ -314,7 +314,7 @@ def test_auto_falls_back_when_a_listed_provider_cannot_open(tiny_bundles: dict[s
         raise BackendUnavailableError(f"{self.path}: the CUDA execution provider could not start (no driver)")
 
     monkeypatch.setattr(placement, "available_backends", lambda: ["cuda", "cpu"])  # listed: onnxruntime-gpu
-    monkeypatch.setattr(backends.OrtCudaBackend, "_open", no_driver)
+    monkeypatch.setattr(backends.OrtCudaBackend, "open", no_driver)
     with Synthesizer(tiny_bundles["causal"], backend="auto", options=SMALL) as syn:
         assert syn.synthesize(symbols=symbol_units(5)).size
         assert syn.backends() == {syn.default_voice: ("cpu", "cpu")}

@@ -580,13 +580,13 @@ def test_fallback_order_with_listed_providers_that_fail_to_open(tiny_bundles: di
     """TensorRT listed (no engine for this voice), CUDA EP listed (no driver), OpenVINO listed (fails to
     compile): the vocoder ends on the CPU EP, each step logged with its reason, in that order."""
     def refuse(what: str) -> Any:
-        def _open(self: Any) -> Any:
+        def open_(self: Any) -> Any:  # what the runtime calls to open a backend: it fails
             raise BackendUnavailableError(f"{what} cannot start here")
-        return _open
+        return open_
 
     _listed(monkeypatch, ["tensorrt", "cuda", "openvino", "cpu"])
-    monkeypatch.setattr(backends.OrtCudaBackend, "_open", refuse("CUDA EP"))
-    monkeypatch.setattr(backends.OpenVinoBackend, "_open", refuse("OpenVINO"))
+    monkeypatch.setattr(backends.OrtCudaBackend, "open", refuse("CUDA EP"))
+    monkeypatch.setattr(backends.OpenVinoBackend, "open", refuse("OpenVINO"))
     with Synthesizer(tiny_bundles["causal"], backend="auto", options=SMALL, precision="fp32") as syn:
         assert (syn.placement.am_backend, syn.placement.voc_backend) == ("cuda", "tensorrt")
         assert syn.synthesize(symbols=symbol_units(8)).size
