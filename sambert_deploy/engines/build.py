@@ -19,8 +19,6 @@ way on every machine.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from ..runtime.manifest import PRECISIONS, GraphInfo, Manifest, VoiceManifest, r
 from ..runtime.placement import HostFacts, PlacementRequest, plan_placement
 from ..runtime.precision import passed_variant
 from ..runtime.synthesizer import StreamOptions
+from ..utils import write_atomic
 from .profiles import derive_profile, vocoder_axes
 
 log = logging.getLogger(__name__)
@@ -233,21 +232,11 @@ def _build_one(job: EngineJob, o: EngineOptions, device: DeviceInfo, cache_file:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file beside ``path`` and rename it into place: a user's previous engine (or cache)
-    stays whole if the build is interrupted."""
+    """A user's previous engine (or cache) stays whole if the build is interrupted (utils.write_atomic:
+    a temp file beside it, flushed, renamed into place; the temp file keeps the umask's permissions, so
+    a service running as another user can read the engine)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        # mkstemp makes it 0600: a service running as another user must still read the engine.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)
 
 
 def describe(built: list[BuiltEngine]) -> list[str]:
