@@ -188,9 +188,16 @@ def _sub_dates(text: str) -> str:
         return f"{digits_reading(m.group(1))}年{cardinal(m.group(2), False)}月"
 
     text = re.sub(r"(?<![\d.])(\d{4})[-/](0?[1-9]|1[0-2])(?![\d/-])(?=\s*[^\d])", ym, text)
-    # years: 4 digits (or 2) followed by 年 are read digit by digit; 1990s style ranges handled by the 年 rule
+    # years are read digit by digit: any number after 公元(前); 4 digits before 年 (2023年度, 2015年间);
+    # 2 digits only where a year is the likely reading (08年, 98年, 12年3月): 工作10年 is a duration
     text = re.sub(
-        r"(?<![\d.])(\d{2}|\d{4})(?=\s*年(?!代|龄|级|纪|限|薪|均|度|初|末|底|中|间))",
+        r"(?<=公元)(前?)(\d{1,4})(?=\s*年)", lambda m: m.group(1) + digits_reading(m.group(2)), text
+    )
+    text = re.sub(
+        r"(?<![\d.])(\d{4})(?=\s*年(?!代|龄|级|纪|限|薪|均))", lambda m: digits_reading(m.group(1)), text
+    )
+    text = re.sub(
+        r"(?<![\d.])(0\d|[6-9]\d|\d{2}(?=\s*年\d{1,2}月))(?=\s*年(?!代|龄|级|纪|限|薪|均|度|初|末|底|中|间))",
         lambda m: digits_reading(m.group(1)),
         text,
     )
@@ -319,8 +326,9 @@ def _number_word(s: str, next_char: str = "") -> str:
 
 # Measure words after which a standalone 2 is read 两 (两个, 两只); plus the big units.
 _LIANG_BEFORE = set(
-    "个只条位名台辆件本张次天年岁月周种家所把匹头架座层项场间部首双对片枚颗棵株支根块门份批组套轮节句声下倍万亿千百"
-)
+    "个只条位名台辆件本张次天年岁周种家所把匹头架座层项场间部首双对片枚颗棵株支根块门份批组套轮节句声下倍万亿千百点"
+)  # not 月: 2月 is February (两个月 has 个)
+_LIANG_BEFORE_WORDS = ("小时", "公里", "公斤", "公顷", "分钟", "秒钟")
 
 
 def _sub_numbers(text: str) -> str:
@@ -340,20 +348,27 @@ def _sub_numbers(text: str) -> str:
             return "点".join(cardinal(p, False) for p in s.split("."))
         if "." in s:
             return decimal(s)
-        nxt = text[m.end() : m.end() + 1]
-        if s == "2" and nxt and nxt in _LIANG_BEFORE:
+        nxt = text[m.end() : m.end() + 2]
+        if s == "2" and nxt and (nxt[0] in _LIANG_BEFORE or nxt.startswith(_LIANG_BEFORE_WORDS)):
             return "两"
         return cardinal(s, liang=True)
 
     return re.sub(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)*", num, text)
 
 
+# Left operand of a math sign: a digit (a space may follow) or a letter right before it ('tel +86' is no sum).
+_LEFT = r"(?:(?<=\d)\s?|(?<=[A-Za-z]))"
 _SYMBOL_WORDS = [
     (re.compile(r"(?<=\d)\s?[xX×*]\s?(?=\d)"), "乘"),
     (re.compile(r"(?<=\d)\s?÷\s?(?=\d)"), "除以"),
-    (re.compile(r"(?<=\d)\s?\+\s?(?=\d)"), "加"),
-    (re.compile(r"(?<=\d)\s?=\s?(?=\d|负)"), "等于"),
-    (re.compile(r"(?<=\d)\s?[><]\s?(?=\d)"), ""),  # rare; left to the number rules
+    (re.compile(rf"{_LEFT}\+\s?(?=\d|[A-Za-z]\b)"), "加"),
+    # a difference before '=' (8-3=5) is a subtraction, not a range
+    (re.compile(rf"{_LEFT}-\s?(?=\d+(?:\.\d+)?\s?=)"), "减"),
+    (re.compile(rf"{_LEFT}=\s?(?=[\dA-Za-z]|负|-)"), "等于"),
+    (re.compile(rf"{_LEFT}(?:≥|>=)\s?(?=[\dA-Za-z-])"), "大于等于"),
+    (re.compile(rf"{_LEFT}(?:≤|<=)\s?(?=[\dA-Za-z-])"), "小于等于"),
+    (re.compile(rf"{_LEFT}>\s?(?=[\dA-Za-z-])"), "大于"),
+    (re.compile(rf"{_LEFT}<\s?(?=[\dA-Za-z-])"), "小于"),
     (re.compile(r"℃"), "摄氏度"),
     (re.compile(r"&"), "和"),
     (re.compile(r"@"), " at "),
