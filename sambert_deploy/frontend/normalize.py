@@ -167,6 +167,7 @@ _PHONE_CONTEXT = (
     "座机",
     "呼叫",
     "短信",
+    "拨",
     "联系方式",
     "tel",
     "Tel",
@@ -188,6 +189,12 @@ def _sub_dates(text: str) -> str:
         return f"{digits_reading(m.group(1))}年{cardinal(m.group(2), False)}月"
 
     text = re.sub(r"(?<![\d.])(\d{4})[-/](0?[1-9]|1[0-2])(?![\d/-])(?=\s*[^\d])", ym, text)
+    # year ranges: 2020-2023年
+    text = re.sub(
+        r"(?<![\d.])(\d{4})\s?[-~至到]\s?(\d{4})(?=\s*年)",
+        lambda m: f"{digits_reading(m.group(1))}到{digits_reading(m.group(2))}",
+        text,
+    )
     # years are read digit by digit: any number after 公元(前); 4 digits before 年 (2023年度, 2015年间);
     # 2 digits only where a year is the likely reading (08年, 98年, 12年3月): 工作10年 is a duration
     text = re.sub(
@@ -228,7 +235,15 @@ def _sub_times(text: str) -> str:
 
 
 def _sub_scores(text: str) -> str:
-    """'3:2' left after the time rule (minutes not two digits) is a ratio or a score: 三比二."""
+    """'3:2' left after the time rule (minutes not two digits) is a ratio or a score: 三比二; so is 4-2 after
+    the word 比分 (elsewhere 4-2 is a range)."""
+
+    def dash(m: re.Match[str]) -> str:
+        if "比分" not in text[max(0, m.start() - 6) : m.start()]:
+            return m.group(0)
+        return f"{cardinal(m.group(1), False)}比{cardinal(m.group(2), False)}"
+
+    text = re.sub(r"(?<![\d.])(\d{1,3})\s?-\s?(\d{1,3})(?![\d.])", dash, text)
     return re.sub(
         r"(?<![\d.])(\d+)[:：](\d+)(?![\d.])",
         lambda m: f"{cardinal(m.group(1), False)}比{cardinal(m.group(2), False)}",
@@ -249,7 +264,9 @@ def _sub_phone_numbers(text: str) -> str:
 
     def contextual(m: re.Match[str]) -> str:
         before = text_ref[max(0, m.start() - 8) : m.start()]
-        if any(k in before for k in _PHONE_CONTEXT):
+        if _AMOUNT_AFTER.match(text_ref, m.end()):
+            return m.group(0)  # 手机售价4999元: a price near the word 手机, not a number to dial
+        if len(m.group(0)) >= 5 and any(k in before for k in _PHONE_CONTEXT):
             return digits_reading(m.group(0), phone=True)
         if any(k in before for k in _ID_CONTEXT):
             return digits_reading(m.group(0), phone=False)
@@ -257,7 +274,16 @@ def _sub_phone_numbers(text: str) -> str:
 
     text_ref = text
     text = re.sub(r"(?<![\d.,])\d{3,}(?:-\d+)*(?![\d.,%])", contextual, text)
-    return text
+    # an extension after a number read out (010-88888888转123) is dialled too
+    return re.sub(
+        r"(?<=[零幺二三四五六七八九])\s?转\s?(\d{1,5})(?!\d)",
+        lambda m: "转" + digits_reading(m.group(1), phone=True),
+        text,
+    )
+
+
+# A number followed by one of these is an amount, whatever words stand before it.
+_AMOUNT_AFTER = re.compile(r"\s?[元块角万亿千百个人次件台岁米克吨天年]")
 
 
 def _near_phone_context(text: str, pos: int) -> bool:
@@ -266,7 +292,12 @@ def _near_phone_context(text: str, pos: int) -> bool:
 
 
 def _sub_long_digit_strings(text: str) -> str:
-    """IDs: digit strings starting with 0 (007, 0571) or longer than 12 digits are read digit by digit."""
+    """IDs: digit strings starting with 0 (007, 0571) or longer than 12 digits are read digit by digit, and
+    so are 3+ digits right after 1-3 capitals (train G1234, flight CA1831, model RTX4090, ISO9001).
+    """
+    text = re.sub(
+        r"(?<![A-Za-z])([A-Z]{1,3})(\d{3,})(?![\d.])", lambda m: m.group(1) + digits_reading(m.group(2)), text
+    )
     text = re.sub(r"(?<![\d.,])0\d+(?![\d.,])", lambda m: digits_reading(m.group(0)), text)
     return re.sub(r"(?<![\d.,])\d{13,}(?![\d.,])", lambda m: digits_reading(m.group(0)), text)
 
@@ -332,6 +363,8 @@ _LIANG_BEFORE_WORDS = ("小时", "公里", "公斤", "公顷", "分钟", "秒钟
 
 
 def _sub_numbers(text: str) -> str:
+    # a hyphen between a name and its number is not read (CCTV-1, COVID-19): no minus sign
+    text = re.sub(r"(?<=[A-Za-z])-(?=\d)", "", text)
     # ordinals
     text = re.sub(r"第\s?(\d+)", lambda m: ordinal(m.group(1)), text)
 
@@ -376,9 +409,35 @@ _SYMBOL_WORDS = [
 ]
 
 
+_TLD = "com|cn|net|org|gov|edu|io|info|top|xyz|co|me|tv|cc|uk|jp|hk|tw|de|fr|ai|app|dev"
+_EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+# \b would not end a domain before a Chinese character (str patterns count Han as word characters)
+_URL_RE = re.compile(
+    rf"(?:https?://)?(?:[A-Za-z0-9-]+\.)+(?:{_TLD})(?![A-Za-z0-9])(?:/[A-Za-z0-9._~%/?#=&+-]*)?",
+    re.IGNORECASE,
+)
+_URL_SYMBOLS = {
+    ".": "点", "/": "斜杠", "-": "杠", "_": "下划线", "@": " at ", ":": "冒号", "?": "问号", "=": "等于",
+    "&": "和", "#": "井号", "%": "百分号", "~": "波浪号", "+": "加",
+}  # fmt: skip
+
+
+def _read_address(m: re.Match[str]) -> str:
+    """An e-mail address or URL, as read aloud: the scheme dropped, marks by name, digits one by one."""
+    s = re.sub(r"^https?://", "", m.group(0), flags=re.IGNORECASE).rstrip("/")
+    out = re.sub(r"\d+", lambda d: digits_reading(d.group(0)), s)
+    return "".join(_URL_SYMBOLS.get(c, c) for c in out)
+
+
+def _sub_addresses(text: str) -> str:
+    text = _EMAIL_RE.sub(_read_address, text)
+    return _URL_RE.sub(_read_address, text)
+
+
 def normalize(text: str) -> str:
     """Full text normalization (see module doc). Keeps punctuation; returns speakable Chinese + Latin."""
     text = to_halfwidth(text)
+    text = _sub_addresses(text)
     text = _sub_dates(text)
     text = _sub_phone_numbers(text)
     text = _sub_times(text)
