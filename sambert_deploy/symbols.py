@@ -65,6 +65,68 @@ class Unit:
         return (self.sy, self.tone, self.syllable_flag, self.word_segment, self.emotion, self.speaker)
 
 
+@dataclass(frozen=True, slots=True)
+class Token:
+    """What a run of one sentence's units speaks: units ``[first, first + count)`` of the sentence.
+
+    ``kind``: ``syllable`` (a Han character, or two for an erhua syllable such as 点儿), ``word`` (an
+    English word, or a word whose characters the front end could not pair with its syllables, e.g. a
+    user-lexicon entry), ``break`` (a prosodic break unit; ``text`` is the punctuation that set it, or
+    '') or ``phone`` (symbol input, which has no text: ``text`` is the syllable's phones). ``text`` is
+    the spoken text after normalization (二零二四 for 2024). ``source``: [start, end) character offsets
+    into the caller's original input where known (None for symbol input and for breaks no punctuation
+    set); a normalized token maps to the whole input span its expansion came from (each of 二零二四
+    to "2024").
+    """
+
+    text: str
+    kind: str
+    first: int
+    count: int
+    source: tuple[int, int] | None = None
+    level: int = 0  # break level 1..4 of a break token
+
+
+def split_tokens(tokens: Sequence[Token], sizes: Sequence[int]) -> list[tuple[Token, ...]]:
+    """The tokens of a sentence cut into pieces of ``sizes`` units (as :func:`split_units` cuts it), each
+    renumbered from its piece's first unit. A token cut by a piece boundary (only where no syllable
+    boundary was within the limit) is reported in each piece it has units in, with the same text."""
+    out: list[tuple[Token, ...]] = []
+    start = 0
+    for size in sizes:
+        end = start + size
+        piece = []
+        for t in tokens:
+            a, b = max(t.first, start), min(t.first + t.count, end)
+            if a < b:
+                piece.append(replace(t, first=a - start, count=b - a))
+        out.append(tuple(piece))
+        start = end
+    return out
+
+
+def symbol_tokens(units: Sequence[Unit]) -> tuple[Token, ...]:
+    """Tokens of symbol input: one per syllable (its phones as text, from the syllable flags) and one per
+    break; no source spans (there is no text)."""
+    out: list[Token] = []
+    i, n = 0, len(units)
+    while i < n:
+        u = units[i]
+        if u.is_break:
+            out.append(Token("", "break", i, 1, None, u.break_level or 0))
+            i += 1
+            continue
+        j = i + 1
+        if u.syllable_flag not in ("s_both", "s_end"):
+            while j < n and not units[j].is_break and units[j].syllable_flag not in ("s_begin", "s_both"):
+                j += 1
+                if units[j - 1].syllable_flag == "s_end":
+                    break
+        out.append(Token(" ".join(x.sy for x in units[i:j]), "phone", i, j - i))
+        i = j
+    return tuple(out)
+
+
 def parse_units(line: str) -> list[Unit]:
     """One symbol line -> its units. A leading ``<n>\\t`` (ttsfrd line index) is dropped; a blank line -> []."""
     body = _LINE_INDEX_RE.sub("", line, count=1)
