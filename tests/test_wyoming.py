@@ -209,6 +209,7 @@ def test_a_client_that_leaves_frees_its_stream_and_slot(synth: Synthesizer) -> N
     (SynthesizeVoice(name="{voice}", speaker="furious"), TEXT, "voice.speaker", "emotion_not_found"),
     (None, "  \n", "synthesize.text", "empty_text"),
     (None, "好" * 101, "synthesize.text", "input_too_long"),
+    (None, "。。。", "synthesize.text", "invalid_input"),  # found by the stream: nothing speakable
 ])
 def test_bad_requests_get_an_error_event_and_the_server_goes_on(
         synth: Synthesizer, voice: SynthesizeVoice | None, text: str, field: str, code: str) -> None:
@@ -279,21 +280,31 @@ def test_bad_uri_or_port_in_use_is_one_line_and_exit_2(tiny_bundles: dict[str, P
     assert "--uri" in lines[0] or "cannot listen" in lines[0], lines
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
-def test_a_signal_drains_and_exits_0(tiny_bundles: dict[str, Path], synth: Synthesizer, sig: str) -> None:
-    """A signal while a stream runs: the stream finishes whole, a new request gets an error event,
-    and the process exits 0 without a traceback."""
+@pytest.mark.parametrize("sig, transport", [("SIGTERM", "tcp"), ("SIGINT", "unix")])
+def test_a_signal_drains_and_exits_0(tiny_bundles: dict[str, Path], synth: Synthesizer, tmp_path: Path, sig: str,
+                                     transport: str) -> None:
+    """A signal while a stream runs: the stream finishes whole, a new request gets an error event (or
+    finds the listener closed), the process exits 0 without a traceback, and a Unix socket is removed."""
     import signal
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    p = subprocess.Popen(_cmd(tiny_bundles["causal"], "--uri", f"tcp://127.0.0.1:{port}", "--backend", "cpu"),
+    from wyoming.client import AsyncClient
+
+    if transport == "unix":
+        where = tmp_path / "tts.sock"
+        uri = f"unix://{where}"
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            uri = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    p = subprocess.Popen(_cmd(tiny_bundles["causal"], "--uri", uri, "--backend", "cpu"),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def connect() -> AsyncClient:
+        return AsyncClient.from_uri(uri, connect_timeout=10, read_timeout=READ_BOUND_S)
 
     async def up() -> bool:
         with contextlib.suppress(OSError):
-            async with client(port) as c:
+            async with connect() as c:
                 await c.write_event(Describe().event())
                 return (await c.read_event()) is not None
         return False
@@ -303,13 +314,15 @@ def test_a_signal_drains_and_exits_0(tiny_bundles: dict[str, Path], synth: Synth
         while not await up():
             assert time.monotonic() < deadline and p.poll() is None, "the server did not come up"
             await asyncio.sleep(0.1)
-        async with client(port) as a:
+        async with connect() as a:
             await a.write_event(Synthesize(text=TEXT * 4).event())
             first = await read_until(a, "audio-chunk")
             p.send_signal(getattr(signal, sig))
             refused: list[Event] = []
             with contextlib.suppress(OSError):  # the listener may be closed already: refused is fine too
-                refused = await speak(port, TEXT)
+                async with connect() as b:
+                    await b.write_event(Synthesize(text=TEXT).event())
+                    refused = await read_until(b, "audio-stop")
             rest = await read_until(a, "audio-stop")
         return refused, audio_of(first + rest)
 
@@ -320,5 +333,7 @@ def test_a_signal_drains_and_exits_0(tiny_bundles: dict[str, Path], synth: Synth
         assert code == 0 and "Traceback" not in err, (code, err)
         assert all(Error.is_type(e.type) for e in refused), refused
         assert audio == pcm16(synth.synthesize(TEXT * 4))  # the whole stream, not a cut one
+        if transport == "unix":
+            assert not where.exists(), "the socket file was left behind"
     finally:
         p.kill()

@@ -207,15 +207,17 @@ class SpeechHandler(AsyncEventHandler):
             self._check_idle("synthesize")
             opts = svc.options(request.voice)
             text = request.text
-            if not isinstance(text, str) or not text.strip():
+            if not isinstance(text, str):
+                raise RequestError(f"synthesize.text must be a string, got {type(text).__name__}", "invalid_event")
+            if not text.strip():
                 raise RequestError("synthesize.text: the text is empty; send the words to speak", "empty_text")
             svc.check_text(len(text), "synthesize.text")
-            self.task = asyncio.ensure_future(self._speak(text, opts, streamed=False))
+            self.task = asyncio.ensure_future(self._speak(text, opts, "synthesize.text"))
         elif SynthesizeStart.is_type(event.type):
             self._check_idle("synthesize-start")
             opts = svc.options(SynthesizeStart.from_event(event).voice)
             self.feed = TextFeed()
-            self.task = asyncio.ensure_future(self._speak(self.feed, opts, streamed=True))
+            self.task = asyncio.ensure_future(self._speak(self.feed, opts, "synthesize-chunk.text"))
         elif SynthesizeChunk.is_type(event.type):
             if self.feed is None:
                 raise RequestError("synthesize-chunk outside a stream: send synthesize-start first", "no_stream")
@@ -257,10 +259,11 @@ class SpeechHandler(AsyncEventHandler):
         with contextlib.suppress(OSError, asyncio.TimeoutError):
             await self._send(Error(text=e.text, code=e.code).event())
 
-    async def _speak(self, text: str | TextFeed, opts: SpeechOptions, streamed: bool) -> None:
+    async def _speak(self, text: str | TextFeed, opts: SpeechOptions, field: str) -> None:
         """One request: a slot, a stream, its audio events as the chunks come; on a request error the
-        ``error`` event and the connection's end."""
+        ``error`` event and the connection's end. ``field``: where the text came from, for errors."""
         svc = self.service
+        streamed = isinstance(text, TextFeed)
         rate = svc.synth.sample_rate
         slot: Slot | None = None
         stream: Stream | None = None
@@ -289,8 +292,8 @@ class SpeechHandler(AsyncEventHandler):
             return
         except ApiError as e:  # the queue is full, or the server is shutting down
             error = RequestError(e.message, e.code or "server_busy")
-        except SambertDeployError as e:  # found in the text as it was read (e.g. an inline emotion marker)
-            error = RequestError(f"{getattr(e, 'param', None) or 'text'}: {e}", "invalid_input")
+        except SambertDeployError as e:  # found in the text as it was read (nothing speakable, a bad marker)
+            error = RequestError(f"{field}: {str(e).removeprefix('input: ')}", "invalid_input")
         except asyncio.TimeoutError:
             log.warning("wyoming client accepted no audio for %g s: its stream was cut", svc.config.send_timeout_s)
             error = None
@@ -319,6 +322,7 @@ class BoundServer(AsyncServer):
         super().__init__()
         self.sock = sock
         self.server: asyncio.AbstractServer | None = None
+        self.unix_path = sock.getsockname() if sock.family == getattr(socket, "AF_UNIX", None) else None
 
     async def start(self, handler_factory: HandlerFactory) -> None:
         callback = partial(self._handler_callback, handler_factory)
@@ -343,9 +347,9 @@ class BoundServer(AsyncServer):
         await super().stop()
         if tasks:
             await asyncio.wait(tasks, timeout=10)
-        if self.sock.family == getattr(socket, "AF_UNIX", None):
+        if self.unix_path:
             with contextlib.suppress(OSError):
-                Path(self.sock.getsockname()).unlink()
+                Path(self.unix_path).unlink()
 
 
 def parse_uri(uri: str) -> tuple[str, str, int]:
