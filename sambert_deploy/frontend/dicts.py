@@ -1,15 +1,24 @@
-"""Compact read-only dictionaries for the front end: jieba's word table without a Python object per word.
+"""Compact read-only dictionaries for the front end: jieba's and pypinyin's tables without a Python object
+per word.
 
-jieba keeps its dictionary as two dicts of ~350k (prefix table FREQ) and ~500k (POS table) str objects,
-~110 MiB of the text path's resident memory (``scripts/frontend_memory.py``). The lookups the front end
-makes (is a string a word or a word prefix, a word's count, a word's POS tag) are served here from one
-sorted, packed string of the words plus arrays of offsets, counts and tag numbers (~8 MiB), with the same
-answers (tests/frontend/test_dicts.py compares them with jieba's own tables).
+jieba keeps its dictionary as two dicts of ~500k (prefix table FREQ) and ~350k (POS table) str keys, and
+importing pypinyin builds its 47k-phrase table twice (a copy) plus its segmenter's prefix sets: together
+~150 MiB of the text path's resident memory (``scripts/frontend_memory.py``). The lookups the front end
+makes (is a string a word or a word prefix, a word's count and POS tag, a character's or a phrase's first
+reading) are served here from sorted, packed strings plus arrays of offsets, counts, tags and syllable
+numbers, with the same answers (tests/frontend/test_dicts.py compares them with jieba and pypinyin).
+pypinyin's data files are read directly, without importing pypinyin.
 """
 
 from __future__ import annotations
 
 import bisect
+import importlib.util
+import json
+import os
+import sys
+import threading
+import unicodedata
 from array import array
 from collections.abc import Iterable
 from typing import Any, BinaryIO, TypeVar
@@ -25,7 +34,7 @@ class PackedWords:
     """
 
     def __init__(self, words: Iterable[str]) -> None:
-        ws = sorted(set(words))
+        ws = sorted(words if isinstance(words, (dict, set, frozenset)) else set(words))
         self._text = "".join(ws)
         self._off = array("I", [0])
         pos = 0
@@ -48,6 +57,10 @@ class PackedWords:
 
     def word(self, i: int) -> str:
         return self._text[self._off[i] : self._off[i + 1]]
+
+    def offset(self, i: int) -> int:
+        """Where word ``i`` starts in the packed text (per-character data can be aligned with it)."""
+        return self._off[i]
 
     def _lower_bound(self, key: str) -> tuple[int, int]:
         """(index of the first word >= key, end of key's first-character range); (-1, -1) when no word
@@ -127,7 +140,9 @@ def load_jieba_dict(f: BinaryIO, name: str = "<jieba dict>") -> tuple[PrefixFreq
     """Read jieba's ``dict.txt`` (``word count tag`` per line) as jieba does: a repeated word keeps its last
     line, and the total is summed over every line (``Tokenizer.gen_pfdict``). Returns (FREQ, total, tags).
     """
-    last: dict[str, tuple[int, str]] = {}
+    # count * 256 + tag number in one int, not a tuple: the table is built once, but its peak counts
+    last: dict[str, int] = {}
+    tag_no: dict[str, int] = {}
     total = 0
     with f:
         for lineno, raw in enumerate(f, 1):
@@ -139,14 +154,15 @@ def load_jieba_dict(f: BinaryIO, name: str = "<jieba dict>") -> tuple[PrefixFreq
                 raise ValueError(f"invalid jieba dictionary entry in {name} at line {lineno}: {line!r}")
             count = int(parts[1])
             total += count
-            last[parts[0]] = (count, parts[2])
+            tag = tag_no.setdefault(parts[2], len(tag_no))
+            if tag > 255:
+                raise ValueError(f"{name}: more than 256 part-of-speech tags")
+            last[parts[0]] = count << 8 | tag
     words = PackedWords(last)
-    tag_names = sorted({t for _, t in last.values()})
-    tag_no = {t: k for k, t in enumerate(tag_names)}
-    counts = array("I", (last[w][0] for w in words))
-    ids = array("B" if len(tag_names) < 256 else "H", (tag_no[last[w][1]] for w in words))
+    counts = array("I", (last[w] >> 8 for w in words))
+    ids = array("B", (last[w] & 255 for w in words))
     del last
-    return PrefixFreq(words, counts), total, WordTags(words, ids, tag_names)
+    return PrefixFreq(words, counts), total, WordTags(words, ids, list(tag_no))
 
 
 def pos_tokenizer() -> Any:
@@ -163,3 +179,103 @@ def pos_tokenizer() -> Any:
     pt.tokenizer = tok
     pt.word_tag_tab = tags
     return pt
+
+
+# --- pypinyin's tables ------------------------------------------------------------------------------------
+
+_tables: PinyinTables | None = None
+_tables_lock = threading.Lock()
+
+
+def pinyin_tables() -> PinyinTables:
+    """The process's :class:`PinyinTables`, loaded on first use."""
+    global _tables
+    if _tables is None:
+        with _tables_lock:
+            if _tables is None:
+                _tables = PinyinTables.load()
+    return _tables
+
+
+_TONE_MARK = {"\u0304": "1", "\u0301": "2", "\u030c": "3", "\u0300": "4"}
+
+
+def tone3(py: str) -> str:
+    """Tone-marked pinyin -> toneless base + tone digit, 5 for the neutral tone ('lǜ' -> 'lv4', 'de' ->
+    'de5', 'ế' -> 'ê2'): pypinyin's ``Style.TONE3`` with ``neutral_tone_with_five``."""
+    tone = "5"
+    out: list[str] = []
+    for ch in unicodedata.normalize("NFD", py):
+        if ch in _TONE_MARK:
+            tone = _TONE_MARK[ch]
+        elif ch == "\u0308" and out:  # ü
+            out[-1] = "v"
+        elif ch == "\u0302" and out:  # ê keeps its circumflex
+            out[-1] = "ê"
+        else:
+            out.append(ch)
+    return "".join(out) + tone if out else ""
+
+
+def _pypinyin_file(name: str) -> str:
+    # find_spec does not run pypinyin/__init__, which would build the tables this module replaces
+    spec = importlib.util.find_spec("pypinyin")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("pypinyin is not installed (pip install pypinyin)")
+    return os.path.join(next(iter(spec.submodule_search_locations)), name)
+
+
+class PinyinTables:
+    """The first (most common) reading of a character and of each word of pypinyin's phrase table, in TONE3.
+
+    Phrase readings are stored as one syllable number per character, aligned with the packed words.
+    """
+
+    def __init__(self, chars: dict[str, str], words: PackedWords, syllables: array[int], names: list[str]):
+        self._chars = chars
+        self._words = words
+        self._syl = syllables
+        self._names = names
+
+    @classmethod
+    def load(cls) -> PinyinTables:
+        names: list[str] = []
+        number: dict[str, int] = {}
+
+        def syl(py: str) -> int:
+            t = tone3(py)
+            if t not in number:
+                number[t] = len(names)
+                names.append(t)
+            return number[t]
+
+        with open(_pypinyin_file("pinyin_dict.json"), encoding="utf-8") as f:
+            raw_chars: dict[str, str] = json.load(f)
+        chars = {chr(int(k)): names[syl(v.split(",")[0])] for k, v in raw_chars.items()}
+        del raw_chars
+        with open(_pypinyin_file("phrases_dict.json"), encoding="utf-8") as f:
+            phrases: dict[str, list[list[str]]] = json.load(f)
+        words = PackedWords(phrases)
+        ids = array("H")
+        for w in words:
+            items = phrases[w]
+            if len(items) != len(w):
+                raise ValueError(f"pypinyin phrase {w!r}: {len(items)} readings for {len(w)} characters")
+            ids.extend(syl(item[0]) for item in items)
+        names = [sys.intern(n) for n in names]
+        return cls({c: names[number[r]] for c, r in chars.items()}, words, ids, names)
+
+    def char(self, ch: str) -> str:
+        """First reading of one character ('' if pypinyin has none)."""
+        return self._chars.get(ch, "")
+
+    def __contains__(self, word: object) -> bool:
+        return isinstance(word, str) and self._words.index(word) >= 0
+
+    def phrase(self, word: str) -> list[str]:
+        """Readings of a word of the phrase table, one per character; KeyError if it is not one."""
+        i = self._words.index(word)
+        if i < 0:
+            raise KeyError(word)
+        start = self._words.offset(i)
+        return [self._names[k] for k in self._syl[start : start + len(word)]]

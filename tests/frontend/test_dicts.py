@@ -56,3 +56,40 @@ def test_packed_words_lookups() -> None:
     assert w.index("中国") >= 0 and w.index("中国人民") == -1 and w.index("") == -1
     assert w.has_prefix("中国") and w.has_prefix("北") and not w.has_prefix("北京市") and not w.has_prefix("")
     assert sorted(w) == sorted(["中国", "中国人", "北京", "中", "b"])
+
+
+def test_pinyin_tables_match_pypinyin_on_random_keys() -> None:
+    pypinyin = pytest.importorskip("pypinyin")
+    from pypinyin.constants import PHRASES_DICT, PINYIN_DICT
+    from pypinyin.style import convert
+
+    tables = dicts.PinyinTables.load()
+    rnd = random.Random(7)
+    for code in rnd.sample(sorted(PINYIN_DICT), 3000):
+        ch = chr(code)
+        want = pypinyin.pinyin(
+            [ch], style=pypinyin.Style.TONE3, neutral_tone_with_five=True, errors=lambda c: [""] * len(c)
+        )[0][0]
+        assert tables.char(ch) == want, ch
+    assert tables.char("a") == "" and tables.char("，") == ""
+    for w in rnd.sample(sorted(PHRASES_DICT), 3000):
+        assert w in tables
+        want = []
+        for item in PHRASES_DICT[w]:
+            py = convert(item[0], pypinyin.Style.TONE3, strict=True, neutral_tone_with_five=True)
+            want.append(py if py[-1:].isdigit() else py + "5")
+        assert tables.phrase(w) == want, w
+        assert ((w[1:] in tables) == (w[1:] in PHRASES_DICT)) and ((w + "了") in tables) == (
+            (w + "了") in PHRASES_DICT
+        )
+    with pytest.raises(KeyError):
+        tables.phrase("不是词组的字串")
+
+
+@pytest.mark.parametrize(
+    ("marked", "tone3"),
+    [("lǜ", "lv4"), ("nǚ", "nv3"), ("jū", "ju1"), ("de", "de5"), ("lü", "lv5"), ("ế", "ê2"), ("ê", "ê5"),
+     ("m̀", "m4"), ("ń", "n2"), ("zhōng", "zhong1"), ("", "")],
+)  # fmt: skip
+def test_tone3(marked: str, tone3: str) -> None:
+    assert dicts.tone3(marked) == tone3
