@@ -280,6 +280,19 @@ def test_bad_uri_or_port_in_use_is_one_line_and_exit_2(tiny_bundles: dict[str, P
     assert "--uri" in lines[0] or "cannot listen" in lines[0], lines
 
 
+def test_a_unix_socket_in_use_is_refused_and_a_stale_one_reused(tmp_path: Path) -> None:
+    from sambert_deploy.errors import InvalidInputError
+
+    uri = f"unix://{tmp_path / 'tts.sock'}"
+    live = bind_uri(uri)
+    try:
+        with pytest.raises(InvalidInputError, match="a server answers there"):
+            bind_uri(uri)  # not unlinked from under the server that listens there
+    finally:
+        live.close()
+    bind_uri(uri).close()  # the file a dead server left is replaced
+
+
 @pytest.mark.parametrize("sig, transport", [("SIGTERM", "tcp"), ("SIGINT", "unix")])
 def test_a_signal_drains_and_exits_0(tiny_bundles: dict[str, Path], synth: Synthesizer, tmp_path: Path, sig: str,
                                      transport: str) -> None:

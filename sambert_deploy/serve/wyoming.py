@@ -1,22 +1,15 @@
 """Home Assistant's Wyoming protocol over one shared :class:`~sambert_deploy.runtime.synthesizer.Synthesizer`.
 
-A thin shell like the HTTP server: every request is one ``Synthesizer.stream()`` whose chunks go out as
-``audio-chunk`` events as they are synthesized (PCM16 mono at the model's rate, ``AudioChunk.int16``).
-
-* ``describe`` -> ``info``: every voice of the bundle (see :func:`describe` for how emotions are shown).
-* ``synthesize`` -> ``audio-start``, ``audio-chunk`` x n, ``audio-stop``.
-* ``synthesize-start``, ``synthesize-chunk`` x n, ``synthesize-stop`` -> the same audio events, then
-  ``synthesize-stopped``. The chunks feed one stream as they arrive (sentences are spoken before the
-  text ends). Home Assistant also sends the whole text again as a ``synthesize`` inside the stream,
-  "for backwards compatibility" (homeassistant/components/wyoming/tts.py, ``_write_tts_message``): it
-  is ignored there, else everything would be spoken twice.
-* Admission as in ``serve`` (:class:`~.admission.Admission`): at most ``max_concurrent`` streams, then
-  ``max_queue`` waiting; past that an ``error`` event (``server_busy``) at once.
-* A request error (unknown voice or emotion, empty or too long text, server busy) is one ``error``
-  event naming the field and the fix, then the connection is closed, as wyoming-piper does: Home
-  Assistant ignores ``error`` events and would otherwise wait for audio that never comes. The server
-  goes on serving.
-* A client that disconnects (while queued or streaming) cancels its stream: slot and work freed at once.
+A thin shell like the HTTP server: each request is one ``Synthesizer.stream()`` whose chunks go out as
+``audio-chunk`` events (PCM16 mono at the model's rate, ``AudioChunk.int16``) as they are synthesized.
+``synthesize`` is answered with ``audio-start``, ``audio-chunk`` x n, ``audio-stop``; the streamed
+``synthesize-start``, ``-chunk`` x n, ``-stop`` with the same, then ``synthesize-stopped``, its chunks fed
+into one stream as they arrive. Home Assistant also sends the whole text again as a ``synthesize`` inside
+the stream, "for backwards compatibility" (homeassistant/components/wyoming/tts.py): ignored there, else
+it would be spoken twice. Admission is serve's (:class:`~.admission.Admission`). A request error is one
+``error`` event naming the field and the fix, then the connection closes, as wyoming-piper does: Home
+Assistant ignores ``error`` events and would otherwise wait for audio that never comes. A client that
+disconnects, queued or streaming, cancels its stream.
 """
 
 from __future__ import annotations
@@ -281,7 +274,7 @@ class SpeechHandler(AsyncEventHandler):
                 await self._send(AudioChunk(rate=rate, width=2, channels=1, audio=chunk.int16().tobytes(),
                                             timestamp=chunk.offset * 1000 // rate).event())
                 samples += len(chunk.samples)
-            if first is None:  # text with nothing to say (punctuation only): an empty, well-formed answer
+            if first is None:  # a stream that yielded no audio: still a well-formed answer
                 await self._send(AudioStart(rate=rate, width=2, channels=1, timestamp=0).event())
             await self._send(AudioStop(timestamp=samples * 1000 // rate).event())
             if streamed:
@@ -316,7 +309,7 @@ class SpeechHandler(AsyncEventHandler):
 
 class BoundServer(AsyncServer):
     """wyoming's server on a socket bound beforehand, so that a port in use is one clear error before
-    seconds of loading; ``drain()`` is the shutdown of :func:`serve`."""
+    seconds of loading."""
 
     def __init__(self, sock: socket.socket):
         super().__init__()
@@ -375,8 +368,15 @@ def bind_uri(uri: str) -> socket.socket:
         if path.exists() and not path.is_socket():
             raise InvalidInputError(f"--uri {uri}: {path} exists and is not a socket; pick another path", param="uri")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a socket left by a server that died
+        if path.exists():
+            try:
+                sock.connect(where)
+            except OSError:
+                path.unlink()  # left by a server that died: nobody answers on it
+            else:
+                sock.close()
+                raise InvalidInputError(f"cannot listen on {uri}: a server answers there (stop it or pick another "
+                                        "path)", param="uri")
         addr: Any = where
     else:
         try:
