@@ -128,22 +128,20 @@ def main(argv: list[str] | None = None) -> int:
     fe.sentences("预热。")
     lines = [f"CPP {args.split}: {len(items)} sentences, {len({it.sentence[it.index] for it in items})} "
              f"polyphones; dev: {len(rows)} sentences" + ("" if rows else " (not found)"), "",
-             "| policy | CPP | CPP toneless | dev phones | dev phones+tone | dev boundary F1 | dev sent/s |",
-             "|---|---|---|---|---|---|---|"]
+             "| policy | CPP | CPP toneless | dev phones | dev phones+tone | dev boundary F1 |",
+             "|---|---|---|---|---|---|"]
     per_policy: dict[str, list[str]] = {}
     for name, pol in POLICIES.items():
         acc, acc_base, got = score_cpp(items, pol)
         per_policy[name] = got
-        dev = "| – | – | – | –"
+        dev = "| – | – | –"
         if rows:
             old = g2p.set_polyphone_policy(pol)
             try:
                 r = score_dev(rows, fe)
-                t = min(score_dev(rows, fe)["seconds"], r["seconds"])
             finally:
                 g2p.set_polyphone_policy(old)
-            dev = (f"| {r['phones']:.2%} | {r['phones_tone']:.2%} | {r['boundary_f1']:.3f} | "
-                   f"{len(rows) / t:.0f}")
+            dev = f"| {r['phones']:.2%} | {r['phones_tone']:.2%} | {r['boundary_f1']:.3f}"
         lines.append(f"| {name} | {acc:.2%} | {acc_base:.2%} {dev} |")
         print(lines[-1], flush=True)
     counts = collections.Counter(it.sentence[it.index] for it in items)
@@ -174,6 +172,24 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"The {len(moved)} characters whose count of correct readings changed most (before -> after):",
               "", "| char | n | correct before | after |", "|---|---|---|---|"]
     lines += [f"| {c} | {counts[c]} | {ok_b[c]} | {ok_a[c]} |" for c in moved]
+    if rows:
+        lines += ["", "Front-end speed on the dev set (whole front end, text -> units; best of 3 passes, same process):",
+                  "", "| front end | sentences/s | vs rules only |", "|---|---|---|"]
+        model = polyphone.load()
+        assert model is not None
+        speeds = {}
+        for name, pol, backend in [("rules only (before)", g2p.RULES_ONLY, "onnxruntime"),
+                                   ("after, model in onnxruntime", g2p.PolyphonePolicy(), "onnxruntime"),
+                                   ("after, model in numpy", g2p.PolyphonePolicy(), "numpy")]:
+            model.use_numpy() if backend == "numpy" else model.use_onnxruntime()
+            old = g2p.set_polyphone_policy(pol)
+            try:
+                speeds[name] = len(rows) / min(score_dev(rows, fe)["seconds"] for _ in range(3))
+            finally:
+                g2p.set_polyphone_policy(old)
+            base = speeds["rules only (before)"]
+            lines.append(f"| {name} | {speeds[name]:.0f} | {speeds[name] / base:.2f} |")
+        model.use_onnxruntime()
     folder_py = polyphone.package_folder()
     size = sum(f.stat().st_size for f in folder_py.glob("*.pkl")) if folder_py else 0
     lines += ["", f"model: g2pM's weights and tables {size / 1e6:.1f} MB; load {load_seconds() * 1000:.0f} ms "

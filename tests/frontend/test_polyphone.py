@@ -63,6 +63,22 @@ def test_equals_g2pm_reference() -> None:
         assert got == [expected[k].replace("u:", "v") for k in pos], text
 
 
+def test_onnx_graph_is_valid_and_matches_numpy() -> None:
+    """The hand-serialized ONNX graph passes onnx's checker and gives the numpy forward pass's logits."""
+    need_module("g2pM", "pip install g2pM")
+    onnx = need_module("onnx", "pip install '.[export]'")
+    from sambert_deploy.frontend import polyphone
+
+    model = polyphone.load()
+    assert model is not None and model.backend == "onnxruntime"
+    onnx.checker.check_model(onnx.load_from_string(polyphone.onnx_model(model)), full_check=True)
+    for text in ["行", "银行行长说，这个长长的行列走得很慢。", "乐" * 3, "𠀀行𠀀"]:  # one char, long, unknown chars
+        pos = [k for k, c in enumerate(text) if model.is_polyphone(c)]
+        a, b = model.numpy_logits(text, pos), model.polyphone_logits(text, pos)
+        assert a.shape == b.shape == (len(pos), len(model.classes))
+        assert float(abs(a - b).max()) < 1e-4, text
+
+
 _PROBE = textwrap.dedent(
     """
     import logging, os, sys
@@ -82,7 +98,8 @@ _PROBE = textwrap.dedent(
     fe = FrontEnd()
     print(fe.pinyin("请切换到下一个频道。")[0])
     print(fe.pinyin("这座馆舍建于清代。")[0])
-    print("model", polyphone.load() is not None)
+    m = polyphone.load()
+    print("model", m is not None, m.backend if m is not None else "")
     print("torch", "torch" in sys.modules, "onnx", "onnx" in sys.modules)
     """
 )
@@ -98,7 +115,7 @@ def test_falls_back_to_rules_and_says_so_once(mode: str, tmp_path: Path) -> None
     assert r.returncode == 0, r.stderr
     out = r.stdout.splitlines()
     assert out[0].split()[1] == "qie4"  # the rules' reading: the front end still speaks
-    assert out[2] == "model False"
+    assert out[2] == "model False "
     warnings = [line for line in r.stderr.splitlines() if "polyphones are read by rules only" in line]
     assert len(warnings) == 1, r.stderr
 
@@ -109,4 +126,4 @@ def test_model_path_imports_no_torch() -> None:
     assert r.returncode == 0, r.stderr
     out = r.stdout.splitlines()
     assert out[0].split()[1] == "qie1"
-    assert out[2:] == ["model True", "torch False onnx False"]
+    assert out[2:] == ["model True onnxruntime", "torch False onnx False"]
