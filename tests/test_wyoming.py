@@ -231,15 +231,25 @@ def test_bad_requests_get_an_error_event_and_the_server_goes_on(
     assert AudioStop.is_type(after[-1].type) and audio_of(after) == pcm16(synth.synthesize("你好。"))
 
 
-def test_an_empty_stream_gets_an_error_event(synth: Synthesizer) -> None:
+@pytest.mark.parametrize("voice, chunks, code", [
+    (None, (" ", "\n"), "empty_text"),
+    (None, ("好" * 60, "好" * 60), "input_too_long"),  # the limit counts the whole stream, not one chunk
+    (SynthesizeVoice(name="nobody"), (TEXT,), "voice_not_found"),
+])
+def test_bad_streams_get_an_error_event(synth: Synthesizer, voice: SynthesizeVoice | None, chunks: tuple[str, ...],
+                                        code: str) -> None:
     async def scenario() -> list[Event]:
-        async with serving(synth) as (_, port), client(port) as c:
-            for event in (SynthesizeStart().event(), SynthesizeChunk(text=" ").event(), SynthesizeStop().event()):
-                await c.write_event(event)
-            return await read_until(c, SynthesizeStopped().event().type)
+        async with serving(synth, max_input_chars=100) as (svc, port), client(port) as c:
+            with contextlib.suppress(OSError):  # the server may close before the last events are written
+                for event in (SynthesizeStart(voice=voice).event(), *(SynthesizeChunk(text=t).event() for t in chunks),
+                              SynthesizeStop().event()):
+                    await c.write_event(event)
+            events = await read_until(c, SynthesizeStopped().event().type)
+            assert await until(lambda: svc.admission.idle and synth.activity().streams == 0)
+            return events
 
     events = asyncio.run(scenario())
-    assert [e.type for e in events] == ["error"] and Error.from_event(events[0]).code == "empty_text", events
+    assert [e.type for e in events] == ["error"] and Error.from_event(events[0]).code == code, events
 
 
 def test_a_full_queue_is_an_error_event(synth: Synthesizer) -> None:
