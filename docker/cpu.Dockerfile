@@ -17,10 +17,13 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[${EXTRAS}]"
 
 FROM python:${PYTHON_VERSION}-slim
 ARG EXTRAS=serve
+# XDG_CACHE_HOME: onnxruntime keeps a telemetry id under ~/.cache and warns at every session it cannot;
+# /tmp stays writable when the root file system is read-only (compose.yaml).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    XDG_CACHE_HOME=/tmp/.cache
 # DL3013 (pin versions in pip): the wheels the build stage resolved are the pins; --no-index installs
 # exactly those and nothing from an index.
 # hadolint ignore=DL3013

@@ -11,12 +11,15 @@ FROM ${CUDA_IMAGE}
 ARG EXTRAS=serve
 # The CUDA 13 build on PyPI (the version the project's GPU run measured, README "The GPU run").
 ARG ORT_GPU=onnxruntime-gpu==1.31.1
+# XDG_CACHE_HOME: onnxruntime keeps a telemetry id under ~/.cache and warns at every session it cannot;
+# /tmp stays writable when the root file system is read-only (compose.yaml).
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PATH=/opt/venv/bin:$PATH
+    PATH=/opt/venv/bin:$PATH \
+    XDG_CACHE_HOME=/tmp/.cache
 # DL3008 (pin apt versions): the base image's tag fixes the Ubuntu release; pinned package versions
 # disappear from the archive with each security update and would break the build instead.
 # hadolint ignore=DL3008

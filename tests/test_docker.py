@@ -89,6 +89,8 @@ def test_dockerfile_command_parses_with_the_real_serve(path: Path) -> None:
     words = dict(_instructions(path))
     assert words["EXPOSE"] == str(PORT)
     assert re.fullmatch(r"\d+:\d+", words["USER"]) and not words["USER"].startswith("0:"), words["USER"]
+    # compose.yaml runs the root file system read-only: onnxruntime's cache (its telemetry id) goes to /tmp.
+    assert "XDG_CACHE_HOME=/tmp/" in words["ENV"], words["ENV"]
     health = words["HEALTHCHECK"]
     assert f"http://127.0.0.1:{PORT}/health" in health and "CMD [" in health, health
     base = [args for word, args in _instructions(path) if word == "FROM"]
