@@ -282,6 +282,47 @@ def test_browser_plays_the_stream_and_shows_the_timing(live: tuple[str, Any], tm
         assert len(im.convert("RGB").getcolors(1 << 20) or []) > 50
 
 
+def test_ui_command_serves_the_page_beside_the_api(tiny_bundles: dict[str, Path]) -> None:
+    """`sambert-deploy ui BUNDLE` (serve's options, the page on): /ui speaks, /v1 and / stay, and SIGTERM
+    drains and exits 0 like serve."""
+    _ui_modules()
+    import signal
+    import socket
+    import time
+
+    import httpx
+    from gradio_client import Client
+
+    exe = shutil.which("sambert-deploy", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    p = subprocess.Popen([exe, "ui", str(tiny_bundles["causal"]), "--port", str(port), "--backend", "cpu",
+                          "--max-concurrent", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120  # a bound on waiting for the start-up, not a speed claim
+        while time.monotonic() < deadline and p.poll() is None:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert httpx.get(url + "/").status_code == 200
+        assert httpx.get(url + "/v1/audio/voices").json()["voices"][0]["id"] == "tiny_emo"
+        *_, timing = Client(url + "/ui/", verbose=False).predict("你好。", "tiny_emo", "", "F7", 1.0,
+                                                               api_name="/speak")
+        assert "RTF" in timing
+        p.send_signal(signal.SIGTERM)
+        code = p.wait(60)
+        err = p.stderr.read().decode() if p.stderr else ""
+    finally:
+        p.kill()
+    assert code == 0 and "Traceback" not in err, (code, err)
+    assert "the Gradio page is at /ui (at most 1 streams at once, shared with /v1/audio/speech)" in err, err
+
+
 BLOCK_GRADIO = textwrap.dedent("""
     import importlib.abc, sys
     class NoGradio(importlib.abc.MetaPathFinder):
