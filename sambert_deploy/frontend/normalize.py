@@ -268,7 +268,7 @@ def _sub_phone_numbers(text: str) -> str:
             return m.group(0)  # 手机售价4999元: a price near the word 手机, not a number to dial
         if len(m.group(0)) >= 5 and any(k in before for k in _PHONE_CONTEXT):
             return digits_reading(m.group(0), phone=True)
-        if any(k in before for k in _ID_CONTEXT):
+        if any(k in before for k in _ID_CONTEXT) or _CODE_BEFORE.search(before):
             return digits_reading(m.group(0), phone=False)
         return m.group(0)
 
@@ -282,6 +282,8 @@ def _sub_phone_numbers(text: str) -> str:
     )
 
 
+# A number right after a word ending in 码/号 (取件码是, 会员号) is a code.
+_CODE_BEFORE = re.compile(r"[码号](?:是|为)?\s?[:：]?\s?$")
 # A number followed by one of these is an amount, whatever words stand before it.
 _AMOUNT_AFTER = re.compile(r"\s?[元块角万亿千百个人次件台岁米克吨天年]")
 
@@ -338,8 +340,14 @@ def _sub_units(text: str) -> str:
             num = "两"  # 两小时, 两公斤; temperatures keep 二
         return num + _UNITS[u]
 
-    # ranges first so the first number keeps its unit implicitly (3-5kg -> 三到五千克)
-    return re.sub(rf"({_NUM}(?:\s?[-~]\s?{_NUM})?)\s?({_UNIT_RE})(?![A-Za-z])", unit, text)
+    # ranges first so the first number keeps its unit implicitly (3-5kg -> 三到五千克); a magnitude may stand
+    # between number and unit (3.2亿m³)
+    text = re.sub(
+        rf"({_NUM}(?:万|亿))\s?({_UNIT_RE})(?![A-Za-z])", lambda m: m.group(1) + _UNITS[m.group(2)], text
+    )
+    text = re.sub(rf"({_NUM}(?:\s?[-~]\s?{_NUM})?)\s?({_UNIT_RE})(?![A-Za-z])", unit, text)
+    # a rate: 元/升, 米/秒 written with Chinese units -> 每
+    return re.sub(r"(?<=[元米克升吨秒时天角分])/(?=[升米克吨斤秒时天件个人次台])", "每", text)
 
 
 def _sub_ranges(text: str) -> str:
@@ -374,6 +382,11 @@ def _sub_numbers(text: str) -> str:
 
     text = re.sub(rf"(?<![\dA-Za-z)）])-({_NUM})", neg, text)
     text = re.sub(r"(?<![\d.])\+(\d+(?:\.\d+)?)", lambda m: "正" + _number_word(m.group(1)), text)
+
+    # 141178万 is 十四亿一千一百七十八万: a count of ten-thousands at or above 万 itself is scaled first
+    text = re.sub(
+        r"(?<![\d.,])(\d{5,12})万(?!亿)", lambda m: cardinal(str(int(m.group(1)) * 10000), liang=True), text
+    )
 
     def num(m: re.Match[str]) -> str:
         s = m.group(0).replace(",", "")

@@ -49,6 +49,11 @@ CASES = {
     "url_email": [("请访问www.example.com了解", "请访问www点example点com了解"), ("官网https://www.gov.cn。", "官网www点gov点cn。"),
                   ("邮箱zhang3@163.com", "邮箱zhang三 at 一六三点com"), ("见github.com/a-b/c_d", "见github点com斜杠a杠b斜杠c下划线d"),
                   ("版本1.2.3", "版本一点二点三"), ("3.5元", "三点五元")],
+    # held-out cases (written before running any normalizer on them) that ours missed
+    "held_out": [("登记人口141178万人", "登记人口十四亿一千一百七十八万人"), ("蓄水量3.2亿m³", "蓄水量三点二亿立方米"),
+                 ("上调了0.15元/升", "上调了零点一五元每升"), ("您的取件码是8423", "您的取件码是八四二三"),
+                 ("请记住您的会员号886520", "请记住您的会员号八八六五二零"), ("共有35万人", "共有三十五万人"),
+                 ("3号楼共有120户", "三号楼共有一百二十户"), ("1号线", "一号线")],
 }  # fmt: skip
 
 
