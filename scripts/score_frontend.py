@@ -7,7 +7,9 @@ Metrics, over syllables aligned by edit distance (erhua merged, as the KAN-TTS c
   boundary F1  prosodic-word boundaries (any break unit, levels ignored; the sentence-final #4 excluded,
                it is always right) in reference-syllable positions
 
-Usage: python scripts/score_frontend.py [PAIRS.jsonl] [--json] [--show N] [--bench]
+Usage: python scripts/score_frontend.py [PAIRS.jsonl] [--json] [--show N] [--bench] [--rules-only]
+(--rules-only: polyphones by the rules alone, without the context model; scripts/score_polyphones.py
+compares the two on the CPP test set as well)
 (--bench: run under `taskset -c 0` for one-core numbers)
 The data set is read in place and never copied (its licence is non-commercial research).
 """
@@ -184,13 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--bench", action="store_true", help="also time import, per-sentence latency and 5,000 chars"
     )
+    ap.add_argument(
+        "--rules-only", action="store_true", help="polyphones by the rules alone (no context model)"
+    )
     args = ap.parse_args(argv)
     path = Path(args.pairs)
     if not path.is_file():
         print(f"no such file: {path}", file=sys.stderr)
         return 2
-    from sambert_deploy.frontend import FrontEnd
+    from sambert_deploy.frontend import FrontEnd, g2p
 
+    if args.rules_only:
+        g2p.set_polyphone_policy(g2p.RULES_ONLY)
     rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
     fe = FrontEnd()
     fe.sentences("预热。")  # load jieba and pypinyin outside the timed loop

@@ -104,6 +104,31 @@ def load_seconds() -> float:
     return sorted(runs)[1]
 
 
+def bench_model(items: list[Item]) -> list[str]:
+    """Per Han run of the CPP sentences: the model's forward pass in numpy and in onnxruntime (best of 3)."""
+    import time
+
+    model = polyphone.load()
+    assert model is not None
+    runs = [m.group(0) for it in items[:400] for m in g2p.HAN_RUN_RE.finditer(it.sentence)]
+    runs = [r for r in runs if any(model.is_polyphone(c) for c in r)]
+    out = {}
+    for backend in ("numpy", "onnxruntime"):
+        model.use_numpy() if backend == "numpy" else model.use_onnxruntime()
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            for r in runs:
+                model.predict(r)
+            best = min(best, time.perf_counter() - t)
+        out[backend] = best / len(runs) * 1e6
+    model.use_onnxruntime()
+    mean = sum(map(len, runs)) / len(runs)
+    return ["", f"Model forward pass per Han run ({len(runs)} runs with a polyphone, mean {mean:.1f} characters):",
+            "", "| backend | us per run |", "|---|---|",
+            *(f"| {k} | {v:.0f} |" for k, v in out.items())]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cpp", help="the CPP data folder (test.sent, test.lb) of github.com/kakaobrain/g2pM")
@@ -190,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             base = speeds["rules only (before)"]
             lines.append(f"| {name} | {speeds[name]:.0f} | {speeds[name] / base:.2f} |")
         model.use_onnxruntime()
+    lines += bench_model(items)
     folder_py = polyphone.package_folder()
     size = sum(f.stat().st_size for f in folder_py.glob("*.pkl")) if folder_py else 0
     lines += ["", f"model: g2pM's weights and tables {size / 1e6:.1f} MB; load {load_seconds() * 1000:.0f} ms "
