@@ -151,6 +151,29 @@ def test_bad_input_shows_an_error_and_the_server_lives(client: Any, live: tuple[
     assert "RTF" in timing
 
 
+def test_a_cancelled_run_frees_its_slot(client: Any, live: tuple[str, Any]) -> None:
+    """Stop (or a closed tab) ends the run: its synthesizer stream is closed and its admission slot
+    given back, not held until the text is spoken out."""
+    import time
+
+    admission = live[1].admission
+    job = client.submit(TEXT * 60, "tiny_emo", "", "F7", 1.0, api_name="/speak")
+    deadline = time.monotonic() + 60  # a bound on waiting, not a speed claim
+    while (job.status().code.name != "ITERATING" or admission.running == 0) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert admission.running == 1 and not job.done()
+    job.cancel()
+    deadline = time.monotonic() + 30  # a bound on waiting, not a speed claim
+    while not admission.idle and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert admission.idle
+    assert served_streams(live) == 0
+
+
+def served_streams(live: tuple[str, Any]) -> int:
+    return live[1].inner.state.synth.activity().streams
+
+
 def test_text_over_the_servers_limit_is_refused(served_synth: Any) -> None:
     _ui_modules()
     from gradio_client import Client
