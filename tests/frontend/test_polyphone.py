@@ -79,6 +79,35 @@ def test_onnx_graph_is_valid_and_matches_numpy() -> None:
         assert float(abs(a - b).max()) < 1e-4, text
 
 
+def test_onnxruntime_failure_falls_back_to_numpy(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    need_module("g2pM", "pip install g2pM")
+    import onnxruntime
+
+    from sambert_deploy.frontend import polyphone
+
+    class Broken:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def run(self, *args: object) -> list[object]:
+            raise RuntimeError("simulated ORT failure")
+
+    folder = polyphone.package_folder()
+    assert folder is not None
+    model = polyphone.PolyphoneModel.from_package(folder)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Broken)
+    model.use_onnxruntime()
+    assert model.backend == "onnxruntime"
+    text = "银行行长说，这个长长的行列走得很慢。"
+    with caplog.at_level("WARNING", logger=polyphone.__name__):
+        got = model.predict(text)
+        again = model.predict(text)
+    assert model.backend == "numpy"
+    model.use_numpy()
+    assert got == again == model.predict(text)
+    assert sum("onnxruntime failed" in r.getMessage() for r in caplog.records) == 1
+
+
 _PROBE = textwrap.dedent(
     """
     import logging, os, sys
