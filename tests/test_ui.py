@@ -238,6 +238,18 @@ def test_gradio_routes_pass_the_outer_wrapper(live: tuple[str, Any]) -> None:
     assert re.search(r'sambert_http_responses_total\{route="other",status="200"\} [1-9]', metrics)
 
 
+def test_serve_mounts_the_page_by_default_when_gradio_is_installed(served_synth: Any) -> None:
+    """`serve` without --ui/--no-ui passes ui=None: on where gradio imports; --no-ui (False) keeps it off."""
+    _ui_modules()
+    import httpx
+
+    from sambert_deploy.serve.app import create_app
+
+    for ui, status in ((None, 200), (False, 404)):
+        with uvicorn_on_loopback(create_app(served_synth, ui=ui)) as url:
+            assert httpx.get(url + "/ui/config").status_code == status, ui
+
+
 def test_api_keys_guard_the_page(served_synth: Any) -> None:
     """With API keys the page asks for one (as the password): /v1's key check never sees /ui."""
     _ui_modules()
