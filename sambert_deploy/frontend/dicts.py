@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import importlib.util
+import io
 import json
 import os
 import sys
@@ -117,23 +118,36 @@ class PrefixFreq:
 
 
 class WordTags:
-    """jieba's ``POSTokenizer.word_tag_tab`` semantics: ``get(word, default)`` -> the word's POS tag."""
+    """jieba's ``POSTokenizer.word_tag_tab`` semantics: ``get(word, default)`` -> the word's POS tag.
+
+    Words added later (POSTokenizer merges a user dictionary through ``update``) go to a small dict of
+    their own that is looked up first, as they would overwrite entries of jieba's dict.
+    """
 
     def __init__(self, words: PackedWords, tag_ids: array[int], tags: list[str]) -> None:
         self._words = words
         self._ids = tag_ids
         self._tags = tags
+        self._added: dict[str, str] = {}
+
+    def copy(self) -> WordTags:
+        """Another table sharing the packed words, with its own added words."""
+        return WordTags(self._words, self._ids, self._tags)
 
     def get(self, key: str, default: _T | None = None) -> str | _T | None:
+        if key in self._added:
+            return self._added[key]
         i = self._words.index(key)
         return self._tags[self._ids[i]] if i >= 0 else default
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._words.index(key) >= 0
+        return isinstance(key, str) and (key in self._added or self._words.index(key) >= 0)
+
+    def __setitem__(self, key: str, tag: str) -> None:
+        self._added[key] = tag
 
     def update(self, other: dict[str, str]) -> None:
-        if other:  # POSTokenizer merges user words here; the front end adds none
-            raise TypeError("the packed jieba POS table is read-only")
+        self._added.update(other)
 
 
 def load_jieba_dict(f: BinaryIO, name: str = "<jieba dict>") -> tuple[PrefixFreq, int, WordTags]:
@@ -165,17 +179,39 @@ def load_jieba_dict(f: BinaryIO, name: str = "<jieba dict>") -> tuple[PrefixFreq
     return PrefixFreq(words, counts), total, WordTags(words, ids, list(tag_no))
 
 
+def _import_posseg(tags: WordTags) -> Any:
+    """``import jieba.posseg``, without the POS table its module-level tokenizer (``jieba.posseg.dt``) reads
+    from the default dictionary at import (another ~40 MiB of str objects): it gets a copy of the packed
+    table instead, which answers the same. Only when jieba.posseg is not imported yet and the default
+    tokenizer still uses the default dictionary; otherwise a plain import.
+    """
+    import jieba
+
+    if "jieba.posseg" in sys.modules or jieba.dt.dictionary != jieba.DEFAULT_DICT:
+        import jieba.posseg
+
+        return jieba.posseg
+    # POSTokenizer.__init__ reads tokenizer.get_dict_file(); an instance attribute shadows the method
+    jieba.dt.get_dict_file = io.BytesIO
+    try:
+        import jieba.posseg
+    finally:
+        del jieba.dt.get_dict_file
+    jieba.posseg.dt.word_tag_tab = tags.copy()
+    return jieba.posseg
+
+
 def pos_tokenizer() -> Any:
     """A private jieba POSTokenizer whose tables are the packed ones (jieba's own dict is not loaded)."""
     import jieba
-    import jieba.posseg
 
     tok = jieba.Tokenizer()
     freq, total, tags = load_jieba_dict(tok.get_dict_file(), tok.dictionary or "jieba/dict.txt")
+    posseg = _import_posseg(tags)
     tok.FREQ, tok.total = freq, total
     tok.initialized = True
     # POSTokenizer.__init__ would read the dictionary again into a dict; give it the packed table instead
-    pt = jieba.posseg.POSTokenizer.__new__(jieba.posseg.POSTokenizer)
+    pt = posseg.POSTokenizer.__new__(posseg.POSTokenizer)
     pt.tokenizer = tok
     pt.word_tag_tab = tags
     return pt

@@ -93,3 +93,34 @@ def test_pinyin_tables_match_pypinyin_on_random_keys() -> None:
 )  # fmt: skip
 def test_tone3(marked: str, tone3: str) -> None:
     assert dicts.tone3(marked) == tone3
+
+
+_GLOBAL_POSSEG = r"""
+import logging, random, jieba
+jieba.setLogLevel(logging.WARNING)
+from sambert_deploy.frontend import dicts
+mine = dicts.pos_tokenizer()
+import jieba.posseg
+glob = jieba.posseg.dt
+assert isinstance(glob.word_tag_tab, dicts.WordTags), type(glob.word_tag_tab)
+ref = jieba.posseg.POSTokenizer(jieba.Tokenizer())  # jieba's own tables, read from the same dictionary
+rnd = random.Random(3)
+for w in rnd.sample(sorted(ref.word_tag_tab), 20000) + ["不是词", "x"]:
+    assert glob.word_tag_tab.get(w, "x") == ref.word_tag_tab.get(w, "x"), w
+text = "长江是中国最长的河流。行长说这一行很难做；他在B超室门口等了两个小时。"
+assert jieba.posseg.lcut(text) == ref.lcut(text)
+jieba.add_word("奇奇怪怪词", tag="nz")  # user words reach the global table, not the front end's
+assert ("奇奇怪怪词", "nz") in [(p.word, p.flag) for p in jieba.posseg.cut("一个奇奇怪怪词")]
+assert mine.word_tag_tab.get("奇奇怪怪词") is None
+print("ok")
+"""
+
+
+def test_global_posseg_gets_the_packed_pos_table(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Importing jieba.posseg through dicts skips the POS table its global tokenizer reads; that tokenizer
+    answers as jieba's own (a fresh process: jieba.posseg must not be imported yet)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _GLOBAL_POSSEG], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
