@@ -214,9 +214,18 @@ def _sub_dates(text: str) -> str:
     return text
 
 
+# h:mm between these words is a score, not a time (以21:19拿下, 战成10:10)
+_SCORE_BEFORE = re.compile(r"(?:比分|战成|比数)(?:是|为)?\s?$")
+_SCORE_AFTER = re.compile(
+    r"\s?(?:拿下|获胜|战胜|击败|取胜|力克|险胜|大胜|完胜|负于|不敌|落败|惜败|惨败|告负|赢)"
+)
+
+
 def _sub_times(text: str) -> str:
     def hms(m: re.Match[str]) -> str:
         h, mi, s = m.group(1), m.group(2), m.group(3)
+        if not s and (_SCORE_BEFORE.search(text, 0, m.start()) or _SCORE_AFTER.match(text, m.end())):
+            return f"{cardinal(h, False)}比{cardinal(mi, False)}"
         out = cardinal(h, liang=False).replace("二", "两") if h in ("2", "02") else cardinal(h, liang=False)
         if mi == "00" and not s:
             return out + "点"
@@ -346,6 +355,12 @@ def _sub_units(text: str) -> str:
         rf"({_NUM}(?:万|亿))\s?({_UNIT_RE})(?![A-Za-z])", lambda m: m.group(1) + _UNITS[m.group(2)], text
     )
     text = re.sub(rf"({_NUM}(?:\s?[-~]\s?{_NUM})?)\s?({_UNIT_RE})(?![A-Za-z])", unit, text)
+    # fuel consumption: 8L/100km -> 每百公里八升
+    text = re.sub(
+        rf"({_NUM})\s?(?:L|升)/100\s?(?:km|公里|千米)",
+        lambda m: f"每百公里{_number_word(m.group(1))}升",
+        text,
+    )
     # a rate: 元/升, 米/秒 written with Chinese units -> 每
     return re.sub(r"(?<=[元米克升吨秒时天角分])/(?=[升米克吨斤秒时天件个人次台])", "每", text)
 
