@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from .dicts import PinyinTables, pinyin_tables
+
 logger = logging.getLogger(__name__)
 
 HAN_RE = re.compile(r"[\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
@@ -24,20 +26,20 @@ _posseg: Any = None
 def _tokenizer() -> Any:
     """jieba's POS tokenizer, built on first use.
 
-    jieba prints 'Building prefix dict ...' through its own logger at DEBUG; it ships its dictionary in the
-    wheel, so nothing is downloaded. A private Tokenizer keeps user words out of the global jieba state.
+    jieba ships its dictionary in the wheel, so nothing is downloaded. A private Tokenizer keeps user words
+    out of the global jieba state. Its word tables are the packed ones of :mod:`.dicts` (same answers as
+    jieba's dicts, ~110 MiB less resident memory).
     """
     global _posseg
     if _posseg is None:
         with _lock:
             if _posseg is None:
                 import jieba
-                import jieba.posseg
+
+                from .dicts import pos_tokenizer
 
                 jieba.setLogLevel(logging.WARNING)
-                tok = jieba.Tokenizer()
-                tok.initialize()
-                _posseg = jieba.posseg.POSTokenizer(tok)
+                _posseg = pos_tokenizer()
     return _posseg
 
 
@@ -76,35 +78,15 @@ class Word:
 
 # --- pypinyin -------------------------------------------------------------------------------------------
 
-_pinyin_fn: Any = None
-
-
 def _single(ch: str) -> str:
-    global _pinyin_fn
-    if _pinyin_fn is None:
-        from pypinyin import Style, pinyin
-
-        def fn(w: str) -> list[str]:
-            # errors=callable keeps one (empty) item per character without a reading; the stub types it as str
-            out = pinyin(
-                [w],
-                style=Style.TONE3,
-                neutral_tone_with_five=True,
-                errors=lambda c: [""] * len(c),  # type: ignore[arg-type,return-value]
-            )
-            return [x[0] for x in out]
-
-        _pinyin_fn = fn
     if ch in _CHAR_DEFAULT:
         return _CHAR_DEFAULT[ch]
-    res: list[str] = _pinyin_fn(ch)
-    return res[0] if res else ""
+    return pinyin_tables().char(ch)
 
 
-def _phrases() -> dict[str, list[list[str]]]:
-    from pypinyin.constants import PHRASES_DICT
-
-    return PHRASES_DICT  # type: ignore[no-any-return]
+def _phrases() -> PinyinTables:
+    """pypinyin's phrase table (``in``; readings through :func:`_phrase_reading`), packed (:mod:`.dicts`)."""
+    return pinyin_tables()
 
 
 def word_freq(s: str) -> int:
@@ -118,26 +100,23 @@ def is_phrase(s: str) -> bool:
 
 
 def _phrase_reading(w: str) -> list[str]:
-    from pypinyin import Style
-    from pypinyin.style import convert
-
-    out = []
-    for item in _phrases()[w]:
-        py = convert(item[0], Style.TONE3, strict=True, neutral_tone_with_five=True)
-        out.append(py if py and py[-1].isdigit() else (py + "5" if py else ""))
-    return out
+    return pinyin_tables().phrase(w)
 
 
 def _raw_pinyin(word: str) -> list[str]:
+    return _raw_pinyin_sources(word)[0]
+
+
+def _raw_pinyin_sources(word: str) -> tuple[list[str], list[str]]:
     """Reading of a jieba word: the phrase table if it has the word, else the split of the word into known
     phrases that has the fewest pieces (ties: the most frequent pieces by jieba's counts), characters
     outside phrases by their default reading. pypinyin's own fallback (forward maximum matching) reads
     银行卡 as 银|行卡 (xing2); the fewest-pieces split gives 银行|卡.
     """
     if len(word) == 1:
-        return [_single(word)]
+        return [_single(word)], ["default"]
     if word in _phrases():
-        return _phrase_reading(word)
+        return _phrase_reading(word), ["phrase"] * len(word)
     import math
 
     freq = _tokenizer().tokenizer.FREQ
@@ -157,9 +136,11 @@ def _raw_pinyin(word: str) -> list[str]:
         assert cand is not None
         best[i] = cand
     out: list[str] = []
+    srcs: list[str] = []
     for piece in best[0][2]:
         out.extend(_phrase_reading(piece) if len(piece) > 1 else [_single(piece)])
-    return out
+        srcs.extend(["phrase" if len(piece) > 1 else "default"] * len(piece))
+    return out, srcs
 
 
 # Phrase-table readings corrected for modern usage: 咱 is zan2 (咱家 za2 is archaic); 朴 outside a
@@ -296,35 +277,59 @@ def is_han(ch: str) -> bool:
 
 
 def word_pinyin(word: str, pos: str, prev: Word | None, nxt: tuple[str, str] | None) -> list[str]:
-    """Pinyin (base + tone digit, '' for no reading) of one jieba word, with polyphones resolved by context."""
-    pys = _fix_phrase(word, _raw_pinyin(word))
+    """Pinyin (base + tone digit, '' for no reading) of one jieba word, with polyphones resolved by rules."""
+    return word_pinyin_sources(word, pos, prev, nxt)[0]
+
+
+def word_pinyin_sources(
+    word: str, pos: str, prev: Word | None, nxt: tuple[str, str] | None
+) -> tuple[list[str], list[str]]:
+    """:func:`word_pinyin` and, per syllable, what decided it: ``'phrase'`` (a word of the phrase table, or
+    a piece of one), ``'rule'`` (an explicit rule: part of speech, a measure word after a numeral, a
+    corrected word, a particle) or ``'default'`` (a character's default reading: nothing in its context
+    decided it). :func:`run_words` lets the context model replace the ``'default'`` ones.
+    """
     if len(word) == 1:
-        c = word
-        if (
-            c == "得"
-            and nxt is not None
-            and nxt[1].startswith("v")
-            and prev is not None
-            and prev.pos[:1] in ("r", "d")
-        ):
-            return ["dei3"]  # 我得走, 都得躲: modal 'must' before a verb
-        if c in _NEUTRAL_PARTICLES and (pos.startswith(("u", "y", "e")) or c in "的吗呢吧啊呀嘛啦们么哦耶"):
-            return [_NEUTRAL_PARTICLES[c]]
-        if prev is not None and prev.text and prev.text[-1] in _NUMERAL_CHARS and c in _MEASURE_AFTER_NUMERAL:
-            return [_MEASURE_AFTER_NUMERAL[c]]
-        for n in (2, 1):
-            key = (c, pos[:n])
-            if key in _BY_POS:
-                return [_BY_POS[key]]
-        if c == "长" and nxt is not None and nxt[0] == "得":
-            return ["zhang3"]  # 长得 (长得很快, 长得漂亮): 'grow', with a complement of degree
-        if c == "得":
-            return ["de5" if prev is not None and prev.pos[:1] in ("v", "a") else "de2"]
-        if c == "为" and pos.startswith("p") and prev is not None and prev.pos[:1] in ("n", "v"):
-            return ["wei2"]  # 'X 为 Y' (价格为, 表现为) is the copula wei2; 为了/为你 stay wei4
-        if c in _SINGLE_DEFAULT:
-            return [_SINGLE_DEFAULT[c]]
-        return pys
+        pys = _fix_phrase(word, _raw_pinyin(word))
+        out = _single_word(word, pos, prev, nxt, pys)
+        if out is not None:
+            return out, ["rule"]
+        return [_SINGLE_DEFAULT.get(word, pys[0])], ["default"]
+    raw, srcs = _raw_pinyin_sources(word)
+    pys = _multi_word(word, pos, _fix_phrase(word, list(raw)))
+    return pys, ["rule" if a != b else s for a, b, s in zip(raw, pys, srcs, strict=True)]
+
+
+def _single_word(
+    c: str, pos: str, prev: Word | None, nxt: tuple[str, str] | None, pys: list[str]
+) -> list[str] | None:
+    """The reading of a one-character word fixed by an explicit rule, or None (its default applies)."""
+    if (
+        c == "得"
+        and nxt is not None
+        and nxt[1].startswith("v")
+        and prev is not None
+        and prev.pos[:1] in ("r", "d")
+    ):
+        return ["dei3"]  # 我得走, 都得躲: modal 'must' before a verb
+    if c in _NEUTRAL_PARTICLES and (pos.startswith(("u", "y", "e")) or c in "的吗呢吧啊呀嘛啦们么哦耶"):
+        return [_NEUTRAL_PARTICLES[c]]
+    if prev is not None and prev.text and prev.text[-1] in _NUMERAL_CHARS and c in _MEASURE_AFTER_NUMERAL:
+        return [_MEASURE_AFTER_NUMERAL[c]]
+    for n in (2, 1):
+        key = (c, pos[:n])
+        if key in _BY_POS:
+            return [_BY_POS[key]]
+    if c == "长" and nxt is not None and nxt[0] == "得":
+        return ["zhang3"]  # 长得 (长得很快, 长得漂亮): 'grow', with a complement of degree
+    if c == "得":
+        return ["de5" if prev is not None and prev.pos[:1] in ("v", "a") else "de2"]
+    if c == "为" and pos.startswith("p") and prev is not None and prev.pos[:1] in ("n", "v"):
+        return ["wei2"]  # 'X 为 Y' (价格为, 表现为) is the copula wei2; 为了/为你 stay wei4
+    return None
+
+
+def _multi_word(word: str, pos: str, pys: list[str]) -> list[str]:
     if pos.startswith("nr") and 2 <= len(word) <= 3 and word[0] in _SURNAMES:
         # in a given name 长 is chang2 (长春, 长生, 长江 as names); zhang3 'elder' is not a name character
         pys = [
@@ -387,3 +392,117 @@ def can_merge_er(prev: Word) -> bool:
     if (prev.text + "儿").endswith(_ER_FULL_SUFFIXES):
         return False
     return can_take_erhua(split_tone(prev.syllables[-1])[0])
+
+
+# --- the context model at the polyphones --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolyphonePolicy:
+    """Which syllables the context model (:mod:`.polyphone`) decides.
+
+    sources: the kinds of syllable (see :func:`word_pinyin_sources`) whose polyphones the model reads;
+        empty: rules only.
+    min_prob: the model's reading replaces the rules' only when its probability is at least this.
+    phrase_prob: also replace phrase-table readings when the model is at least this sure (None: never).
+    curated_defaults: characters with a hand-chosen running-text default (``_SINGLE_DEFAULT``,
+        ``_CHAR_DEFAULT``: 没 mei2, 都 dou1, 给 gei3, 为 wei4, 剥 bo1) keep it. The model learnt CPP's
+        sampling, which over-represents the rare readings (没 mo4, 都 du1), and reads them out of place
+        in everyday text.
+    """
+
+    sources: frozenset[str] = frozenset({"default"})
+    min_prob: float = 0.0
+    phrase_prob: float | None = None
+    curated_defaults: bool = True
+
+
+RULES_ONLY = PolyphonePolicy(sources=frozenset())
+_policy = PolyphonePolicy()
+
+
+def set_polyphone_policy(policy: PolyphonePolicy) -> PolyphonePolicy:
+    """Set the policy :func:`run_words` uses by default; returns the previous one (for the scoring
+    scripts, which compare policies on the same front end)."""
+    global _policy
+    old, _policy = _policy, policy
+    return old
+
+
+def run_words(
+    run: str,
+    prev: Word | None,
+    emotion: str = "emotion_neutral",
+    dropped: list[str] | None = None,
+    policy: PolyphonePolicy | None = None,
+) -> list[Word]:
+    """Words of a run of Han characters: jieba segmentation, pinyin by the rules, the polyphones the rules
+    left to a default decided by the context model over the whole run (one pass), erhua merged.
+
+    ``prev`` is the word before the run (context for the rules); characters without a reading are left out
+    and appended to ``dropped``.
+    """
+    from . import polyphone
+
+    pol = _policy if policy is None else policy
+    model = polyphone.load() if pol.sources or pol.phrase_prob is not None else None
+    preds: dict[int, Any] | None = None  # the model runs once per run, and only if a word needs it
+    segs = segment(run)
+    out: list[Word] = []
+    at = 0
+    for k, (w, pos) in enumerate(segs):
+        nxt = segs[k + 1] if k + 1 < len(segs) else None
+        before = out[-1] if out else prev
+        pys, srcs = word_pinyin_sources(w, pos, before, nxt)
+        if model is not None and any(
+            _model_may_decide(c, src, pol) and model.is_polyphone(c) for c, src in zip(w, srcs, strict=True)
+        ):
+            if preds is None:
+                preds = model.predict(run)
+            pys = _apply_model(w, at, pys, srcs, preds, pol)
+        at += len(w)
+        if not all(pys):
+            if dropped is not None:
+                dropped.extend(c for c, p in zip(w, pys, strict=False) if not p)
+            keep = [(c, p) for c, p in zip(w, pys, strict=False) if p]
+            w = "".join(c for c, _ in keep)
+            pys = [p for _, p in keep]
+            if not w:
+                continue
+        pys, _chars = merge_erhua(w, pys, pos)
+        if w == "儿" and out and can_merge_er(out[-1]):
+            # jieba often cuts the erhua suffix off (老汉|儿, 应景|儿): merge it into the previous word
+            last = out[-1]
+            last.syllables[-1] = erhua_syllable(last.syllables[-1])
+            last.text += w
+            continue
+        out.append(Word(w, pos, pys, emotion))
+    return out
+
+
+def _model_may_decide(ch: str, src: str, pol: PolyphonePolicy) -> bool:
+    if pol.curated_defaults and (ch in _SINGLE_DEFAULT or ch in _CHAR_DEFAULT):
+        return False
+    return src in pol.sources or (src == "phrase" and pol.phrase_prob is not None)
+
+
+def _apply_model(
+    word: str, at: int, pys: list[str], srcs: list[str], preds: dict[int, Any], pol: PolyphonePolicy
+) -> list[str]:
+    from .phones import split_tone, syllable_phones
+
+    out = list(pys)
+    for k, (py, src) in enumerate(zip(pys, srcs, strict=True)):
+        p = preds.get(at + k)
+        if p is None or not py or p.reading == py:
+            continue
+        if not _model_may_decide(word[k], src, pol):
+            continue
+        if p.prob < (pol.min_prob if src in pol.sources else (pol.phrase_prob or 0.0)):
+            continue
+        try:
+            syllable_phones(split_tone(p.reading)[0])
+        except (KeyError, ValueError):
+            continue  # a reading the phone table lacks (儿 as r5): keep the rules'
+        out[k] = p.reading
+    return out
