@@ -16,13 +16,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import InvalidInputError
-from ..symbols import Inventories, Unit, format_units, split_units
+from ..symbols import Inventories, Token, Unit, format_units, split_tokens, split_units
 from . import english, g2p, normalize, sandhi, split
 from .g2p import Word
 from .lexicon import Lexicon
 from .phones import split_tone, syllable_phones
 from .prosody import ProsodyOptions, group_prosodic_words
 from .reader import SentenceReader
+from .spans import SourceMap, Span, union, word_chars
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class FrontEndOptions:
 class _Phrase:
     words: list[Word]
     level: int  # break after the last prosodic word: 3 (，、...) or 4 (sentence end)
+    chars: list[list[Span] | None] = field(default_factory=list)  # per word: its characters' sentence spans
+    punct: Span | None = None  # the punctuation that closed the phrase (sentence span)
 
 
 class FrontEnd:
@@ -182,22 +185,37 @@ class FrontEnd:
 
     # --- the incremental reader's entry (SentenceReader calls it per block) ----------------------------------
 
-    def block_units(self, block: str, default_emotion: str, spk: str, state: list[str]) -> list[list[Unit]]:
+    def block_units(self, block: str, default_emotion: str, spk: str, state: list[str], base: int = 0,
+                    tokens: list[tuple[Token, ...]] | None = None) -> list[list[Unit]]:
         """Units of one block of whole sentences. ``state[0]`` is the current emotion, carried from block to
-        block by the caller's reader; ``default_emotion`` is what ``[/emotion]`` returns to.
+        block by the caller's reader; ``default_emotion`` is what ``[/emotion]`` returns to. Where
+        ``tokens`` is given, each sentence's :class:`~sambert_deploy.symbols.Token` s are appended to it
+        (one tuple per sentence returned), their source spans offset by ``base`` (the block's position
+        in the caller's input).
         """
         marked, table = split.parse_markup(block, default_emotion, self._inv)
+        norm = normalize.normalize(marked)
+        smap = SourceMap(block, marked, norm, base) if tokens is not None else None
         out: list[list[Unit]] = []
-        for sent in split.split_sentences(normalize.normalize(marked)):
-            units = self._sentence_units(sent, table, state, spk)
+        pos = 0
+        for sent in split.split_sentences(norm):
+            # a sentence is a stripped slice of the normalized text, in order: found from where the last ended
+            at = norm.find(sent, pos)
+            pos = at + len(sent) if at >= 0 else pos
+            units, toks = self._sentence_units(sent, table, state, spk)
             if units:
-                out.extend(self._limit_length(units))
+                pieces = self._limit_length(units)
+                out.extend(pieces)
+                if tokens is not None and smap is not None:
+                    placed = tuple(_placed(t, smap, at) for t in toks)
+                    tokens.extend(split_tokens(placed, [len(p) for p in pieces]))
         return out
 
     def _analyze_sentence(
         self, sent: str, table: list[str], state: list[str]
-    ) -> list[tuple[list[list[Word]], int]]:
-        """Phrases of one sentence as (prosodic words, break level after the phrase), sandhi applied."""
+    ) -> list[tuple[list[list[Word]], int, _Phrase]]:
+        """Phrases of one sentence as (prosodic words, break level after the phrase, the phrase), sandhi
+        applied."""
         out = []
         for ph in self._phrases(sent, table, state):
             sandhi.yi_bu_sandhi(ph.words)
@@ -209,21 +227,33 @@ class FrontEnd:
             else:
                 for g in groups:
                     sandhi.third_tone_across(g)
-            out.append((groups, ph.level))
+            out.append((groups, ph.level, ph))
         return out
 
-    def _sentence_units(self, sent: str, table: list[str], state: list[str], spk: str) -> list[Unit]:
+    def _sentence_units(self, sent: str, table: list[str], state: list[str], spk: str) -> tuple[list[Unit],
+                                                                                                 list[Token]]:
+        """The sentence's units and its tokens (source spans in sentence coordinates)."""
         units: list[Unit] = []
-        for groups, level in self._analyze_sentence(sent, table, state):
+        tokens: list[Token] = []
+        for groups, level, ph in self._analyze_sentence(sent, table, state):
+            places = _group_chars(groups, ph)
             for gi, g in enumerate(groups):
-                pw_units = _pw_units(g, spk)
+                pw_units, pw_tokens = _pw_units(g, spk, places[gi])
                 if not pw_units:
                     continue
+                tokens.extend(Token(t.text, t.kind, t.first + len(units), t.count, t.source) for t in pw_tokens)
                 units.extend(pw_units)
-                units.append(_break_unit(level if gi == len(groups) - 1 else 1, spk))
+                last = gi == len(groups) - 1
+                lvl = level if last else 1
+                punct = ph.punct if last else None
+                text = sent[punct[0]:punct[1]] if punct else ""
+                tokens.append(Token(text, "break", len(units), 1, punct, lvl))
+                units.append(_break_unit(lvl, spk))
         if units:
             units[-1] = _break_unit(4, spk)  # a sentence always closes with #4
-        return units
+            end = tokens[-1]
+            tokens[-1] = Token(end.text, end.kind, end.first, end.count, end.source, 4)
+        return units, tokens
 
     def pinyin(self, text: str) -> list[str]:
         """Per sentence, the surface pinyin with prosodic-word breaks, e.g. 'ni2 hao3 #4' (inspection/tests).
@@ -237,7 +267,7 @@ class FrontEnd:
         out = []
         for sent in split.split_sentences(normalize.normalize(marked)):
             toks: list[str] = []
-            for groups, level in self._analyze_sentence(sent, table, state):
+            for groups, level, _ in self._analyze_sentence(sent, table, state):
                 for gi, g in enumerate(groups):
                     toks.extend(t for w in g for t in ([w.text] if w.latin else w.syllables))
                     toks.append(f"#{level if gi == len(groups) - 1 else 1}")
@@ -249,15 +279,25 @@ class FrontEnd:
     def _phrases(self, sent: str, table: list[str], state: list[str]) -> list[_Phrase]:
         phrases: list[_Phrase] = []
         words: list[Word] = []
+        chars: list[list[Span] | None] = []
         dropped: list[str] = []
 
-        def close(level: int) -> None:
-            nonlocal words
+        def close(level: int, punct: Span | None = None) -> None:
+            nonlocal words, chars
             if words:
-                phrases.append(_Phrase(words, level))
-                words = []
+                phrases.append(_Phrase(words, level, chars, punct))
+                words, chars = [], []
             elif phrases:
-                phrases[-1].level = max(phrases[-1].level, level)
+                last = phrases[-1]
+                last.level = max(last.level, level)
+                last.punct = union([last.punct, punct])
+
+        def add(new: list[Word], run: str, at: int, whole: Span | None = None) -> None:
+            words.extend(new)
+            if whole is not None:  # text the front end spelled out itself: every character from the whole token
+                chars.extend([whole] * len(w.text) for w in new)
+            else:
+                chars.extend(word_chars(run, [w.text for w in new], at))
 
         for m in _TOKEN_RE.finditer(sent):
             kind = m.lastgroup
@@ -265,18 +305,18 @@ class FrontEnd:
             if kind == "emo":
                 state[0] = table[ord(tok) - split.SENTINEL_BASE]
             elif kind == "han":
-                words.extend(self._han_words(tok, state[0], words[-1] if words else None, dropped))
+                add(self._han_words(tok, state[0], words[-1] if words else None, dropped), tok, m.start())
             elif kind == "digit":
-                words.extend(
-                    self._han_words(normalize.cardinal(tok), state[0], words[-1] if words else None, dropped)
-                )
+                spelled = normalize.cardinal(tok)
+                add(self._han_words(spelled, state[0], words[-1] if words else None, dropped), spelled, 0,
+                    (m.start(), m.end()))
             elif kind == "latin":
                 sylls = english.english_syllables(tok)
                 if sylls:
-                    words.append(Word(tok, "eng", [], state[0], latin=True, phones=sylls))
+                    add([Word(tok, "eng", [], state[0], latin=True, phones=sylls)], tok, m.start())
             elif kind == "other":
                 if tok in _BREAK_PUNCT:
-                    close(_BREAK_PUNCT[tok])
+                    close(_BREAK_PUNCT[tok], (m.start(), m.end()))
                 elif tok not in _SILENT:
                     dropped.append(tok)
         close(4)
@@ -290,26 +330,7 @@ class FrontEnd:
             if fixed is not None:
                 out.append(Word(piece, "lex", list(fixed), emotion, locked=True))
                 continue
-            segs = g2p.segment(piece)
-            for k, (w, pos) in enumerate(segs):
-                nxt = segs[k + 1] if k + 1 < len(segs) else None
-                before = out[-1] if out else prev
-                pys = g2p.word_pinyin(w, pos, before, nxt)
-                if not all(pys):
-                    dropped.extend(c for c, p in zip(w, pys, strict=False) if not p)
-                    keep = [(c, p) for c, p in zip(w, pys, strict=False) if p]
-                    w = "".join(c for c, _ in keep)
-                    pys = [p for _, p in keep]
-                    if not w:
-                        continue
-                pys, _chars = g2p.merge_erhua(w, pys, pos)
-                if w == "儿" and out and g2p.can_merge_er(out[-1]):
-                    # jieba often cuts the erhua suffix off (老汉|儿, 应景|儿): merge it into the previous word
-                    last = out[-1]
-                    last.syllables[-1] = g2p.erhua_syllable(last.syllables[-1])
-                    last.text += w
-                    continue
-                out.append(Word(w, pos, pys, emotion))
+            out.extend(g2p.run_words(piece, out[-1] if out else prev, emotion, dropped))
         return out
 
     def _limit_length(self, units: list[Unit]) -> list[list[Unit]]:
@@ -340,15 +361,70 @@ def _break_unit(level: int, spk: str) -> Unit:
     return Unit(f"#{level}", "tone_none", "s_none", "word_none", "emotion_none", spk)
 
 
-def _pw_units(group: list[Word], spk: str) -> list[Unit]:
-    """Units of one prosodic word with the KAN-TTS position rules (Syllable.GetPhoneMeta)."""
+def _placed(t: Token, smap: SourceMap, at: int) -> Token:
+    """``t`` with its sentence span (the sentence at ``at`` of the normalized block) as an input span."""
+    if t.source is None or at < 0:  # at < 0: the sentence was not found in the block (never seen): no span
+        return Token(t.text, t.kind, t.first, t.count, None, t.level)
+    return Token(t.text, t.kind, t.first, t.count, smap.span(at + t.source[0], at + t.source[1]), t.level)
+
+
+def _group_chars(groups: list[list[Word]], ph: _Phrase) -> list[list[list[Span] | None]]:
+    """Per prosodic word, per word in it, its characters' sentence spans (None where unknown). Grouping
+    may cut a long word into feet and drops words with no syllables, but keeps the text in order."""
+    flat: list[Span | None] = []
+    texts: list[str] = []
+    for i, w in enumerate(ph.words):
+        if w.syllables or w.latin:
+            cs = ph.chars[i] if i < len(ph.chars) else None
+            flat.extend(cs if cs is not None and len(cs) == len(w.text) else [None] * len(w.text))
+            texts.append(w.text)
+    joined = "".join(texts)
+    out: list[list[list[Span] | None]] = []
+    k = 0
+    for g in groups:
+        per: list[list[Span] | None] = []
+        for w in g:
+            n = len(w.text)
+            seg = flat[k:k + n] if joined[k:k + n] == w.text else []
+            per.append([s for s in seg if s is not None] if len(seg) == n and None not in seg else None)
+            k += n
+        out.append(per)
+    return out
+
+
+def _syllable_texts(w: Word, cs: list[Span] | None) -> list[tuple[str, Span | None]] | None:
+    """Per syllable of a Han word, its characters and their span; None where the characters cannot be
+    paired with the syllables (a user-lexicon reading of another length)."""
+    n, t = len(w.syllables), w.text
+    if len(t) == n:
+        ranges = [(i, i + 1) for i in range(n)]
+    elif n and len(t) == n + 1 and t.endswith("儿"):  # erhua: the last syllable covers 点儿
+        ranges = [(i, i + 1) for i in range(n - 1)] + [(n - 1, n + 1)]
+    else:
+        return None
+    return [(t[a:b], union(cs[a:b]) if cs else None) for a, b in ranges]
+
+
+def _pw_units(group: list[Word], spk: str, places: list[list[Span] | None] | None = None) -> tuple[list[Unit],
+                                                                                                 list[Token]]:
+    """Units of one prosodic word with the KAN-TTS position rules (Syllable.GetPhoneMeta), and its tokens
+    (units numbered from the prosodic word's first, spans in sentence coordinates)."""
     sylls: list[tuple[list[str], str, str]] = []  # phones, tone, emotion
-    for w in group:
+    owner: list[int] = []  # per syllable: its token
+    toks: list[tuple[str, str, Span | None]] = []  # text, kind, sentence span
+    for wi, w in enumerate(group):
+        cs = places[wi] if places is not None and wi < len(places) else None
         if w.latin:
+            toks.append((w.text, "word", union(cs) if cs else None))
             for syl in w.phones or []:
                 sylls.append((syl, "tone0", w.emotion))
+                owner.append(len(toks) - 1)
             continue
-        for s in w.syllables:
+        per = _syllable_texts(w, cs)
+        if per is None:
+            toks.append((w.text, "word", union(cs) if cs else None))
+        word_token = len(toks) - 1
+        for si, s in enumerate(w.syllables):
             base, tone = split_tone(s)
             try:
                 onset, final = syllable_phones(base)
@@ -356,8 +432,13 @@ def _pw_units(group: list[Word], spk: str) -> list[Unit]:
                 logger.warning("no phones for pinyin %r in %r; syllable dropped", s, w.text)
                 continue
             sylls.append(([onset, final], f"tone{tone}", w.emotion))
+            if per is not None:
+                toks.append((per[si][0], "syllable", per[si][1]))
+                owner.append(len(toks) - 1)
+            else:
+                owner.append(word_token)
     if not sylls:
-        return []
+        return [], []
     n_phones = sum(len(p) for p, _, _ in sylls)
     single = len(sylls) == 1
     out: list[Unit] = []
@@ -373,4 +454,12 @@ def _pw_units(group: list[Word], spk: str) -> list[Unit]:
             elif wp == "word_end" and spos not in ("s_end", "s_both"):
                 wp = "word_middle"
             out.append(Unit(ph, tone_name, spos, wp, emo, spk))
-    return out
+    first: dict[int, int] = {}
+    count: dict[int, int] = {}
+    at = 0
+    for (phones, _, _), t in zip(sylls, owner, strict=True):
+        first.setdefault(t, at)
+        count[t] = count.get(t, 0) + len(phones)
+        at += len(phones)
+    tokens = [Token(toks[t][0], toks[t][1], first[t], count[t], toks[t][2]) for t in sorted(first)]
+    return out, tokens
