@@ -187,11 +187,15 @@ def quantize(bundle: Path, precisions: str, voices: tuple[str, ...], corpus: Pat
               help="Speaking rate (2.0 twice as fast).")
 @click.option("--max-gpu-memory", help=GPU_MEMORY_HELP)
 @click.option("--gpu-streams", type=click.IntRange(1, 256), help="Graph calls in flight on the GPU (default: the tier's).")
+@click.option("--timestamps", "timestamps", type=click.Path(path_type=Path),
+              help="Also write each syllable's/word's exact time: out.json (every mark), out.srt or out.vtt "
+                   "(caption lines); the format is the suffix's.")
 @handle_errors
 def synth(bundle: Path, text: str | None, symbols_file: str | None, out: str, voice: str | None, emotion: str | None,
           speaker: str | None, lexicon: Path | None, backend: str, strict: bool, am_backend: str | None,
           voc_backend: str | None, precision: str, threads: int, chunk: int | None, first_chunk: int | None,
-          max_units: int, speed: float, max_gpu_memory: str | None, gpu_streams: int | None) -> None:
+          max_units: int, speed: float, max_gpu_memory: str | None, gpu_streams: int | None,
+          timestamps: Path | None = None) -> None:
     """Synthesize TEXT (or '-' for stdin, or --symbols-file) with BUNDLE into a WAV file or stdout.
 
     Stdin is read as it arrives: each sentence is spoken as soon as it is complete. Text that
@@ -217,6 +221,13 @@ def synth(bundle: Path, text: str | None, symbols_file: str | None, out: str, vo
     elif text == "-":
         text = None
         source = _stdin_lines()
+    fed: list[str] = []  # the text as fed, for the captions' own words (marks hold offsets into it)
+    if timestamps is not None:
+        from .runtime.captions import check_timestamps_path
+
+        check_timestamps_path(timestamps)
+        if text is None and symbols_file is None:
+            source = _recorded(source, fed)
     # No chunk options given: None, so a GPU's memory tier may choose them.
     given = {k: v for k, v in (("vocoder_chunk", chunk), ("first_chunk", first_chunk)) if v}
     stream_opts = StreamOptions(max_units=max_units or None, **given) if given or max_units != 300 else None
@@ -234,12 +245,19 @@ def synth(bundle: Path, text: str | None, symbols_file: str | None, out: str, vo
             stream = syn.stream(text if text is not None else source, options=call)
         else:
             stream = syn.stream(symbols=source, options=call)
+        marks: list[Any] = []
         with stream:
             try:
-                n = write_stream(stream, out, syn.sample_rate, progress=sys.stderr.isatty() and out != "-")
+                n = write_stream(_marks_of(stream, marks), out, syn.sample_rate,
+                                 progress=sys.stderr.isatty() and out != "-")
             except BrokenPipeError:
                 _quiet_broken_pipe()
             st = stream.info
+        if timestamps is not None:
+            from .runtime.captions import write_timestamps
+
+            said = text if text is not None else ("".join(fed) if symbols_file is None else None)
+            write_timestamps(timestamps, marks, syn.sample_rate, n, said)
         audio_s = n / syn.sample_rate
         am_b, voc_b = syn.backends()[st.voice]
         log.info("%d sentence(s), %d units -> %.2f s audio in %.2f s (RTF %.3f, first audio %.0f ms) on %s/%s "
@@ -262,6 +280,19 @@ def _check_request(manifest: Any, text: str | None, voice: str | None, emotion: 
         inv.resolve_speaker(speaker)
     if out != "-":
         check_output(out)
+
+
+def _marks_of(chunks: Any, into: list[Any]) -> Any:
+    """The chunks passed through, their timestamps gathered into ``into``."""
+    for c in chunks:
+        into.extend(c.marks)
+        yield c
+
+
+def _recorded(pieces: Any, into: list[str]) -> Any:
+    for piece in pieces:
+        into.append(piece)
+        yield piece
 
 
 def _stdin_lines() -> Any:
@@ -339,11 +370,13 @@ def symbols(text: str, emotion: str | None, speaker: str, lexicon: Path | None, 
 @click.option("--precision", default="auto", show_default=True, help=PRECISION_HELP)
 @click.option("--threads", default=0, type=click.IntRange(0, 256), help="CPU budget (0: every CPU this process may use).")
 @click.option("--max-gpu-memory", help=GPU_MEMORY_HELP)
+@click.option("--ui/--no-ui", default=None,
+              help="The Gradio page at /ui (default: on when the ui extra is installed; --ui requires it).")
 @handle_errors
 def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: int, max_input_chars: int,
           api_key_file: Path | None, api_key: str | None, send_timeout: float, park_after: float, header_timeout: float,
           body_timeout: float, max_connections: int, keep_alive: int, shutdown_grace: float, backend: str,
-          precision: str, threads: int, max_gpu_memory: str | None) -> None:
+          precision: str, threads: int, max_gpu_memory: str | None, ui: bool | None = None) -> None:
     """Serve BUNDLE over HTTP: OpenAI's /v1/audio/speech (streamed), voices, models, health, metrics and a
     browser page at /. SIGTERM or Ctrl-C drains running streams (--shutdown-grace), then exits 0."""
     from .errors import InvalidInputError, MissingExtraError
@@ -387,9 +420,83 @@ def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: in
                               park_after_s=park_after,
                               header_timeout_s=header_timeout, body_timeout_s=body_timeout,
                               max_connections=max_connections, keep_alive_s=keep_alive, shutdown_grace_s=shutdown_grace)
-            run(create_app(syn, cfg), cfg, sock)
+            run(create_app(syn, cfg, ui=ui), cfg, sock)
     finally:
         sock.close()
+
+
+@main.command("wyoming")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--uri", default="tcp://127.0.0.1:10200", show_default=True,
+              help="Where to listen: tcp://HOST:PORT (tcp://0.0.0.0:10200 for Home Assistant on another machine) "
+                   "or unix://PATH.")
+@click.option("--voice", help="Voice for requests that name none (default: the bundle's default).")
+@click.option("--max-concurrent", default=2, show_default=True, type=click.IntRange(1, 1024),
+              help="Streams synthesizing at once.")
+@click.option("--max-queue", default=8, show_default=True, type=click.IntRange(0, 100000),
+              help="Requests waiting for a slot; more get an error event (server_busy).")
+@click.option("--max-input-chars", default=4096, show_default=True, type=click.IntRange(1, 10**7))
+@click.option("--send-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds a client may accept no audio before its stream is cut and its slot freed.")
+@click.option("--shutdown-grace", default=30.0, show_default=True, type=click.FloatRange(0, 86400),
+              help="On SIGTERM/SIGINT: seconds running streams get to finish (new requests get an error), then "
+                   "they are cut; exit 0.")
+@click.option("--backend", type=BACKEND_CHOICES, default="auto", show_default=True)
+@click.option("--precision", default="auto", show_default=True, help=PRECISION_HELP)
+@click.option("--threads", default=0, type=click.IntRange(0, 256), help="CPU budget (0: every CPU this process may use).")
+@click.option("--max-gpu-memory", help=GPU_MEMORY_HELP)
+@handle_errors
+def wyoming_server(bundle: Path, uri: str, voice: str | None, max_concurrent: int, max_queue: int,
+                   max_input_chars: int, send_timeout: float, shutdown_grace: float, backend: str, precision: str,
+                   threads: int, max_gpu_memory: str | None) -> None:
+    """Serve BUNDLE to Home Assistant over the Wyoming protocol (add it under Settings -> Devices & services
+    -> Add integration -> Wyoming Protocol, with this host and port). Audio streams as it is synthesized;
+    each emotion is also a voice VOICE:EMOTION. SIGTERM or Ctrl-C drains running streams, then exits 0."""
+    from .errors import MissingExtraError
+    from .runtime.manifest import read_manifest
+    from .runtime.synthesizer import Synthesizer
+
+    try:
+        from .serve.wyoming import WyomingConfig, WyomingService, bind_uri, is_loopback, run, warm_up
+    except ImportError as e:
+        raise MissingExtraError(e.name or "wyoming", "wyoming") from None
+    manifest = read_manifest(bundle)
+    manifest.voice(voice)  # an unknown --voice is refused before the load
+    sock = bind_uri(uri)  # a bad URI or a port in use is one line and exit 2, before seconds of loading
+    try:
+        if not is_loopback(uri):
+            log.warning("Wyoming has no authentication: anyone who can reach %s can use this server", uri)
+        with Synthesizer(manifest, voice=voice, backend=backend, threads=threads, precision=precision,
+                         max_gpu_memory=max_gpu_memory) as syn:
+            loaded = syn.load("*")
+            log.info("loaded %d voice(s) in %.2f s; backends %s; vocoder precision %s", len(syn.voices()), loaded,
+                     syn.backends(), syn.precisions())
+            log.info("warmed up in %.2f s", warm_up(syn))
+            cfg = WyomingConfig(max_concurrent=max_concurrent, max_queue=max_queue, max_input_chars=max_input_chars,
+                                send_timeout_s=send_timeout, shutdown_grace_s=shutdown_grace)
+            log.info("Wyoming server on %s (voices: %s)", uri, ", ".join(syn.voices()))
+            run(WyomingService(syn, cfg), sock)
+    finally:
+        sock.close()
+
+
+@main.command("ui", params=[p for p in serve.params if p.name != "ui"])
+@handle_errors
+def ui_command(**options: Any) -> None:
+    """Serve BUNDLE with the Gradio page at /ui (pip install 'sambert-deploy[ui]'): the same server as
+    `serve --ui` (API, page at /, guards, admission, drain), which the page shares; takes serve's options."""
+    import importlib.util
+
+    from .errors import MissingExtraError
+
+    try:  # before the port is bound and the bundle loaded
+        found = importlib.util.find_spec("gradio") is not None
+    except ImportError:
+        found = False
+    if not found:
+        raise MissingExtraError("gradio", "ui")
+    log.info("the Gradio page will be at http://%s:%s/ui", options["host"], options["port"])
+    click.get_current_context().invoke(serve, ui=True, **options)
 
 
 @main.command()
