@@ -44,7 +44,9 @@ STATIC = Path(__file__).parent / "static"
 INLINE_FORMATS = ("wav", "pcm")
 # The ASGI extension the guarded uvicorn protocol (run.py) puts in the scope: aborts the connection.
 ABORT_EXTENSION = "sambert.abort"
-ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/audio/voices", "/v1/audio/speech", "/favicon.ico",
+CAPTIONED = "/v1/audio/captioned_speech"
+SPEECH_ROUTES = ("/v1/audio/speech", CAPTIONED)
+ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/audio/voices", *SPEECH_ROUTES, "/favicon.ico",
           "/favicon.svg", "/docs", "/openapi.json")
 
 
@@ -177,7 +179,7 @@ class SpeechApp:
             if error is not None:
                 await _send_json(guarded_send, error)
                 return
-            if path == "/v1/audio/speech" and abort is not None:
+            if path in SPEECH_ROUTES and abort is not None:
                 self._aborts[key] = abort
             await self.inner(scope, _replay(body, receive), guarded_send)
         except ClientStalled:
@@ -289,8 +291,9 @@ def _client(scope: dict[str, Any]) -> str:
     return f"{client[0]}:{client[1]}" if client else "-"
 
 
-def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> SpeechApp:
-    """The ASGI app. ``synth`` is shared by every request; the caller owns (and closes) it."""
+def create_app(synth: Synthesizer, config: ServeConfig | None = None, ui: bool | None = False) -> SpeechApp:
+    """The ASGI app. ``synth`` is shared by every request; the caller owns (and closes) it. ``ui``: the
+    Gradio page at /ui (ui.py); None mounts it when gradio is installed and logs one line when not."""
     try:
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
@@ -332,6 +335,12 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> SpeechA
         emotion: str | None = None
         speaker: str | None = None
         sample_rate: Literal[16000, 24000] | None = Field(None, description="pcm only: 24000 resamples")
+        timestamps: bool = Field(False, description="stream_format sse only: a speech.audio.timestamps event "
+                                 "before the audio each syllable/word starts in (exact times from the durations)")
+
+    class CaptionedRequest(SpeechRequest):
+        stream: bool = Field(True, description="true: one JSON line per piece of audio with the timestamps that "
+                             "start in it (application/x-ndjson); false: one JSON object with all of it")
 
     class CutStream(StreamingResponse):
         """Closes its body generator however the response ends (a send that raised included), so the
@@ -426,8 +435,16 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> SpeechA
                         "speakers": list(vm.speakers)})
         return {"voices": out}
 
-    @app.post("/v1/audio/speech", response_model=None)
-    async def speech(req: SpeechRequest, request: Request) -> Any:
+    if ui is not False:
+        from .ui import UiConfig, mount_ui
+
+        mount_ui(app, synth, admission, UiConfig(cfg.max_concurrent, cfg.max_queue, cfg.max_input_chars, cfg.api_keys),
+                 required=ui is True)
+
+    async def start(req: SpeechRequest, request: Request) -> tuple[Any, Any, Any, Slot, dict[str, Any]]:
+        """Checks a speech request, waits for a slot and starts its stream: (stream, first chunk or None,
+        encoding, slot, request info). The first chunk comes before the response starts, so an error found
+        by then is still a clean 4xx."""
         fmt = req.response_format
         if fmt not in FORMATS:
             raise ApiError(400, f"response_format '{fmt}' cannot be encoded here; use one of {', '.join(FORMATS)}",
@@ -458,7 +475,6 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> SpeechA
         info["slot"] = slot
         stream = None
         try:
-            # The first chunk before the response starts: an error found by then is still a clean 4xx.
             stream = synth.stream(req.input, options=opts)
             try:
                 first = await stream.__anext__()
@@ -471,20 +487,52 @@ def create_app(synth: Synthesizer, config: ServeConfig | None = None) -> SpeechA
             if isinstance(e, SambertDeployError):
                 raise ApiError(400, str(e), param=getattr(e, "param", None)) from None
             raise
-        enc = encoding(fmt, synth.sample_rate, req.sample_rate)
-        body = _body(stream, first, enc, synth.sample_rate, req.stream_format == "sse", request, slot,
-                     metrics, info, fmt, len(req.input), None if fmt in INLINE_FORMATS else pool)
+        return stream, first, encoding(fmt, synth.sample_rate, req.sample_rate), slot, info
+
+    @app.post("/v1/audio/speech", response_model=None)
+    async def speech(req: SpeechRequest, request: Request) -> Any:
+        if req.timestamps and req.stream_format != "sse":
+            raise ApiError(400, "timestamps: needs stream_format 'sse' (or POST /v1/audio/captioned_speech)",
+                           param="timestamps")
+        stream, first, enc, slot, info = await start(req, request)
+        fmt = req.response_format
+        mode = ("sse+timestamps" if req.timestamps else "sse") if req.stream_format == "sse" else "audio"
+        body = _body(stream, first, enc, synth.sample_rate, mode, request, slot, metrics, info, fmt, len(req.input),
+                     None if fmt in INLINE_FORMATS else pool)
         headers = {"X-Sample-Rate": str(enc.sample_rate), "X-Model": req.model, "Cache-Control": "no-store"}
         media = "text/event-stream" if req.stream_format == "sse" else enc.content_type
         return CutStream(body, media_type=media, headers=headers)
 
+    @app.post(CAPTIONED, response_model=None)
+    async def captioned_speech(req: CaptionedRequest, request: Request) -> Any:
+        """Audio with exact timestamps (Kokoro-FastAPI's captioned_speech shape): JSON lines of
+        {audio: base64, audio_format, timestamps: [{word, start_time, end_time, kind, source, level}]},
+        each line's timestamps those that start in its audio; or, with stream false, one such object."""
+        if req.stream_format != "audio":
+            raise ApiError(400, "stream_format: the captioned route streams JSON lines itself; leave stream_format "
+                           "out (or use POST /v1/audio/speech with stream_format 'sse' and timestamps true)",
+                           param="stream_format")
+        stream, first, enc, slot, info = await start(req, request)
+        fmt = req.response_format
+        body = _body(stream, first, enc, synth.sample_rate, "ndjson" if req.stream else "json", request, slot,
+                     metrics, info, fmt, len(req.input), None if fmt in INLINE_FORMATS else pool)
+        headers = {"X-Sample-Rate": str(enc.sample_rate), "X-Model": req.model, "Cache-Control": "no-store"}
+        return CutStream(body, media_type="application/x-ndjson" if req.stream else "application/json",
+                         headers=headers)
+
     return service
 
 
-async def _body(stream: Any, first: Any, enc: Any, model_rate: int, sse: bool, request: Any, slot: Slot,
+async def _body(stream: Any, first: Any, enc: Any, model_rate: int, mode: str, request: Any, slot: Slot,
                 metrics: Metrics, info: dict[str, Any], fmt: str, chars: int,
                 pool: ThreadPoolExecutor | None) -> AsyncIterator[bytes]:
+    """The response body. ``mode``: ``audio`` (the encoded bytes), ``sse`` (speech.audio.delta events),
+    ``sse+timestamps`` (a speech.audio.timestamps event before the delta of each chunk that carries
+    marks), ``ndjson`` (one captioned JSON line per chunk with audio or marks) or ``json`` (one captioned
+    object at the end)."""
     g = encoder(enc, model_rate)
+    sse = mode.startswith("sse")
+    captioned = _Captions(enc.content_type) if mode in ("ndjson", "json") else None
     running: list[Any] = []  # the encoder call in the pool (a concurrent future), while one runs
 
     async def call(fn: Any, *args: Any) -> bytes:
@@ -510,8 +558,15 @@ async def _body(stream: Any, first: Any, enc: Any, model_rate: int, sse: bool, r
             samples += len(chunk.samples)
             data = pending + await call(g.send, chunk.samples)
             pending = b""
-            if data:
-                yield _sse_delta(data) if sse else data
+            if captioned is not None:
+                line = captioned.add(data, chunk.marks, mode == "ndjson")
+                if line:
+                    yield line
+            else:
+                if mode == "sse+timestamps" and chunk.marks:
+                    yield _sse_timestamps(chunk.marks)
+                if data:
+                    yield _sse_delta(data) if sse else data
             if await request.is_disconnected():
                 outcome = "disconnected"
                 return
@@ -520,7 +575,12 @@ async def _body(stream: Any, first: Any, enc: Any, model_rate: int, sse: bool, r
             except StopAsyncIteration:
                 chunk = None
         tail = pending + await call(g.send, None)
-        if tail:
+        if captioned is not None:
+            line = captioned.add(tail, (), mode == "ndjson")
+            last = line if mode == "ndjson" else captioned.whole()
+            if last:
+                yield last
+        elif tail:
             yield _sse_delta(tail) if sse else tail
         if sse:
             out_tokens = samples // 160  # 10 ms frames of audio
@@ -554,6 +614,43 @@ async def _watch_loop(metrics: Metrics, period: float = 0.05) -> None:
         t = time.perf_counter()
         await asyncio.sleep(period)
         metrics.observe_lag(max(time.perf_counter() - t - period, 0.0))
+
+
+def _timestamps_json(marks: Any) -> list[dict[str, Any]]:
+    """Marks as Kokoro-FastAPI's word timestamps (word, start_time, end_time) and what they add here."""
+    return [{"word": m.text, "start_time": round(m.start_s, 6), "end_time": round(m.end_s, 6), "kind": m.kind,
+             "source": list(m.source) if m.source is not None else None, "level": m.level} for m in marks]
+
+
+class _Captions:
+    """The captioned route's JSON: per chunk a line, or everything gathered into one object."""
+
+    def __init__(self, content_type: str):
+        self.content_type = content_type
+        self.audio: list[bytes] = []
+        self.marks: list[Any] = []
+
+    def add(self, data: bytes, marks: Any, line: bool) -> bytes:
+        if not line:
+            self.audio.append(data)
+            self.marks.extend(marks)
+            return b""
+        if not data and not marks:
+            return b""
+        return self._render(data, marks)
+
+    def whole(self) -> bytes:
+        return self._render(b"".join(self.audio), self.marks)
+
+    def _render(self, data: bytes, marks: Any) -> bytes:
+        body = {"audio": base64.b64encode(data).decode(), "audio_format": self.content_type,
+                "timestamps": _timestamps_json(marks)}
+        return (json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def _sse_timestamps(marks: Any) -> bytes:
+    body = {"type": "speech.audio.timestamps", "timestamps": _timestamps_json(marks)}
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
 
 
 def _sse_delta(data: bytes) -> bytes:
