@@ -229,9 +229,12 @@ def warm_up(synth: Synthesizer, text: str = "你好。") -> float:
     ~36 ms idle and over 100 ms on busy cores, holding the GIL, and so the event loop, all along."""
     import numpy as np
 
+    from ..frontend import polyphone
     from .encode import FORMATS, encoder, encoding
 
     t0 = time.perf_counter()
+    # The polyphone model: "你好" has no polyphone, so the stream below would not load it.
+    polyphone.load()
     for voice in synth.voices():
         with synth.stream(text, voice=voice) as stream:
             for _ in stream:
