@@ -26,7 +26,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
-from ..symbols import Unit
+from ..symbols import Token, Unit
 from .split import CLOSERS, SENTENCE_END
 
 if TYPE_CHECKING:
@@ -88,9 +88,11 @@ class SentenceReader:
         self._finished = False
         # owned by next_sentence(): the text not yet cut and the position of the next block in it
         self._buf = ""
+        self._base = 0  # offset of _buf[0] in everything fed (the prefix already cut is dropped)
         self._start = 0
         self._scan = 0  # no sentence end or line break is pending before this position of the block
-        self._queue: deque[list[Unit]] = deque()
+        self._queue: deque[tuple[list[Unit], tuple[Token, ...]]] = deque()
+        self._last_tokens: tuple[Token, ...] = ()
 
     # --- producer side ---------------------------------------------------------------------------------------
 
@@ -121,6 +123,11 @@ class SentenceReader:
         """Text has no line numbers worth naming in an error (symbol input has)."""
         return None
 
+    def tokens(self) -> tuple[Token, ...]:
+        """The tokens of the sentence last returned by :meth:`next_sentence`: what each run of its units
+        speaks, with source spans as offsets into the concatenation of every piece fed."""
+        return self._last_tokens
+
     @property
     def pending_chars(self) -> int:
         """Characters fed but not yet analysed (for back-pressure)."""
@@ -142,16 +149,24 @@ class SentenceReader:
         needed (or everything is done: see :attr:`done`).
         """
         while not self._queue:
-            block = self._next_block()
-            if block is None:
+            got = self._next_block()
+            if got is None:
                 return None
-            self._queue.extend(self._fe.block_units(block, self._default_emotion, self._speaker, self._state))
-        return self._queue.popleft()
+            block, base = got
+            tokens: list[tuple[Token, ...]] = []
+            sentences = self._fe.block_units(block, self._default_emotion, self._speaker, self._state, base, tokens)
+            if len(tokens) != len(sentences):  # a front end that does not report tokens
+                tokens = [()] * len(sentences)
+            self._queue.extend(zip(sentences, tokens, strict=True))
+        units, self._last_tokens = self._queue.popleft()
+        return units
 
-    def _next_block(self) -> str | None:
+    def _next_block(self) -> tuple[str, int] | None:
+        """The next complete block and its offset in everything fed."""
         with self._lock:
             if self._pieces:
                 # drop the consumed prefix when taking new text in: one copy of the remainder per merge
+                self._base += self._start
                 self._buf = self._buf[self._start :] + "".join(self._pieces)
                 self._scan -= self._start
                 self._start = 0
@@ -166,7 +181,8 @@ class SentenceReader:
             return None
         with self._lock:  # pending_chars reads _start
             self._start = self._scan = cut
-        return buf[s:cut]
+            base = self._base
+        return buf[s:cut], base + s
 
     def _find_cut(self, t: str, s: int, final: bool) -> int | None:
         """End of the block that starts at ``s``; None if the text known so far cannot decide it."""

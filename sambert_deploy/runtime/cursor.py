@@ -16,8 +16,18 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import InvalidInputError
-from ..symbols import EncodedUnits, Inventories, Unit, encode_units, split_units, with_voice
+from ..symbols import (
+    EncodedUnits,
+    Inventories,
+    Token,
+    Unit,
+    encode_units,
+    split_tokens,
+    split_units,
+    with_voice,
+)
 from .chunking import Window, WindowCutter
+from .timestamps import Mark, sentence_marks
 
 if TYPE_CHECKING:
     from .acoustic import AcousticModel, SentenceAcoustic
@@ -40,6 +50,9 @@ class UnitSource(Protocol):
     def where(self) -> str | None:
         """Where the sentence last returned came from (``symbol line 12``), for errors found later."""
 
+    def tokens(self) -> tuple[Token, ...]:
+        """What the units of the sentence last returned speak (for its timestamps)."""
+
     @property
     def done(self) -> bool: ...
 
@@ -57,6 +70,7 @@ class VocoderJob:
     offset: int
     sentence_offset: int
     window: Window
+    marks: tuple[Mark, ...] = ()  # the marks its chunk carries (timestamps.py: those starting in it)
 
 
 @dataclass(frozen=True)
@@ -94,17 +108,19 @@ class VoiceWork:
     override_units: bool  # symbol input: apply emotion/speaker to the units
     duration_scale: float
     options: StreamOptions
+    sample_rate: int
 
 
 class SentenceCursor:
     """One sentence's decoder/postnet state and the vocoder windows it cuts, with its place in the stream."""
 
     def __init__(self, work: VoiceWork, sentence: SentenceAcoustic, index: int, start_sample: int,
-                 first_chunk: int | None):
+                 first_chunk: int | None, marks: list[Mark] | None = None):
         ctx = work.voc.info
         self.work, self.acoustic, self.index, self.start_sample = work, sentence, index, start_sample
         self.cutter = WindowCutter(sentence.total, work.options.vocoder_chunk, ctx.context_left, ctx.context_right,
                                    first_chunk)
+        self.marks = deque(marks or ())  # not yet handed to a window, in order of start
 
     @property
     def finished(self) -> bool:
@@ -116,8 +132,12 @@ class SentenceCursor:
         self.cutter.push(mel)
         hop, jobs = self.work.hop, list[VocoderJob]()
         while (win := self.cutter.pop()) is not None:
-            jobs.append(VocoderJob(first_seq + len(jobs), self.index, self.start_sample + win.start * hop,
-                                   win.start * hop, win))
+            offset = self.start_sample + win.start * hop
+            end = offset + win.rows * hop
+            marks = []
+            while self.marks and (win.last or self.marks[0].start_sample < end):
+                marks.append(self.marks.popleft())
+            jobs.append(VocoderJob(first_seq + len(jobs), self.index, offset, win.start * hop, win, tuple(marks)))
         return int(mel.shape[0]), jobs
 
 
@@ -126,7 +146,7 @@ class AcousticCursor:
 
     def __init__(self, work: VoiceWork, source: UnitSource, token: CancelToken):
         self.work, self.source, self.token = work, source, token
-        self._pending: deque[EncodedUnits] = deque()
+        self._pending: deque[tuple[EncodedUnits, tuple[Token, ...]]] = deque()
         self._sentence: SentenceCursor | None = None
         self._progress = Progress()
         # The small first vocoder window buys latency when a listener is waiting: the stream's first
@@ -154,7 +174,7 @@ class AcousticCursor:
                     return AcousticStep((), p, need_input=True)
                 self._queue(units)
                 continue
-            p = self._start_sentence(self._pending.popleft(), p)
+            p = self._start_sentence(*self._pending.popleft(), p)
         t = time.perf_counter()
         frames, jobs = self._sentence.advance(self.token, p.jobs)
         self._progress = replace(p, produced_frames=p.produced_frames + frames, jobs=p.jobs + len(jobs),
@@ -163,7 +183,7 @@ class AcousticCursor:
             self._sentence = None
         return AcousticStep(tuple(jobs), self._progress)
 
-    def _start_sentence(self, encoded: EncodedUnits, p: Progress) -> Progress:
+    def _start_sentence(self, encoded: EncodedUnits, tokens: tuple[Token, ...], p: Progress) -> Progress:
         work, opts = self.work, self.work.options
         t = time.perf_counter()
         plan = work.am.plan(encoded, duration_scale=work.duration_scale, token=self.token)
@@ -179,19 +199,23 @@ class AcousticCursor:
         waiting = self._listener_waiting
         first_postnet = min(opts.first_chunk, opts.postnet_chunk) if waiting else None
         sentence = work.am.sentence(plan, opts.postnet_chunk, opts.kv_block, first_postnet)
-        self._sentence = SentenceCursor(work, sentence, index, start_sample, opts.first_chunk if waiting else None)
+        marks = sentence_marks(tokens, plan.reps, work.hop, start_sample, work.sample_rate, index)
+        self._sentence = SentenceCursor(work, sentence, index, start_sample, opts.first_chunk if waiting else None,
+                                        marks)
         self._listener_waiting = False
         return p
 
     def _queue(self, units: list[Unit]) -> None:
         w = self.work
+        tokens = self.source.tokens()
         if w.override_units:
             units = with_voice(units, w.emotion, w.speaker)
         limit = w.options.max_units
-        for piece in split_units(units, limit) if limit and len(units) > limit else [units]:
+        pieces = split_units(units, limit) if limit and len(units) > limit else [units]
+        for piece, piece_tokens in zip(pieces, split_tokens(tokens, [len(p) for p in pieces]), strict=True):
             if piece:
                 try:
-                    self._pending.append(encode_units(piece, w.inventories))
+                    self._pending.append((encode_units(piece, w.inventories), piece_tokens))
                 except InvalidInputError as e:
                     where = self.source.where()
                     if where is None:

@@ -10,7 +10,7 @@ import threading
 from collections import deque
 
 from ..errors import InvalidInputError
-from ..symbols import Inventories, Unit, encode_units, parse_units, with_voice
+from ..symbols import Inventories, Token, Unit, encode_units, parse_units, symbol_tokens, with_voice
 
 
 class SymbolLines:
@@ -25,6 +25,7 @@ class SymbolLines:
         self._finished = False
         self._pending = 0
         self.last_line = 0  # line number of the sentence last returned, for errors found later
+        self._last_tokens: tuple[Token, ...] = ()
 
     @classmethod
     def complete(cls, text: str, inventories: Inventories, emotion: str | None, speaker: str | None) -> SymbolLines:
@@ -48,6 +49,10 @@ class SymbolLines:
 
     def where(self) -> str | None:
         return f"symbol line {self.last_line}"
+
+    def tokens(self) -> tuple[Token, ...]:
+        """Symbol input has no text: one phone token per syllable and one per break, no source spans."""
+        return self._last_tokens
 
     def feed(self, piece: str) -> None:
         with self._lock:
@@ -76,7 +81,9 @@ class SymbolLines:
             if isinstance(line, str):
                 self._pending -= len(line)
         self.last_line = n
-        return line if isinstance(line, list) else _parse(n, line)
+        units = line if isinstance(line, list) else _parse(n, line)
+        self._last_tokens = symbol_tokens(units)
+        return units
 
     @property
     def done(self) -> bool:

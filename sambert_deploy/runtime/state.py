@@ -24,6 +24,7 @@ from ..errors import StreamCancelledError
 from .backends import CancelToken
 from .cursor import AcousticCursor, AcousticStep, Progress, UnitSource, VocoderJob, VoiceWork
 from .scheduler import Task
+from .timestamps import Mark
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -39,6 +40,9 @@ class AudioChunk:
     offset: int  # first sample's index in the whole stream
     sentence_offset: int  # first sample's index inside its sentence
     final: bool  # last chunk of its sentence
+    # The timestamps of the syllables, words and breaks that START in this chunk (the sentence's last
+    # chunk also carries any zero-length ones at its end): see timestamps.py.
+    marks: tuple[Mark, ...] = ()
 
     @property
     def duration(self) -> float:
@@ -187,7 +191,7 @@ class StreamState:
             self.vocoder_s += seconds
             self.results[payload.seq] = AudioChunk(np.ascontiguousarray(audio, np.float32), self.plan.sample_rate,
                                                    payload.sentence, payload.offset, payload.sentence_offset,
-                                                   payload.window.last)
+                                                   payload.window.last, payload.marks)
             if self.first_audio_s is None and payload.seq == 0:
                 self.first_audio_s = time.perf_counter() - self.t0
             return

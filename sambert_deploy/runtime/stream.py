@@ -9,7 +9,8 @@ Per stream, in order: sentences from the source (the front end run block by bloc
 needs them, or symbol lines) -> split at ``max_units`` -> encoded -> acoustic steps (one task = the
 next postnet chunk of one sentence, planning the sentence first when it starts) -> mel cut into
 vocoder windows, each tagged with its sentence and offsets -> window tasks -> chunks handed to the
-consumer in order.
+consumer in order. Each chunk carries the exact timestamps (:class:`~.timestamps.Mark`) of the
+syllables, words and breaks that start in it, computed from the durations its sentence was planned with.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ from .schema import check_opened
 from .sources import SymbolLines
 from .state import StreamPlan, StreamState
 from .stream import AudioChunk, Stream, StreamInfo, read_input
+from .timestamps import Mark, TimedSpeech, collect
 from .voices import LoadedVoice, OpenedVoice, open_voice
 
 if TYPE_CHECKING:
@@ -58,8 +59,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Activity", "AudioChunk", "Placement", "SpeechOptions", "Stream", "StreamInfo", "StreamOptions",
-           "Synthesizer", "window_frames"]
+__all__ = ["Activity", "AudioChunk", "Mark", "Placement", "SpeechOptions", "Stream", "StreamInfo", "StreamOptions",
+           "Synthesizer", "TimedSpeech", "window_frames"]
 
 SPEED_RANGE = (0.25, 4.0)
 
@@ -319,7 +320,7 @@ class Synthesizer:
         p = self.placement
         opened = v.opened
         work = VoiceWork(v.am, v.voc, v.manifest.vocoder.hop, inv, emo, spk, text is None, 1.0 / float(o.speed),
-                         p.options)
+                         p.options, self.sample_rate)
         plan = StreamPlan(v.manifest.name, work, lane(opened.am_backend), lane(opened.voc_backend),
                           self.sample_rate, p.max_ahead)
         state = StreamState(self._scheduler, plan, source, time.perf_counter())
@@ -348,6 +349,12 @@ class Synthesizer:
         with self.stream(text, **kw) as s:
             chunks = [c.samples for c in s]
         return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+    def synthesize_timed(self, text: str | Iterable[str] | None = None, **kw: Any) -> TimedSpeech:
+        """Whole audio of a stream with every :class:`Mark` (exact timestamps of its syllables, English
+        words and breaks, and their spans in the input): :meth:`stream` collected."""
+        with self.stream(text, **kw) as s:
+            return collect(s, self.sample_rate)
 
 
 def _shutdown_later(scheduler: Scheduler) -> None:
