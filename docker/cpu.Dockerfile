@@ -3,7 +3,8 @@
 #   docker build -f docker/cpu.Dockerfile -t sambert-deploy:cpu .
 #   docker run --rm -p 8000:8000 -v "$PWD/bundle:/bundle:ro" sambert-deploy:cpu
 # Options after the image name go to `sambert-deploy serve` (they replace CMD): e.g. --max-concurrent 4
-# --api-key-file /run/secrets/keys. --build-arg EXTRAS=serve,ui adds the Gradio page at /ui.
+# --api-key-file /run/secrets/keys. --build-arg EXTRAS=serve,ui adds the Gradio page at /ui (its streamed
+# player also needs the ffmpeg program, which slim lacks: add it in an image built FROM this one).
 ARG PYTHON_VERSION=3.12
 
 FROM python:${PYTHON_VERSION}-slim AS build

@@ -27,6 +27,8 @@ def _ui_modules() -> None:
     need_module("httpx", "the dev extra (pip install -e '.[dev]')")
     need_module("gradio", "the ui extra (pip install -e '.[ui]')")
     need_module("gradio_client", "the ui extra (pip install -e '.[ui]'; gradio depends on it)")
+    if shutil.which("ffmpeg") is None:
+        missing("no ffmpeg here: Gradio encodes its streamed audio with it (apt-get install ffmpeg; .ci/run does)")
 
 
 @pytest.fixture(scope="module")

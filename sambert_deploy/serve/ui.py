@@ -259,6 +259,11 @@ def mount_ui(app: Any, synth: Synthesizer, admission: Admission, cfg: UiConfig, 
             raise MissingExtraError("gradio", "ui") from None
         log.info("%s", OFF_LINE)
         return False
+    import shutil
+
+    if shutil.which("ffmpeg") is None:  # Gradio encodes its streamed audio with the ffmpeg program
+        log.warning("the Gradio page's streamed player needs the ffmpeg program, which is not on PATH: Speak will "
+                    "fail until it is installed (Debian: apt-get install ffmpeg)")
     blocks = build_ui(synth, admission, cfg)
     # The page speaks without /v1's Authorization header: its login asks for an API key as the password.
     auth = _key_check(cfg.api_keys) if cfg.api_keys else None
