@@ -11,17 +11,20 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_RUNTIME = ("AudioChunk", "SpeechOptions", "Stream", "StreamInfo", "StreamOptions", "Synthesizer")
+_RUNTIME = ("AudioChunk", "Mark", "SpeechOptions", "Stream", "StreamInfo", "StreamOptions", "Synthesizer",
+            "TimedSpeech")
 __all__ = ["__version__", *_RUNTIME]
 
 if TYPE_CHECKING:
     from .runtime.synthesizer import (  # noqa: F401 - re-exported
         AudioChunk,
+        Mark,
         SpeechOptions,
         Stream,
         StreamInfo,
         StreamOptions,
         Synthesizer,
+        TimedSpeech,
     )
 
 

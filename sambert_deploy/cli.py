@@ -384,7 +384,8 @@ def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: in
 
     try:
         from .serve.app import ServeConfig, create_app
-        from .serve.run import bind, exposure_warning, run, warm_up
+        from .serve.run import bind, exposure_warning, run
+        from .serve.warmup import warm_up
     except ImportError as e:
         raise MissingExtraError(e.name or "fastapi", "serve") from None
     # Cheap checks before the load: an empty key would silently serve without auth.
@@ -457,7 +458,8 @@ def wyoming_server(bundle: Path, uri: str, voice: str | None, max_concurrent: in
     from .runtime.synthesizer import Synthesizer
 
     try:
-        from .serve.wyoming import WyomingConfig, WyomingService, bind_uri, is_loopback, run, warm_up
+        from .serve.warmup import warm_up
+        from .serve.wyoming import WyomingConfig, WyomingService, bind_uri, is_loopback, run
     except ImportError as e:
         raise MissingExtraError(e.name or "wyoming", "wyoming") from None
     manifest = read_manifest(bundle)
@@ -471,7 +473,8 @@ def wyoming_server(bundle: Path, uri: str, voice: str | None, max_concurrent: in
             loaded = syn.load("*")
             log.info("loaded %d voice(s) in %.2f s; backends %s; vocoder precision %s", len(syn.voices()), loaded,
                      syn.backends(), syn.precisions())
-            log.info("warmed up in %.2f s", warm_up(syn))
+            log.info("warmed up in %.2f s (a short stream per voice; start-up objects frozen for the GC)",
+                     warm_up(syn, codecs=False))
             cfg = WyomingConfig(max_concurrent=max_concurrent, max_queue=max_queue, max_input_chars=max_input_chars,
                                 send_timeout_s=send_timeout, shutdown_grace_s=shutdown_grace)
             log.info("Wyoming server on %s (voices: %s)", uri, ", ".join(syn.voices()))

@@ -537,7 +537,10 @@ def test_a_reader_that_stops_is_cut_and_its_slot_freed(served: object) -> None:
     m = httpx.get(url + "/metrics").text
     ttfa_sum = float(next(line.split()[1] for line in m.splitlines()
                           if line.startswith("sambert_time_to_first_audio_seconds_sum")))
-    assert ttfa_sum >= 1.0 and waited >= 1.0, (ttfa_sum, waited)  # it waited >= the 1 s send timeout
+    # It waited for the 1 s send timeout, whose clock starts when the stalled send blocks: that can be a few
+    # ms before this request arrives (seen: 0.995 s), so the bound leaves 0.2 s; a tiny voice's own first
+    # audio takes tens of ms, so a TTFA that left out the wait stays far below it.
+    assert ttfa_sum >= 0.8 and waited >= 0.8, (ttfa_sum, waited)
     assert 'outcome="stalled"' in m
 
 
@@ -786,7 +789,7 @@ def test_warm_up_runs_each_voice_and_freezes_startup_objects(synth: Synthesizer)
     is out of the collector's reach (a full collection no longer walks the dictionaries)."""
     import gc
 
-    from sambert_deploy.serve.run import warm_up
+    from sambert_deploy.serve.warmup import warm_up
 
     try:
         warm_up(synth)

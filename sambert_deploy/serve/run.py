@@ -23,7 +23,6 @@ re-raise the signal). A second signal cuts at once.
 from __future__ import annotations
 
 import asyncio
-import gc
 import ipaddress
 import logging
 import socket
@@ -36,7 +35,6 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..errors import InvalidInputError
-from ..runtime.synthesizer import Synthesizer
 from .app import ABORT_EXTENSION, ServeConfig, SpeechApp
 
 log = logging.getLogger(__name__)
@@ -220,41 +218,9 @@ def exposure_warning(host: str, api_keys: tuple[str, ...] | list[str]) -> str | 
             "--api-key-file FILE, or --host 127.0.0.1)")
 
 
-def warm_up(synth: Synthesizer, text: str = "你好。") -> float:
-    """One short stream per voice and one per codec, then ``gc.freeze()``; returns the seconds it took.
-
-    The stream loads what the first request would otherwise pay for (the front end's dictionaries,
-    the first run of each graph). The freeze moves every object alive now (those dictionaries: a
-    quarter of a million objects) out of the collector's reach: a full collection walked them all,
-    ~36 ms idle and over 100 ms on busy cores, holding the GIL, and so the event loop, all along."""
-    import numpy as np
-
-    from ..frontend import polyphone
-    from .encode import FORMATS, encoder, encoding
-
-    t0 = time.perf_counter()
-    # The polyphone model: "你好" has no polyphone, so the stream below would not load it.
-    polyphone.load()
-    for voice in synth.voices():
-        with synth.stream(text, voice=voice) as stream:
-            for _ in stream:
-                pass
-    # Each codec once: the first import of FFmpeg's libraries holds the GIL for a tenth of a second,
-    # which a first mp3 request would otherwise take from the event loop.
-    for fmt in FORMATS:
-        g = encoder(encoding(fmt, synth.sample_rate), synth.sample_rate)
-        next(g)
-        g.send(np.zeros(synth.sample_rate // 10, np.float32))
-        g.send(None)
-        g.close()
-    gc.collect()
-    gc.freeze()
-    return time.perf_counter() - t0
-
-
 def run(app: SpeechApp, cfg: ServeConfig, sock: socket.socket, *, log_level: str = "info") -> None:
     """Serves until SIGTERM/SIGINT, drains, returns (exit 0)."""
     make_server(app, cfg, log_level=log_level).run(sockets=[sock])
 
 
-__all__ = ["SpeechServer", "bind", "exposure_warning", "guarded_protocol", "make_server", "run", "warm_up"]
+__all__ = ["SpeechServer", "bind", "exposure_warning", "guarded_protocol", "make_server", "run"]

@@ -231,10 +231,14 @@ def build_ui(synth: Synthesizer, admission: Admission, cfg: UiConfig) -> Any:
         run = speak.click(handler.speak, [text, voice, emotion, speaker, speed], [streamed, whole, timing], api_name="speak",
                           concurrency_limit=cfg.max_concurrent, concurrency_id="speak")
         stop.click(None, None, None, cancels=[run])
-    # Gradio counts an event in its queue before it runs, so max_size 0 would refuse every press: at least 1
-    # (the admission slot is still the gate, and answers "server busy" past --max-queue).
-    blocks.queue(max_size=max(cfg.max_queue, 1), default_concurrency_limit=cfg.max_concurrent)
+    blocks.queue(max_size=gradio_queue_size(cfg), default_concurrency_limit=cfg.max_concurrent)
     return blocks
+
+
+def gradio_queue_size(cfg: UiConfig) -> int:
+    """Gradio counts an event in its queue before it runs, so max_size 0 would refuse every press: at least 1
+    (the admission slot is still the gate, and answers "server busy" past --max-queue)."""
+    return max(cfg.max_queue, 1)
 
 
 def _key_check(api_keys: tuple[str, ...]) -> Callable[[str, str], bool]:

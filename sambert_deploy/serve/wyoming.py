@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import queue
 import signal
@@ -401,19 +400,6 @@ def is_loopback(uri: str) -> bool:
     return scheme == "unix" or host in ("localhost", "::1") or host.startswith("127.")
 
 
-def warm_up(synth: Synthesizer, text: str = "你好。") -> float:
-    """A short stream per voice (the first request would pay the first graph runs), then ``gc.freeze()``:
-    the front end's quarter million dictionary objects leave the collector's walks (serve does the same)."""
-    t0 = time.perf_counter()
-    for voice in synth.voices():
-        with synth.stream(text, voice=voice) as stream:
-            for _ in stream:
-                pass
-    gc.collect()
-    gc.freeze()
-    return time.perf_counter() - t0
-
-
 async def serve(service: WyomingService, sock: socket.socket) -> None:
     """Serves until SIGTERM/SIGINT, then drains: the listener closes, new and queued requests get an
     error, running streams get ``shutdown_grace_s`` to finish, whatever is left is cut. A second
@@ -450,4 +436,4 @@ def run(service: WyomingService, sock: socket.socket) -> None:
 
 
 __all__ = ["BoundServer", "RequestError", "SpeechHandler", "TextFeed", "WyomingConfig", "WyomingService", "bind_uri",
-           "describe", "is_loopback", "parse_uri", "run", "serve", "warm_up"]
+           "describe", "is_loopback", "parse_uri", "run", "serve"]
