@@ -34,8 +34,8 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ..errors import InvalidInputError
 from .app import ABORT_EXTENSION, ServeConfig, SpeechApp
+from .listen import bind_or_explain, tcp_socket
 
 log = logging.getLogger(__name__)
 
@@ -184,19 +184,8 @@ class SpeechServer(uvicorn.Server):
 
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound now: a port in use is one clear error before anything is loaded."""
-    try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                          flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as e:
-        raise InvalidInputError(f"--host {host}: cannot resolve it ({e.strerror})", param="host") from None
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-    except OSError as e:
-        sock.close()
-        hint = "another server is there: stop it or pick another --port" if e.errno == 98 else "check --host/--port"
-        raise InvalidInputError(f"cannot listen on {host}:{port}: {e.strerror} ({hint})", param="port") from None
+    sock, addr = tcp_socket(host, port, label=f"--host {host}", param="host")
+    bind_or_explain(sock, addr, where=f"{host}:{port}", option="--port", param="port")
     sock.set_inheritable(True)
     return sock
 

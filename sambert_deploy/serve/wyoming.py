@@ -46,6 +46,7 @@ from wyoming.tts import (
 from ..errors import InvalidInputError, SambertDeployError
 from ..runtime.synthesizer import SpeechOptions, Stream, Synthesizer
 from .admission import Admission, ApiError, Slot
+from .listen import bind_or_explain, tcp_socket
 
 log = logging.getLogger(__name__)
 
@@ -378,20 +379,13 @@ def bind_uri(uri: str) -> socket.socket:
                                         "path)", param="uri")
         addr: Any = where
     else:
-        try:
-            family, kind, proto, _, addr = socket.getaddrinfo(where, port, type=socket.SOCK_STREAM,
-                                                              flags=socket.AI_PASSIVE)[0]
-        except socket.gaierror as e:
-            raise InvalidInputError(f"--uri {uri}: cannot resolve {where} ({e.strerror})", param="uri") from None
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock, addr = tcp_socket(where, port, label=f"--uri {uri}", param="uri")
+    bind_or_explain(sock, addr, where=uri, option="--uri", param="uri")
     try:
-        sock.bind(addr)
         sock.listen(128)
     except OSError as e:
         sock.close()
-        hint = "another server is there: stop it or pick another port" if e.errno == 98 else "check --uri"
-        raise InvalidInputError(f"cannot listen on {uri}: {e.strerror} ({hint})", param="uri") from None
+        raise InvalidInputError(f"cannot listen on {uri}: {e.strerror}", param="uri") from None
     return sock
 
 
