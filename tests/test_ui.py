@@ -239,7 +239,7 @@ def test_gradio_routes_pass_the_outer_wrapper(live: tuple[str, Any]) -> None:
     assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
     assert httpx.get(url + "/").status_code == 200  # the static page stays at /
     metrics = httpx.get(url + "/metrics").text
-    assert re.search(r'sambert_http_responses_total\{route="other",status="200"\} [1-9]', metrics)
+    assert re.search(r'sambert_http_responses_total\{route="/ui",status="200"\} [1-9]', metrics)
 
 
 def test_serve_mounts_the_page_by_default_when_gradio_is_installed(served_synth: Any) -> None:

@@ -33,6 +33,7 @@ from ..runtime.synthesizer import SPEED_RANGE, SpeechOptions, Synthesizer
 from .admission import Admission, ApiError, Slot, admit, shutting_down
 from .encode import FORMATS, encoder, encoding
 from .metrics import Metrics
+from .ui import UI_PATH
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("sambert_deploy.serve.access")
@@ -189,7 +190,8 @@ class SpeechApp:
                 await asyncio.sleep(0)  # lets the transport report the loss before uvicorn checks
         finally:
             self._aborts.pop(key, None)
-            route = path if path in ROUTES else "other"
+            # Every request of the Gradio page (its HTML, assets, queue) counts under one route label.
+            route = path if path in ROUTES else UI_PATH if path.split("/")[:2] == ["", UI_PATH[1:]] else "other"
             self.metrics.response(route, status[0])
             access_log.info('%s "%s %s" %s %.0f ms%s', _client(scope), printable(scope["method"], 16),
                             printable(path), status[0] or "-", (time.perf_counter() - t0) * 1e3,
