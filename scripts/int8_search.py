@@ -18,12 +18,13 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from sambert_deploy.calibration import DEFAULT_INT8, Int8Recipe, quantize_int8
+from sambert_deploy.calibration import DEFAULT_INT8, ConvLayer, Int8Recipe, conv_layers, quantize_int8
 from sambert_deploy.calibration.equalize import equalize
 from sambert_deploy.quality import evaluate, fp32_reference, real_vocoder
 from sambert_deploy.quality.audio import speech_set
@@ -39,7 +40,56 @@ RECIPES = (
     Int8Recipe(keep_roles=("pre", "post"), name="int8 res+up"),
     Int8Recipe(name="all int8"),
 )
-METHODS = ("minmax", "percentile", "entropy")
+
+
+def _keep_unless(name: str, int8: Callable[[ConvLayer], bool]) -> Callable[[list[ConvLayer]], Int8Recipe]:
+    """A per-layer recipe (node names of this vocoder, not portable): INT8 exactly where ``int8`` says."""
+    return lambda layers: Int8Recipe(keep_layers=tuple(x.name for x in layers if not int8(x)), name=name)
+
+
+def _res(x: ConvLayer, stages: tuple[int, ...]) -> bool:
+    return x.role == "res" and x.stage in stages
+
+
+# Per-layer choices from docs/quality.md's sensitivity sweep: stage 3's residual convs except its
+# outliers (resblocks.8/convs2.2 alone costs 0.17 nats; the convs1.* are all <= 0.025), and up@1 (0.027).
+LAYER_RECIPES = (
+    _keep_unless("int8 res@1-2 + up@1", lambda x: _res(x, (1, 2)) or (x.role == "up" and x.stage == 1)),
+    _keep_unless("int8 res@1-2 + res@3 convs1", lambda x: _res(x, (1, 2)) or (_res(x, (3,)) and "convs1" in x.name)),
+    _keep_unless("int8 res@1-3 but resblocks.8", lambda x: _res(x, (1, 2, 3)) and "resblocks.8/" not in x.name),
+    _keep_unless("int8 res@1-3 but resblocks.8/convs2.2",
+                 lambda x: _res(x, (1, 2, 3)) and "resblocks.8/convs2.2" not in x.name),
+)
+# "percentile" and "entropy" are ORT's defaults as quantize_static runs them (99.999th percentile;
+# entropy with 128 histogram bins for 128 quantized bins, i.e. one candidate threshold: MinMax).
+# quantize_static passes neither the bin counts nor, here, a percentile through, so the "-" variants
+# calibrate with ORT's calibrator directly and hand quantize_int8 the ranges as its cache.
+METHODS = ("minmax", "percentile", "entropy", "percentile-99.99", "entropy-2048")
+_DIRECT = {"percentile-99.99": ("percentile", {"percentile": 99.99}),
+           "entropy-2048": ("entropy", {"num_bins": 2048, "num_quantized_bins": 128})}
+
+
+def precalibrate(src: Path, feeds: list[dict[str, np.ndarray]], method: str, cache: Path) -> str:
+    """Fill ``cache`` for a ``_DIRECT`` method; returns the quantize_int8 method name to pair with it."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+    base, options = _DIRECT[method]
+    if cache.is_file():
+        return base
+    with tempfile.TemporaryDirectory(prefix="sambert-int8-cal-") as tmp:
+        cal = create_calibrator(src, ["Conv", "ConvTranspose"], str(Path(tmp) / "augmented.onnx"),
+                                {"percentile": CalibrationMethod.Percentile,
+                                 "entropy": CalibrationMethod.Entropy}[base],
+                                providers=["CPUExecutionProvider"], extra_options={"symmetric": False, **options})
+        it = iter(feeds)
+
+        class Reader:
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(it, None)
+
+        cal.collect_data(Reader())
+        save_tensors_data(cal.compute_data(), cache)
+    return base
 EQUALIZE = ("none", "weights", "activations")
 
 
@@ -75,6 +125,26 @@ def rtf_pair(candidate: Path, default: Path, feed: dict[str, np.ndarray], second
     return float(np.median(times["c"])) / seconds, float(np.median(times["d"])) / seconds
 
 
+def fake_quant_weights(src: Path, dst: Path, names: set[str]) -> None:
+    """FP32 graph whose ``names`` convs have per-output-channel symmetric int8-rounded weights, the
+    activations untouched: separates weight error from activation error (a diagnostic, no speed-up)."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(src))
+    # Output channels are axis 0 of a Conv weight, axis 1 of a ConvTranspose's (group 1).
+    axes = {n.input[1]: int(n.op_type == "ConvTranspose") for n in proto.graph.node if n.name in names}
+    for init in proto.graph.initializer:
+        if init.name in axes:
+            w = numpy_helper.to_array(init).astype(np.float32)
+            axis = axes[init.name]
+            red = tuple(i for i in range(w.ndim) if i != axis)
+            scale = np.maximum(np.abs(w).max(axis=red, keepdims=True), 1e-12) / 127.0
+            init.CopyFrom(numpy_helper.from_array((np.round(w / scale).clip(-127, 127) * scale).astype(np.float32),
+                                                  init.name))
+    onnx.save(proto, str(dst))
+
+
 def table(rows: list[Row]) -> str:
     lines = ["| recipe | calibration | equalization | INT8 convs | worst log-mel L1 | worst PESQ vs FP32 "
              "| worst PESQ drop | INT8 gate | RTF 1t (default in same run) |",
@@ -92,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--equalize", nargs="+", choices=EQUALIZE, default=list(EQUALIZE))
     ap.add_argument("--recipes", nargs="+", help="recipe names to run (default: all)")
+    ap.add_argument("--layer-recipes", action="store_true", help="also the per-layer (node-name) recipes")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="only: int8-rounded weights with FP32 activations (is the error in weights or activations?)")
     ap.add_argument("--symmetric", action="store_true", help="also symmetric int8 activations for each configuration")
     ap.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant-style migration strength")
     ap.add_argument("--rtf-runs", type=int, default=5)
@@ -99,13 +172,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="append each row to this JSON file as it is measured")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
-    recipes = [r for r in RECIPES if not args.recipes or r.name in args.recipes]
     voc = real_vocoder()
+    recipes = list(RECIPES) + ([make(conv_layers(voc.path)) for make in LAYER_RECIPES] if args.layer_recipes else [])
+    recipes = [r for r in recipes if not args.recipes or r.name in args.recipes]
     recs = speech_set("gate")
     cal = [r.feed() for r in speech_set("calibration")]
     ref = fp32_reference(voc.path, recs)
     clip = recs[0]
     rows: list[Row] = []
+    if args.diagnose:
+        layers = conv_layers(voc.path)
+        with tempfile.TemporaryDirectory(prefix="sambert-int8-diag-") as tmp:
+            for label, pick in (("weights only, all convs", lambda x: True),
+                                ("weights only, res@3-4 + up@3 + post", lambda x: x.stage >= 3 and x.role != "pre")):
+                names = {x.name for x in layers if pick(x)}
+                dst = Path(tmp) / "wq.onnx"
+                fake_quant_weights(voc.path, dst, names)
+                r = evaluate(label, dst, "cpu", ref, measure_rtf=False, precision="int8")
+                rows.append(Row(label, "— (fp32 activations)", "none", False, len(names), len(layers),
+                                r.worst("logmel_l1"), r.worst("pesq_vs_fp32"), r.worst("pesq_drop"), r.passed,
+                                [f.message() for f in r.failures]))
+                print(table([rows[-1]]).splitlines()[-1], file=sys.stderr, flush=True)
+        print(table(rows))
+        return 0
     with tempfile.TemporaryDirectory(prefix="sambert-int8-search-") as tmp:
         work = Path(tmp)
         default = work / "default.onnx"
@@ -124,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                         t0 = time.perf_counter()
                         rc = Int8Recipe(recipe.keep_roles, recipe.keep_layers, recipe.name, symmetric=sym)
                         dst = work / "candidate.onnx"
-                        q = quantize_int8(src, dst, cal, rc, calibrate_method=method, calibration_cache=cache)
+                        qm = precalibrate(src, cal, method, cache) if method in _DIRECT else method
+                        q = quantize_int8(src, dst, cal, rc, calibrate_method=qm, calibration_cache=cache)
                         rep_q = evaluate(recipe.name, dst, "cpu", ref, measure_rtf=False, precision="int8")
                         row = Row(recipe.name, method, eq, sym, len(q.quantized), len(q.quantized) + len(q.kept_fp32),
                                   rep_q.worst("logmel_l1"), rep_q.worst("pesq_vs_fp32"), rep_q.worst("pesq_drop"),
