@@ -108,6 +108,7 @@ class Row:
     failures: list[str]
     rtf: float | None = None
     rtf_default: float | None = None
+    openvino: str = ""  # with --openvino, for the ORT-passing rows: "pass"/"fail" + worst log-mel L1
     seconds: float = 0.0
 
 
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant-style migration strength")
     ap.add_argument("--rtf-runs", type=int, default=5)
     ap.add_argument("--no-rtf", action="store_true")
+    ap.add_argument("--openvino", action="store_true", help="also judge the ORT-passing rows on OpenVINO")
     ap.add_argument("--json", type=Path, help="append each row to this JSON file as it is measured")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -219,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
                         row = Row(recipe.name, method, eq, sym, len(q.quantized), len(q.quantized) + len(q.kept_fp32),
                                   rep_q.worst("logmel_l1"), rep_q.worst("pesq_vs_fp32"), rep_q.worst("pesq_drop"),
                                   rep_q.passed, [f.message() for f in rep_q.failures])
+                        if rep_q.passed and args.openvino:
+                            ov = evaluate(recipe.name, dst, "openvino", ref, measure_rtf=False, precision="int8")
+                            row.openvino = (f"{'pass' if ov.passed else 'fail'} (L1 {ov.worst('logmel_l1'):.3f}, "
+                                            f"PESQ vs FP32 {ov.worst('pesq_vs_fp32'):.2f}, "
+                                            f"drop {ov.worst('pesq_drop'):+.2f})")
                         timed = rep_q.passed or recipe.name == "all int8"
                         if timed and not args.no_rtf and not (recipe is DEFAULT_INT8 and eq == "none"
                                                               and method == "minmax" and not sym):
@@ -230,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                             old = json.loads(args.json.read_text()) if args.json.is_file() else []
                             args.json.write_text(json.dumps(old + [row.__dict__], indent=1))
     print(table(rows))
+    for r in rows:
+        if r.openvino:
+            print(f"OpenVINO, {r.recipe} / {r.method} / {r.equalize}: {r.openvino}")
     print(f"\nRTF clip: {clip.name} ({clip.seconds:.1f} s); gate recordings: " + ", ".join(r.name for r in recs))
     return 0
 
