@@ -4,6 +4,8 @@ the INT8 gate on every gate recording (ORT CPU, 2 threads, as scripts/quality.py
 
     python scripts/int8_search.py                       # the whole table (markdown on stdout)
     python scripts/int8_search.py --methods minmax --equalize none weights --json out.json
+    python scripts/int8_search.py --equalize none --methods percentile-99.99 --layer-recipes --openvino
+    python scripts/int8_search.py --diagnose        # int8-rounded weights, FP32 activations
 
 Speed: single-thread ORT CPU RTF on one recording, the candidate and the default recipe run
 alternately in the same process (--rtf-runs each), median; reported as candidate / default.

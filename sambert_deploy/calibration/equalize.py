@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +108,8 @@ def _channel_max(proto, tensors: list[str], feeds: Iterable[Mapping[str, np.ndar
 
 
 def equalize(model: Path | object, dst: Path | None = None, mode: str = "weights",
-             feeds: Iterable[Mapping[str, np.ndarray]] | None = None, alpha: float = 0.5):  # noqa: ANN201
+             feeds: Iterable[Mapping[str, np.ndarray]] | None = None,
+             alpha: float = 0.5) -> tuple[Any, EqualizeReport]:
     """Equalized copy of ``model`` (path or ModelProto) and an :class:`EqualizeReport`; saved to
     ``dst`` when given. FP32 output is unchanged up to float rounding."""
     import onnx
