@@ -229,7 +229,8 @@ def test_export_force_overwrites_bundle(tiny_model_dir: Path, tmp_path: Path) ->
 
 
 def _module_step(am, prev, memory_i, x_k, x_v, x_bias, h_k, h_v, h_bias):  # noqa: ANN001, ANN202
-    """The decoder step written with the model's own modules (what the slim step graph must equal)."""
+    """The decoder step of one stream written with the model's own modules, its x window oldest first
+    as the reference keeps it (what each row of the slim, batched step graph must equal)."""
     import torch
 
     from sambert_deploy.models.sambert import attend, merge_heads
@@ -251,7 +252,8 @@ def _module_step(am, prev, memory_i, x_k, x_v, x_bias, h_k, h_v, h_bias):  # noq
 
 @pytest.mark.parametrize("which", ["tiny", "full"])
 def test_slim_decoder_step_equals_module_step(which: str) -> None:
-    """The decoder step graph is rewritten for fewer ONNX nodes; it must compute the module's step."""
+    """The decoder step graph is rewritten for fewer ONNX nodes and takes a batch of streams (windows
+    newest first); each row must compute the module's step of that stream alone."""
     import torch
 
     from sambert_deploy.export.graphs import GRAPHS_BY_NAME
@@ -264,14 +266,20 @@ def test_slim_decoder_step_equals_module_step(which: str) -> None:
     spec = GRAPHS_BY_NAME["decoder_step"]
     graph = spec.build(am).eval()
     rng = np.random.default_rng(3)
-    for sizes in ({"x_window": 1, "h_window": 1}, {"x_window": 4, "h_window": 7}):
+    for sizes in ({"batch": 1, "x_window": 1, "h_window": 1}, {"batch": 3, "x_window": 4, "h_window": 7}):
         feeds = spec.make_inputs(am, sizes, rng)
         args = [torch.from_numpy(feeds[t.name]) for t in spec.inputs]
         with torch.no_grad():
-            got, want = graph(*args), _module_step(am, *args)
-        for g, w in zip(got, want, strict=True):
-            assert g.shape == w.shape
-            assert float((g - w).abs().max()) <= 1e-5 * max(1.0, float(w.abs().max()))
+            frames, x_k, x_v = graph(*args)
+            for b in range(sizes["batch"]):
+                old_first = [torch.from_numpy(feeds[n][b, :, :, ::-1].copy()) for n in ("x_k", "x_v")]
+                x_bias = torch.from_numpy(feeds["x_bias"][b, ::-1].copy())
+                want = _module_step(am, args[0][b:b + 1], args[1][b:b + 1], *old_first, x_bias,
+                                    args[5][b], args[6][b], args[7][b])
+                got = (frames[b:b + 1], x_k[b].flip(2), x_v[b].flip(2))
+                for g, w in zip(got, want, strict=True):
+                    assert g.shape == w.shape
+                    assert float((g - w).abs().max()) <= 1e-5 * max(1.0, float(w.abs().max()))
 
 
 @pytest.mark.parametrize("module", ["torch", "onnx", "yaml"])

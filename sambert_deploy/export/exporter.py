@@ -20,7 +20,7 @@ from .rewrite import optimize_graph
 
 log = logging.getLogger(__name__)
 
-DYNAMIC_AXES = frozenset({"num_units", "num_steps", "x_window", "x_window_plus_one", "h_window", "num_frames",
+DYNAMIC_AXES = frozenset({"batch", "num_units", "num_steps", "x_window", "x_window_plus_one", "h_window", "num_frames",
                           "num_samples"})
 
 

@@ -95,22 +95,26 @@ class MemoryKVGraph(nn.Module):
 
 
 class DecoderStepGraph(nn.Module):
-    """One autoregressive step of r frames.
+    """One autoregressive step of r frames for a batch of B streams of one voice.
 
-    prev f32 [1,1,num_mels] (last frame of the previous step), memory_i f32 [1,1,d_mem],
-    x_k/x_v f32 [L,H,Wx,dh] (the previous Wx steps' keys/values, oldest first), x_bias f32 [Wx+1]
-    (0 = attend, MASK_VALUE = not), h_k/h_v f32 [L,H,Wh,dh] (memory window starting at this step),
-    h_bias f32 [Wh] -> frames f32 [1,1,r*num_mels], x_k_out/x_v_out [L,H,Wx,dh] (window moved by one).
+    prev f32 [B,1,num_mels] (last frame of each stream's previous step), memory_i f32 [B,1,d_mem],
+    x_k/x_v f32 [B,L,H,Wx,dh] (each stream's previous Wx steps' keys/values, oldest first), x_bias f32
+    [B,Wx+1] (0 = attend, MASK_VALUE = not), h_k/h_v f32 [B,L,H,Wh,dh] (memory window starting at each
+    stream's step), h_bias f32 [B,Wh] -> frames f32 [B,1,r*num_mels], x_k_out/x_v_out [B,L,H,Wx,dh]
+    (windows moved by one). Streams with narrower windows than the batch's are padded with masked
+    slots (oldest end of the x window, far end of the memory window): exp(MASK_VALUE) is exactly 0,
+    so a row's result does not depend on its neighbours beyond float reassociation (runtime/batching.py).
 
     The step runs once per r frames, so its cost is ONNX Runtime's per-node overhead, not FLOPs
-    (every product is a matrix-vector one). The same arithmetic is therefore written with fewer
-    nodes than the module graph would export: 2-D rows (Gemm, no 3-D MatMul+Add), the k=1 FFN
-    convolutions as Gemm (no Transpose/Conv layout changes), q/k/v split with one reshape, the score
-    scale folded into the q rows (exact when sqrt(d_head) is a power of two, as for d_head 16), the
-    two attention outputs projected by one Gemm over [ctx_x, ctx_h], head merges as pure reshapes
-    (one query row), and the per-layer state taken with one Split. 541 -> 305 nodes after ORT's
-    fusions. tests/test_export.py checks it against the step written with the model's modules, and
-    the pipeline gate checks the exported runtime against the torch model as for every graph.
+    (every product is a matrix-vector one per stream); one call for B streams pays that overhead
+    once. The same arithmetic is therefore written with fewer nodes than the module graph would
+    export: 2-D rows (Gemm, no 3-D MatMul+Add), the k=1 FFN convolutions as Gemm (no Transpose/Conv
+    layout changes), q/k/v split with one reshape, the score scale folded into the q rows (exact
+    when sqrt(d_head) is a power of two, as for d_head 16), the two attention outputs projected by
+    one Gemm over [ctx_x, ctx_h], head merges as pure reshapes (one query row), and the per-layer
+    state taken with one Split. tests/test_export.py checks it against the step written with the
+    model's modules, and the pipeline gate checks the exported runtime against the torch model as
+    for every graph.
     """
 
     def __init__(self, am: KanTtsSAMBERT):
@@ -149,26 +153,27 @@ class DecoderStepGraph(nn.Module):
     def forward(self, prev: Tensor, memory_i: Tensor, x_k: Tensor, x_v: Tensor, x_bias: Tensor,
                 h_k: Tensor, h_v: Tensor, h_bias: Tensor):
         heads, dh = self.heads, self.d_head
-        x = self.dec.step_input(prev.reshape(1, -1), memory_i.reshape(1, -1))  # [1, U]
-        xk, xv = x_k.split(1, dim=0), x_v.split(1, dim=0)  # [1,H,Wx,dh] each
-        hk, hv = h_k.split(1, dim=0), h_v.split(1, dim=0)
+        x = self.dec.step_input(prev, memory_i).reshape(-1, self.d_model)  # [B, U]
+        xb, hb = x_bias[:, None, None, :], h_bias[:, None, None, :]  # broadcast over heads and the query row
+        xk, xv = x_k.unbind(1), x_v.unbind(1)  # per layer [B,H,Wx,dh]
+        hk, hv = h_k.unbind(1), h_v.unbind(1)
         new_k, new_v = [], []
         for li, blk in enumerate(self.dec.pnca):
             att, ffn = blk.pnca_attn, blk.pos_ffn
             qkv = F.linear(att.layer_norm(x), self.qkv_w[li], self.qkv_b[li])
-            q, k, v = qkv.reshape(3, heads, 1, dh).split(1, dim=0)  # [1,H,1,dh]
-            kk = torch.cat([xk[li], k], dim=2)
-            vv = torch.cat([xv[li], v], dim=2)
-            ctx_x = torch.matmul(torch.softmax(torch.matmul(q, kk.transpose(-1, -2)) + x_bias, dim=-1), vv)
-            ctx_h = torch.matmul(torch.softmax(torch.matmul(q, hk[li].transpose(-1, -2)) + h_bias, dim=-1), hv[li])
-            ctx = torch.cat([ctx_x, ctx_h], dim=-1).reshape(1, 2 * heads * dh)
+            q, k, v = qkv.reshape(-1, 3, heads, 1, dh).unbind(1)  # [B,H,1,dh]
+            kk = torch.cat([k, xk[li]], dim=2)  # newest first
+            vv = torch.cat([v, xv[li]], dim=2)
+            ctx_x = torch.matmul(torch.softmax(torch.matmul(q, kk.transpose(-1, -2)) + xb, dim=-1), vv)
+            ctx_h = torch.matmul(torch.softmax(torch.matmul(q, hk[li].transpose(-1, -2)) + hb, dim=-1), hv[li])
+            ctx = torch.cat([ctx_x, ctx_h], dim=-1).reshape(-1, 2 * heads * dh)
             x = F.linear(ctx, self.out_w[li], self.out_b[li]) + x
             h = F.relu(F.linear(ffn.layer_norm(x), self.w1[li], self.b1[li]))
             x = F.linear(h, self.w2[li], self.b2[li]) + x
-            new_k.append(kk[:, :, 1:])
-            new_v.append(vv[:, :, 1:])
-        frames = self.dec.dec_out_proj(self.dec.ln(x)).reshape(1, 1, -1)
-        return frames, torch.cat(new_k, dim=0), torch.cat(new_v, dim=0)
+            new_k.append(kk[:, :, :-1])
+            new_v.append(vv[:, :, :-1])
+        frames = self.dec.dec_out_proj(self.dec.ln(x))[:, None, :]
+        return frames, torch.stack(new_k, dim=1), torch.stack(new_v, dim=1)
 
 
 class PostnetFsmnGraph(nn.Module):
@@ -287,14 +292,18 @@ def _decoder_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) 
     am = _as_am(am)
     c = am.cfg
     layers, heads, dh = _dims(am)
-    wx, wh = s["x_window"], s["h_window"]
-    x_bias = np.zeros(wx + 1, np.float32)
-    x_bias[: max(0, wx - 1)] = MASK_VALUE  # some past slots masked, as at the start of an utterance
-    h_bias = np.zeros(wh, np.float32)
-    h_bias[wh // 2 + 1:] = MASK_VALUE  # the memory end inside the window
-    return {"prev": _f(1, 1, c.num_mels, rng=rng), "memory_i": _f(1, 1, c.d_mem, rng=rng),
-            "x_k": _f(layers, heads, wx, dh, rng=rng), "x_v": _f(layers, heads, wx, dh, rng=rng), "x_bias": x_bias,
-            "h_k": _f(layers, heads, wh, dh, rng=rng), "h_v": _f(layers, heads, wh, dh, rng=rng), "h_bias": h_bias}
+    b, wx, wh = s["batch"], s["x_window"], s["h_window"]
+    # Each row a stream at another place: some past slots masked (the start of an utterance, or a
+    # narrower window padded to the batch's), the memory's end somewhere inside the window.
+    x_bias = np.zeros((b, wx + 1), np.float32)
+    h_bias = np.zeros((b, wh), np.float32)
+    for i in range(b):
+        x_bias[i, : max(0, wx - 1 - i)] = MASK_VALUE
+        h_bias[i, max(1, wh - i) if i % 2 else wh // 2 + 1:] = MASK_VALUE
+    return {"prev": _f(b, 1, c.num_mels, rng=rng), "memory_i": _f(b, 1, c.d_mem, rng=rng),
+            "x_k": _f(b, layers, heads, wx, dh, rng=rng), "x_v": _f(b, layers, heads, wx, dh, rng=rng),
+            "x_bias": x_bias, "h_k": _f(b, layers, heads, wh, dh, rng=rng), "h_v": _f(b, layers, heads, wh, dh, rng=rng),
+            "h_bias": h_bias}
 
 
 def _pfsmn_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -345,15 +354,18 @@ GRAPHS: tuple[GraphSpec, ...] = (
         check_sizes=({"num_steps": 1}, {"num_steps": 2}, {"num_steps": 64})),
     GraphSpec(
         "decoder_step", "am", lambda m: DecoderStepGraph(m),  # type: ignore[arg-type]
-        inputs=(_t("prev", 1, 1, "num_mels"), _t("memory_i", 1, 1, "memory_units"),
-                _t("x_k", "layers", "heads", "x_window", "head_dim"), _t("x_v", "layers", "heads", "x_window", "head_dim"),
-                _t("x_bias", "x_window_plus_one"),
-                _t("h_k", "layers", "heads", "h_window", "head_dim"), _t("h_v", "layers", "heads", "h_window", "head_dim"),
-                _t("h_bias", "h_window")),
-        outputs=(_t("frames", 1, 1, "step_units"), _t("x_k_out", "layers", "heads", "x_window", "head_dim"),
-                 _t("x_v_out", "layers", "heads", "x_window", "head_dim")),
-        make_inputs=_decoder_inputs, trace_sizes={"x_window": 3, "h_window": 4},
-        check_sizes=({"x_window": 1, "h_window": 1}, {"x_window": 2, "h_window": 3}, {"x_window": 5, "h_window": 6})),
+        inputs=(_t("prev", "batch", 1, "num_mels"), _t("memory_i", "batch", 1, "memory_units"),
+                _t("x_k", "batch", "layers", "heads", "x_window", "head_dim"),
+                _t("x_v", "batch", "layers", "heads", "x_window", "head_dim"),
+                _t("x_bias", "batch", "x_window_plus_one"),
+                _t("h_k", "batch", "layers", "heads", "h_window", "head_dim"),
+                _t("h_v", "batch", "layers", "heads", "h_window", "head_dim"),
+                _t("h_bias", "batch", "h_window")),
+        outputs=(_t("frames", "batch", 1, "step_units"), _t("x_k_out", "batch", "layers", "heads", "x_window", "head_dim"),
+                 _t("x_v_out", "batch", "layers", "heads", "x_window", "head_dim")),
+        make_inputs=_decoder_inputs, trace_sizes={"batch": 2, "x_window": 3, "h_window": 4},
+        check_sizes=({"batch": 1, "x_window": 1, "h_window": 1}, {"batch": 1, "x_window": 2, "h_window": 3},
+                     {"batch": 3, "x_window": 5, "h_window": 6}, {"batch": 8, "x_window": 9, "h_window": 10})),
     GraphSpec(
         "postnet_fsmn", "am", lambda m: PostnetFsmnGraph(m),  # type: ignore[arg-type]
         inputs=(_t("dec", 1, "num_frames", "num_mels"),),

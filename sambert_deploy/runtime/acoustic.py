@@ -18,12 +18,12 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..symbols import EncodedUnits
 from .backends import Backend, BackendOptions, CancelToken, make_backend
+from .batching import DEFAULT_MAX_BATCH, MASK_VALUE, DecodeGroup, StepInput, StepOutput, batched, run_steps
 from .chunking import WindowCutter
 from .manifest import Manifest, VoiceManifest
 
 log = logging.getLogger(__name__)
 
-MASK_VALUE = np.float32(-1e9)
 AM_GRAPHS = ("encoder", "dur_step", "memory_kv", "decoder_step", "postnet_fsmn", "postnet_rnn")
 
 
@@ -88,7 +88,7 @@ class AcousticModel:
     """The acoustic graphs of one voice on one backend."""
 
     def __init__(self, manifest: Manifest, voice: VoiceManifest, backend: str = "cpu",
-                 options: BackendOptions | None = None):
+                 options: BackendOptions | None = None, max_batch: int = DEFAULT_MAX_BATCH):
         self.voice = voice
         self.info = voice.acoustic
         # The acoustic graphs are chains of small ops run step by step: intra-op threads only add
@@ -105,6 +105,8 @@ class AcousticModel:
             self.close()
             raise
         self.inv_timescales = dur_inv_timescales(self.info.projection_units)
+        # The decoder steps of this voice's streams that are ready together run as one call.
+        self.decode_group = DecodeGroup(self.sessions["decoder_step"], max_batch)
 
     def close(self) -> None:
         for s in self.sessions.values():
@@ -169,13 +171,15 @@ class AcousticModel:
 
 class SentenceAcoustic:
     """Decoder steps and chunked postnet of one sentence, as explicit state (no generator, no thread):
-    each :meth:`next_block` runs the decoder steps the next postnet chunk needs, then that chunk.
+    each :meth:`next_block` runs the decoder steps the next postnet chunk needs, then that chunk. A
+    scheduler may instead run the decoder steps itself, batched with other streams' (:mod:`.batching`:
+    :meth:`step_input` / :meth:`take_step` while :attr:`needs_step`), then call :meth:`next_block`.
 
-    Decoder: one ``decoder_step`` call per r-frame step with a fixed-size x-attention window and
-    memory window (keys/values of the memory computed ``kv_block`` steps at a time), so nothing grows
-    with the sentence. Postnet: each chunk's window reaches ``postnet_left`` frames back and
-    ``postnet_right`` ahead, exactly the frames the FSMN sees in a whole-sentence pass, so the output
-    is the same; the LSTM state is carried between chunks.
+    Decoder: one ``decoder_step`` call per r-frame step with a fixed-size x-attention window (newest
+    step first) and memory window (keys/values of the memory computed ``kv_block`` steps at a time),
+    so nothing grows with the sentence. Postnet: each chunk's window reaches ``postnet_left`` frames
+    back and ``postnet_right`` ahead, exactly the frames the FSMN sees in a whole-sentence pass, so the
+    output is the same; the LSTM state is carried between chunks.
     """
 
     def __init__(self, am: AcousticModel, plan: SentencePlan, postnet_chunk: int = 48, kv_block: int = 64,
@@ -188,13 +192,11 @@ class SentenceAcoustic:
         self._wx = max(plan.band, 1)
         self._wh = plan.band + 1
         dec = am.sessions["decoder_step"]
-        self._on_gpu = dec.keeps_outputs_on_device
-        x_k: Any = np.zeros((self._layers, self._heads, self._wx, self._dh), np.float32)
+        x_k: Any = np.zeros((1, self._layers, self._heads, self._wx, self._dh), np.float32)
         x_v: Any = np.zeros_like(x_k)
-        if self._on_gpu:  # the x window stays on the device between steps (I/O binding)
+        if dec.keeps_outputs_on_device and batched(dec):  # the x window stays on the device between steps
             x_k, x_v = dec.to_device(x_k), dec.to_device(x_v)
         self._x_k, self._x_v = x_k, x_v
-        self._keep = frozenset({"x_k_out", "x_v_out"}) if self._on_gpu else frozenset()
         self._prev = np.zeros((1, 1, self.n_mels), np.float32)
         self._mem_k = np.zeros((self._layers, self._heads, 0, self._dh), np.float32)
         self._mem_v = np.zeros_like(self._mem_k)
@@ -216,10 +218,18 @@ class SentenceAcoustic:
     def finished(self) -> bool:
         return self.emitted >= self.plan.valid_frames
 
+    @property
+    def needs_step(self) -> bool:
+        """Whether the next postnet chunk needs another decoder step first."""
+        return not self.finished and self._cutter.wanted > 0
+
     def next_block(self, token: CancelToken | None = None) -> np.ndarray:
         """The next postnet chunk of mel frames, f32 [n, num_mels]; call only while not ``finished``."""
-        while (win := self._cutter.pop()) is None:
-            self._cutter.push(self.decode_step(token))
+        while self.needs_step:
+            self.decode_step(token)
+        win = self._cutter.pop()
+        if win is None:
+            raise RuntimeError("the postnet window is not complete after the decoder steps it asked for")
         fsmn, rnn = self.am.sessions["postnet_fsmn"], self.am.sessions["postnet_rnn"]
         first = self._blocks == 0
         feats = fsmn.run({"dec": win.frames[None]}, validate=first, token=token)["feats"]
@@ -231,8 +241,12 @@ class SentenceAcoustic:
         self.emitted += mel.shape[0]
         return mel
 
-    def decode_step(self, token: CancelToken | None = None) -> np.ndarray:
-        """One decoder step: its valid frames, f32 [n, num_mels] with n <= r."""
+    def decode_step(self, token: CancelToken | None = None) -> None:
+        """One decoder step of this sentence alone."""
+        self.take_step(run_steps(self.am.sessions["decoder_step"], [self.step_input(token)], token)[0])
+
+    def step_input(self, token: CancelToken | None = None) -> StepInput:
+        """The inputs of the next decoder step (computing the memory's keys/values as it reaches them)."""
         plan, i = self.plan, self._step_index
         m = plan.num_steps
         if i >= m:
@@ -248,26 +262,28 @@ class SentenceAcoustic:
             self._mem_v = np.concatenate([self._mem_v[:, :, drop:], res["mem_v"]], axis=2)
             self._buf_start = i
         off = i - self._buf_start
-        h_k = self._mem_k[:, :, off:off + wh]
-        h_v = self._mem_v[:, :, off:off + wh]
-        h_bias = np.zeros(wh, np.float32)
-        if h_k.shape[2] < wh:  # the memory ends inside the look-ahead window
-            short = wh - h_k.shape[2]
-            pad = np.zeros((layers, heads, short, dh), np.float32)
-            h_k = np.concatenate([h_k, pad], axis=2)
-            h_v = np.concatenate([h_v, pad], axis=2)
-            h_bias[wh - short:] = MASK_VALUE
-        x_bias = np.zeros(wx + 1, np.float32)
-        x_bias[:max(wx - self._xb, wx - i)] = MASK_VALUE
-        feeds = {"prev": self._prev, "memory_i": plan.memory[None, i:i + 1], "x_k": self._x_k, "x_v": self._x_v,
-                 "x_bias": x_bias, "h_k": np.ascontiguousarray(h_k), "h_v": np.ascontiguousarray(h_v),
-                 "h_bias": h_bias}
-        dec = self.am.sessions["decoder_step"]
-        res = dec.run_keep(feeds, self._keep, token, validate=i == 0)
-        frames = res["frames"].reshape(self.r, self.n_mels)
-        self._x_k, self._x_v = res["x_k_out"], res["x_v_out"]
+        h_k = self._mem_k[None, :, :, off:off + wh]
+        h_v = self._mem_v[None, :, :, off:off + wh]
+        h_bias = np.zeros((1, wh), np.float32)
+        if h_k.shape[3] < wh:  # the memory ends inside the look-ahead window
+            short = wh - h_k.shape[3]
+            pad = np.zeros((1, layers, heads, short, dh), np.float32)
+            h_k = np.concatenate([h_k, pad], axis=3)
+            h_v = np.concatenate([h_v, pad], axis=3)
+            h_bias[0, wh - short:] = MASK_VALUE
+        # Slot 0 is this step; slots 1.. the past steps, newest first: those before the sentence's
+        # start or beyond the band are masked.
+        x_bias = np.zeros((1, wx + 1), np.float32)
+        x_bias[0, 1 + min(self._xb, i):] = MASK_VALUE
+        return StepInput(self._prev, plan.memory[None, i:i + 1], self._x_k, self._x_v, x_bias,
+                         np.ascontiguousarray(h_k), np.ascontiguousarray(h_v), h_bias, validate=i == 0)
+
+    def take_step(self, out: StepOutput) -> None:
+        """Advance by the step ``out`` computed from :meth:`step_input`; its valid frames go to the postnet."""
+        frames = out.frames.reshape(self.r, self.n_mels)
+        self._x_k, self._x_v = out.x_k, out.x_v
         self._prev = frames[-1:][None]
         self._step_index += 1
-        take = max(0, min(self.r, plan.valid_frames - self._decoded))
+        take = max(0, min(self.r, self.plan.valid_frames - self._decoded))
         self._decoded += take
-        return frames[:take]
+        self._cutter.push(frames[:take])

@@ -32,6 +32,7 @@ from .timestamps import Mark, sentence_marks
 if TYPE_CHECKING:
     from .acoustic import AcousticModel, SentenceAcoustic
     from .backends import CancelToken
+    from .batching import StepInput, StepOutput
     from .placement import StreamOptions
     from .vocoder import Vocoder
 
@@ -149,6 +150,7 @@ class AcousticCursor:
         self._pending: deque[tuple[EncodedUnits, tuple[Token, ...]]] = deque()
         self._sentence: SentenceCursor | None = None
         self._progress = Progress()
+        self._borrowed = 0.0  # decoder-step time of batched calls, this stream's share, not yet booked
         # The small first vocoder window buys latency when a listener is waiting: the stream's first
         # sentence, or one that had to wait for input. Later sentences are computed ahead of playback,
         # where it would only add context overhead (59 frames computed for 24, against 291 for 256).
@@ -175,13 +177,34 @@ class AcousticCursor:
                 self._queue(units)
                 continue
             p = self._start_sentence(*self._pending.popleft(), p)
+            if self._sentence is not None:
+                # Planned: the decoder steps are the next task, which the scheduler may batch with
+                # other streams' (batching.py).
+                self._progress = p
+                return AcousticStep((), p)
         t = time.perf_counter()
         frames, jobs = self._sentence.advance(self.token, p.jobs)
         self._progress = replace(p, produced_frames=p.produced_frames + frames, jobs=p.jobs + len(jobs),
-                                 acoustic_s=p.acoustic_s + time.perf_counter() - t)
+                                 acoustic_s=p.acoustic_s + self._borrowed + time.perf_counter() - t)
+        self._borrowed = 0.0
         if self._sentence.finished:
             self._sentence = None
         return AcousticStep(tuple(jobs), self._progress)
+
+    # -- batching.Member: the decoder steps of the running sentence, run by a DecodeGroup ----------
+    def needs_step(self) -> bool:
+        return self._sentence is not None and self._sentence.acoustic.needs_step
+
+    def step_input(self) -> StepInput:
+        if self._sentence is None:
+            raise RuntimeError("no sentence is running")
+        return self._sentence.acoustic.step_input(self.token)
+
+    def take_step(self, out: StepOutput, seconds: float) -> None:
+        if self._sentence is None:
+            raise RuntimeError("no sentence is running")
+        self._sentence.acoustic.take_step(out)
+        self._borrowed += seconds
 
     def _start_sentence(self, encoded: EncodedUnits, tokens: tuple[Token, ...], p: Progress) -> Progress:
         work, opts = self.work, self.work.options

@@ -7,6 +7,12 @@ deadline: when that audio would be due if playback had started when the stream d
 therefore goes before streams that are already ahead of real time, and streams started together
 advance evenly. Tasks run outside the lock; the client is told the outcome under the lock.
 
+Grouped tasks: a task may name a :class:`Group` (the decoder steps of one voice's streams). When the
+most urgent task has one, the worker also takes every other offered task of that group that is more
+urgent than anything outside it (up to the group's ``max_batch``) and runs them as one; between its
+steps the group may pull more such tasks, and it reports each task's outcome as soon as it has one.
+No task ever waits for a group to fill: only tasks ready now join, so batching never delays one.
+
 Lanes: ``cpu`` has ``threads`` workers (each graph call there is single-threaded, so the budget is
 the number of graph calls running at once, never N streams x their own threads); ``cuda`` has a few
 workers that mostly wait on the GPU.
@@ -34,10 +40,22 @@ class Task:
     tiebreak: tuple[int, int]  # (stream order, task order): equal deadlines go to the older stream
     fn: Callable[[], Any]
     payload: object = None
+    group: Group | None = None  # tasks naming the same group may run together (its ``run``)
 
     @property
     def key(self) -> tuple[float, int, int]:
         return (self.deadline, *self.tiebreak)
+
+
+class Group(Protocol):
+    """Runs several tasks as one: ``run(tasks, pull, report)`` without the scheduler's lock, calling
+    ``report(task, result, error)`` once per task (and per pulled task); ``pull(n)`` returns up to n
+    more tasks of the group, already started."""
+
+    max_batch: int
+
+    def run(self, tasks: list[Task], pull: Callable[[int], list[Task]],
+            report: Callable[[Task, Any, BaseException | None], None]) -> None: ...
 
 
 class Client(Protocol):
@@ -119,8 +137,8 @@ class Scheduler:
         if alive:
             log.warning("scheduler workers still running after %.0f s: %s", timeout, ", ".join(alive))
 
-    def _pick(self, lane: str) -> Task | None:
-        best: Task | None = None
+    def _offers(self, lane: str) -> list[Task]:
+        offers = []
         for client in list(self._clients):
             try:
                 if client.defunct:
@@ -130,9 +148,47 @@ class Scheduler:
             except Exception as e:  # one stream's bug must not stop the workers that serve the others
                 self._drop(client, e)
                 continue
-            if task is not None and (best is None or task.key < best.key):
-                best = task
-        return best
+            if task is not None:
+                offers.append(task)
+        return offers
+
+    def _pick(self, lane: str) -> list[Task]:
+        """The most urgent task, with the other tasks of its group that are more urgent than any task
+        outside it (lock held); [] when nothing is ready."""
+        offers = self._offers(lane)
+        if not offers:
+            return []
+        best = min(offers, key=lambda t: t.key)
+        if best.group is None:
+            return [best]
+        return [best, *self._joiners(best.group, offers, best.group.max_batch - 1, best)]
+
+    @staticmethod
+    def _joiners(group: Group, offers: list[Task], n: int, skip: Task | None = None) -> list[Task]:
+        outside = [t.key for t in offers if t.group is not group]
+        bound = min(outside) if outside else None
+        mine = sorted((t for t in offers if t.group is group and t is not skip and (bound is None or t.key < bound)),
+                      key=lambda t: t.key)
+        return mine[:max(0, n)]
+
+    def _started(self, tasks: list[Task]) -> list[Task]:
+        """Tell each owner its task starts (lock held); a task whose owner fails that is dropped."""
+        ok = []
+        for task in tasks:
+            try:
+                task.owner.start(task)
+            except Exception as e:
+                self._drop(task.owner, e)
+                continue
+            ok.append(task)
+        return ok
+
+    def _report(self, task: Task, result: Any, error: BaseException | None) -> None:
+        """Hand a task's outcome to its owner (lock held)."""
+        try:
+            task.owner.finish(task, result, error)
+        except Exception as e:  # a bug in bookkeeping must not kill the worker serving other streams
+            self._drop(task.owner, e)
 
     def _drop(self, client: Client, error: BaseException) -> None:
         log.exception("stream bookkeeping failed; ending that stream")
@@ -146,28 +202,60 @@ class Scheduler:
         cv = self._cv[lane]
         with self.lock:
             while not self._closed:
-                task = self._pick(lane)
-                if task is None:
+                picked = self._pick(lane)
+                if not picked:
                     cv.wait()
                     continue
-                try:
-                    task.owner.start(task)
-                except Exception as e:
-                    self._drop(task.owner, e)
+                tasks = self._started(picked)
+                if not tasks:
                     continue
                 self.busy[lane] += 1
                 self.lock.release()
-                result: Any = None
-                error: BaseException | None = None
                 try:
-                    result = task.fn()
-                except BaseException as e:  # handed to the stream, raised in its consumer
-                    error = e
+                    if tasks[0].group is None:
+                        self._run_one(tasks[0])
+                    else:
+                        self._run_group(lane, tasks[0].group, tasks)
                 finally:
                     self.lock.acquire()
                 self.busy[lane] -= 1
-                try:
-                    task.owner.finish(task, result, error)
-                except Exception as e:  # a bug in bookkeeping must not kill the worker serving other streams
-                    self._drop(task.owner, e)
                 self.wake()
+
+    def _run_one(self, task: Task) -> None:
+        """Run ``task`` (lock NOT held), then report it under the lock."""
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = task.fn()
+        except BaseException as e:  # handed to the stream, raised in its consumer
+            error = e
+        with self.lock:
+            self._report(task, result, error)
+
+    def _run_group(self, lane: str, group: Group, tasks: list[Task]) -> None:
+        """Run ``tasks`` through their group (lock NOT held); every task is reported exactly once."""
+        open_tasks = set(tasks)
+
+        def pull(n: int) -> list[Task]:
+            with self.lock:
+                if self._closed:
+                    return []
+                more = self._started(self._joiners(group, self._offers(lane), n))
+                open_tasks.update(more)
+                return more
+
+        def report(task: Task, result: Any, error: BaseException | None) -> None:
+            with self.lock:
+                if task in open_tasks:
+                    open_tasks.discard(task)
+                    self._report(task, result, error)
+                    self.wake()
+
+        try:
+            group.run(tasks, pull, report)
+        except BaseException as e:  # a bug in the group fails its tasks, never the worker
+            log.exception("grouped tasks failed")
+            for task in list(open_tasks):
+                report(task, None, e)
+        for task in list(open_tasks):
+            report(task, None, RuntimeError("a grouped task ended without a result"))

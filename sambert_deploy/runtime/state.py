@@ -95,9 +95,11 @@ class StreamPlan:
 @dataclass(frozen=True)
 class AcousticTask:
     """The payload of an acoustic step: the input version it was offered at (a step that found no
-    complete sentence waits for input only if no text arrived meanwhile)."""
+    complete sentence waits for input only if no text arrived meanwhile), and the cursor a
+    :class:`~.batching.DecodeGroup` drives when the step starts with decoder steps."""
 
     input_version: int
+    member: AcousticCursor
 
 
 class StreamState:
@@ -152,7 +154,9 @@ class StreamState:
         if (lane == p.am_lane and not self.acoustic_busy and not self.acoustic_done and not self.waiting_input
                 and self.outstanding < p.max_ahead):
             deadline = self.t0 + self.progress.produced_frames * p.work.hop / p.sample_rate
-            return Task(self, lane, deadline, (self.order, -1), self.cursor.step, AcousticTask(self.input_version))
+            group = p.work.am.decode_group if self.cursor.needs_step() else None
+            return Task(self, lane, deadline, (self.order, -1), self.cursor.step,
+                        AcousticTask(self.input_version, self.cursor), group)
         return None
 
     def start(self, task: Task) -> None:

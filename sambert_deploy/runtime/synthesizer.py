@@ -90,10 +90,13 @@ class SpeechOptions:
 
 @dataclass(frozen=True)
 class Activity:
-    """A snapshot of a Synthesizer's work: streams registered, graph calls running per lane."""
+    """A snapshot of a Synthesizer's work: streams registered, graph calls running per lane, and the
+    decoder steps its streams ran so far in how many graph calls (steps / calls: the mean batch)."""
 
     streams: int
     busy: Mapping[str, int]
+    decoder_calls: int = 0
+    decoder_steps: int = 0
 
 
 class Synthesizer:
@@ -188,8 +191,11 @@ class Synthesizer:
             return {name: tuple(v.frontends) for name, v in self._voices.items()}
 
     def activity(self) -> Activity:
+        # No load lock: a voice loading for seconds must not stall /health; a dict copy is atomic.
+        counts = [v.am.decode_group.counts() for v in list(self._voices.values())]
         with self._scheduler.lock:
-            return Activity(len(self._scheduler.clients()), dict(self._scheduler.busy))
+            return Activity(len(self._scheduler.clients()), dict(self._scheduler.busy),
+                            sum(c for c, _ in counts), sum(s for _, s in counts))
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:

@@ -247,6 +247,10 @@ class Backend(ABC):
         """``a`` as an input value ``run_keep`` takes in place (the array itself on host backends)."""
         return a
 
+    def to_host(self, value: Any) -> np.ndarray:
+        """A value ``run_keep`` returned (or ``to_device`` made) as a numpy array."""
+        return np.asarray(value)
+
     @abstractmethod
     def _open(self) -> tuple[dict[str, InputMeta], list[str]]: ...
 

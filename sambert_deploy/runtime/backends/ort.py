@@ -167,6 +167,11 @@ class OrtCudaBackend(OrtBackend):
     def to_device(self, a: np.ndarray) -> Any:
         return _ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), self.device, self.options.device_id)
 
+    def to_host(self, value: Any) -> np.ndarray:
+        if isinstance(value, _ort().OrtValue):
+            return value.numpy()
+        return super().to_host(value)
+
     def tensor_facts(self, value: Any) -> tuple[np.dtype[Any], tuple[int, ...]] | None:
         if isinstance(value, _ort().OrtValue):
             return np.dtype(_ORT_TO_NUMPY.get(value.data_type(), np.object_)), tuple(value.shape())

@@ -1,0 +1,206 @@
+"""Decoder steps of several streams as one call: the scheduler's task groups, the padded batch, and
+streams that share calls against the same streams run alone."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sambert_deploy.runtime.backends import OrtBackend
+from sambert_deploy.runtime.batching import MASK_VALUE, StepInput, run_steps
+from sambert_deploy.runtime.manifest import read_manifest
+from sambert_deploy.runtime.scheduler import Scheduler, Task
+from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
+
+from .test_runtime import symbol_units, workers_alive
+
+# -- the scheduler's groups (no graphs, no timing) ------------------------------------------------
+
+
+class _Group:
+    def __init__(self, max_batch: int, pull_more: int = 0):
+        self.max_batch, self.pull_more = max_batch, pull_more
+        self.runs: list[list[str]] = []
+
+    def run(self, tasks: list[Task], pull: Callable[[int], list[Task]],
+            report: Callable[[Task, Any, BaseException | None], None]) -> None:
+        names = [str(t.payload) for t in tasks]
+        if self.pull_more:
+            more = pull(self.pull_more)
+            names += [str(t.payload) for t in more]
+            tasks = tasks + more
+        self.runs.append(names)
+        for t in tasks:
+            report(t, f"done {t.payload}", None)
+
+
+class _Client:
+    """Offers one task (grouped or not) with a fixed deadline, then nothing."""
+
+    def __init__(self, name: str, deadline: float, group: _Group | None, log: list[str], fail: bool = False):
+        self.name, self.deadline, self.group, self.log, self.fail_start = name, deadline, group, log, fail
+        self.offered = False
+        self.result: Any = None
+
+    def offer(self, lane: str) -> Task | None:
+        if self.offered:
+            return None
+        return Task(self, lane, self.deadline, (0, 0), lambda: self.log.append(self.name), self.name, self.group)
+
+    def start(self, task: Task) -> None:
+        if self.fail_start:
+            raise RuntimeError("bookkeeping bug")
+        self.offered = True
+
+    def finish(self, task: Task, result: Any, error: BaseException | None) -> None:
+        self.result = result if error is None else error
+        self.log.append(f"finish {self.name}")
+
+    def fail(self, error: BaseException) -> None:
+        self.result = error
+
+    @property
+    def defunct(self) -> bool:
+        return self.result is not None
+
+
+def _run_clients(clients: list[_Client], lanes: int = 1) -> None:
+    sched = Scheduler({"cpu": lanes})
+    with sched.lock:  # every offer is there before the worker's first pick
+        for c in clients:
+            sched.add(c, ("cpu",))
+    try:
+        for _ in range(500):
+            if all(c.result is not None for c in clients):
+                break
+            threading.Event().wait(0.01)
+    finally:
+        sched.close()
+
+
+def test_group_takes_ready_tasks_more_urgent_than_anything_outside_it() -> None:
+    """The most urgent grouped task runs with the other grouped tasks that beat every ungrouped one,
+    up to max_batch; the rest wait their turn (EDF holds across the group)."""
+    g = _Group(max_batch=3)
+    log: list[str] = []
+    clients = [_Client("a", 1.0, g, log), _Client("b", 2.0, g, log), _Client("v", 2.5, None, log),
+               _Client("c", 3.0, g, log), _Client("d", 1.5, g, log), _Client("e", 1.7, g, log)]
+    _run_clients(clients)
+    assert g.runs[0] == ["a", "d", "e"]  # b (2.0) is more urgent than v, but the group is full
+    assert g.runs[1] == ["b"]  # v (2.5) is more urgent than c: c may not ride along
+    assert log.index("v") < log.index("finish c")
+    assert g.runs[2] == ["c"]
+    assert all(isinstance(c.result, str) and c.result == f"done {c.name}" if c.group else c.result is None
+               for c in clients if c.group)
+
+
+def test_group_pulls_joiners_and_every_task_is_reported_once() -> None:
+    g = _Group(max_batch=8, pull_more=4)
+    log: list[str] = []
+    clients = [_Client(n, float(i), g, log) for i, n in enumerate("abc")]
+    _run_clients(clients)
+    assert g.runs == [["a", "b", "c"]] or sum(len(r) for r in g.runs) == 3
+    assert sorted(x for x in log if x.startswith("finish")) == ["finish a", "finish b", "finish c"]
+
+
+def test_a_client_failing_to_start_is_dropped_and_the_group_still_runs() -> None:
+    g = _Group(max_batch=4)
+    log: list[str] = []
+    bad = _Client("bad", 1.5, g, log, fail=True)
+    clients = [_Client("a", 1.0, g, log), bad, _Client("b", 2.0, g, log)]
+    _run_clients(clients)
+    assert isinstance(bad.result, RuntimeError)
+    assert g.runs[0] == ["a", "b"]
+
+
+# -- the padded batch -------------------------------------------------------------------------------
+
+
+def _step(rng: np.random.Generator, layers: int, heads: int, dh: int, mels: int, dmem: int, wx: int, wh: int,
+          past: int, mem_end: int) -> StepInput:
+    x_bias = np.zeros((1, wx + 1), np.float32)
+    x_bias[0, 1 + past:] = MASK_VALUE
+    h_bias = np.zeros((1, wh), np.float32)
+    h_bias[0, mem_end:] = MASK_VALUE
+
+    def f(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(np.float32)
+
+    return StepInput(f(1, 1, mels), f(1, 1, dmem), f(1, layers, heads, wx, dh), f(1, layers, heads, wx, dh), x_bias,
+                     f(1, layers, heads, wh, dh), f(1, layers, heads, wh, dh), h_bias, validate=True)
+
+
+def test_batched_rows_equal_each_stream_alone(tiny_bundles: dict[str, Path]) -> None:
+    """Streams with different window widths in one call: each row is the stream's own step (padding
+    slots are masked to exactly zero weight), to float reassociation at most."""
+    m = read_manifest(tiny_bundles["causal"])
+    voice = m.voice(None)
+    a = voice.acoustic
+    rng = np.random.default_rng(7)
+    with OrtBackend(m.graph_path(voice, "decoder_step")) as dec:
+        steps = [_step(rng, a.decoder_layers, a.decoder_heads, a.decoder_head_dim, a.num_mels, a.d_mem, wx, wh, p, e)
+                 for wx, wh, p, e in ((1, 2, 0, 2), (5, 6, 3, 4), (3, 4, 3, 1), (9, 10, 9, 10), (2, 3, 1, 3))]
+        together = run_steps(dec, steps)
+        alone = [run_steps(dec, [s])[0] for s in steps]
+    for s, t, one in zip(steps, together, alone, strict=True):
+        assert t.x_k.shape == s.x_k.shape == one.x_k.shape
+        for got, want in ((t.frames, one.frames), (t.x_k, one.x_k), (t.x_v, one.x_v)):
+            assert np.abs(got - want).max() <= 1e-6 * max(1.0, float(np.abs(want).max()))
+
+
+# -- streams that share decoder calls -----------------------------------------------------------------
+
+
+SMALL = StreamOptions(postnet_chunk=6, vocoder_chunk=8, first_chunk=3)
+
+
+def test_streams_sharing_decoder_calls_equal_each_stream_alone(tiny_bundles: dict[str, Path]) -> None:
+    """Six streams of one voice at once on one CPU worker (so their decoder steps share calls) against
+    each run alone: the audio agrees within 1e-5 (bit-exact where the batch needed no padding)."""
+    reqs = [dict(symbols=symbol_units(20 + 9 * i, 1 + i % 3), speed=(0.8, 1.0, 1.3)[i % 3]) for i in range(6)]
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", threads=1, options=SMALL) as syn:
+        alone = [syn.synthesize(**r) for r in reqs]
+        solo_act = syn.activity()
+    assert solo_act.decoder_steps == solo_act.decoder_calls > 0  # one stream at a time: no batch
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", threads=1, options=SMALL) as syn:
+        out: list[Any] = [None] * len(reqs)
+        go = threading.Barrier(len(reqs))
+
+        def run(i: int) -> None:
+            go.wait()
+            out[i] = np.concatenate([c.samples for c in syn.stream(**reqs[i])])
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(reqs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        act = syn.activity()
+    assert act.decoder_steps == solo_act.decoder_steps  # the same steps ...
+    assert act.decoder_calls < act.decoder_steps  # ... in fewer calls
+    for want, got in zip(alone, out, strict=True):
+        assert got is not None and got.shape == want.shape
+        assert float(np.abs(got - want).max()) <= 1e-5
+    assert workers_alive() == []
+
+
+@pytest.mark.parametrize("n", [2, 5])
+def test_cancelling_one_stream_leaves_the_batch_at_once(tiny_bundles: dict[str, Path], n: int) -> None:
+    """A stream cancelled while its steps share calls with others stops; the others finish exactly
+    as they would alone."""
+    reqs = [dict(symbols=symbol_units(40 + 5 * i, 2)) for i in range(n)]
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", threads=1, options=SMALL) as syn:
+        alone = [syn.synthesize(**r) for r in reqs]
+        streams = [syn.stream(**r) for r in reqs]
+        first = next(iter(streams[0]))
+        assert first.samples.size
+        streams[0].cancel()
+        got = [np.concatenate([c.samples for c in s]) for s in streams[1:]]
+        assert streams[0].info.state == "cancelled"
+    for want, g in zip(alone[1:], got, strict=True):
+        assert g.shape == want.shape and float(np.abs(g - want).max()) <= 1e-5
