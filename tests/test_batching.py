@@ -3,6 +3,7 @@ streams that share calls against the same streams run alone."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -204,3 +205,75 @@ def test_cancelling_one_stream_leaves_the_batch_at_once(tiny_bundles: dict[str, 
         assert streams[0].info.state == "cancelled"
     for want, g in zip(alone[1:], got, strict=True):
         assert g.shape == want.shape and float(np.abs(g - want).max()) <= 1e-5
+
+
+# -- bundles exported before the batch axis ------------------------------------------------------------
+
+
+def _legacy_bundle(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` whose decoder step is in the layout of bundles exported before the batch axis
+    (rank-4 windows oldest first, rank-1 biases), computing the same step."""
+    import shutil
+
+    import torch
+
+    from sambert_deploy.export.graphs import GRAPHS_BY_NAME
+    from sambert_deploy.models.loading import load_sambert
+    from sambert_deploy.utils import file_sha256
+
+    from .conftest import fixture_set
+
+    class Legacy(torch.nn.Module):
+        def __init__(self, step: torch.nn.Module):
+            super().__init__()
+            self.step = step
+
+        def forward(self, prev, memory_i, x_k, x_v, x_bias, h_k, h_v, h_bias):  # noqa: ANN001, ANN202
+            f, k, v = self.step(prev, memory_i, x_k.flip(2)[None], x_v.flip(2)[None], x_bias.flip(0)[None],
+                                h_k[None], h_v[None], h_bias[None])
+            return f, k[0].flip(2), v[0].flip(2)
+
+    shutil.copytree(src, dst)
+    tiny = fixture_set("tiny")
+    am, _ = load_sambert(tiny / "am/config.yaml", tiny / "am/ckpt/checkpoint_0.pth")
+    step = GRAPHS_BY_NAME["decoder_step"].build(am).eval()
+    man = json.loads((dst / "manifest.json").read_text())
+    (name, voice), = man["voices"].items()
+    a = voice["acoustic"]
+    layers, heads, dh = a["decoder_layers"], a["decoder_heads"], a["decoder_head_dim"]
+    args = (torch.zeros(1, 1, a["num_mels"]), torch.zeros(1, 1, a["d_mem"]), torch.zeros(layers, heads, 3, dh),
+            torch.zeros(layers, heads, 3, dh), torch.zeros(4), torch.zeros(layers, heads, 4, dh),
+            torch.zeros(layers, heads, 4, dh), torch.zeros(4))
+    path = dst / voice["folder"] / "decoder_step.onnx"
+    win = {"x_k": {2: "x_window"}, "x_v": {2: "x_window"}, "x_bias": {0: "x_window_plus_one"},
+           "h_k": {2: "h_window"}, "h_v": {2: "h_window"}, "h_bias": {0: "h_window"},
+           "x_k_out": {2: "x_window"}, "x_v_out": {2: "x_window"}}
+    with torch.no_grad():
+        torch.onnx.export(Legacy(step), args, str(path), dynamo=False, opset_version=17,
+                          input_names=["prev", "memory_i", "x_k", "x_v", "x_bias", "h_k", "h_v", "h_bias"],
+                          output_names=["frames", "x_k_out", "x_v_out"], dynamic_axes=win)
+    g = voice["graphs"]["decoder_step"]
+    g["sha256"] = file_sha256(path)
+    for t in (*g["inputs"], *g["outputs"]):
+        t["axes"] = [x for x in t["axes"] if x != "batch"]
+        if t["name"] in ("prev", "memory_i", "frames"):
+            t["axes"] = [1, *t["axes"]]
+    (dst / "manifest.json").write_text(json.dumps(man))
+    assert name
+    return dst
+
+
+def test_bundle_without_batch_axis_still_runs(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+    """A bundle exported before the decoder step had its batch axis runs one call per stream and says
+    the same, alone and with streams at once."""
+    old = _legacy_bundle(tiny_bundles["causal"], tmp_path / "old")
+    reqs = [dict(symbols=symbol_units(25 + 7 * i, 1 + i)) for i in range(3)]
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL) as syn:
+        want = [syn.synthesize(**r) for r in reqs]
+    with Synthesizer(old, backend="cpu", threads=1, options=SMALL) as syn:
+        streams = [syn.stream(**r) for r in reqs]
+        got = [np.concatenate([c.samples for c in s]) for s in streams]
+        act = syn.activity()
+    assert act.decoder_calls == act.decoder_steps > 0
+    for w, g in zip(want, got, strict=True):
+        assert g.shape == w.shape and float(np.abs(g - w).max()) <= 1e-5

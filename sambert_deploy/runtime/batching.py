@@ -217,7 +217,7 @@ class DecodeGroup:
                 return
             share = (time.perf_counter() - t0) / len(stepping)
             with self._lock:
-                self._calls += 1
+                self._calls += 1 if batched(self.session) else len(stepping)
                 self._steps += len(stepping)
             members = []
             for (task, m, _), out in zip(stepping, outs, strict=True):
