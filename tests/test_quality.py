@@ -14,10 +14,13 @@ import pytest
 
 from sambert_deploy.calibration import (
     DEFAULT_INT8,
+    INT8_RECIPES,
+    Calibration,
     ConvLayer,
     Int8Recipe,
     conv_layers,
     convert_fp16,
+    int8_recipe,
     quantize_int8,
 )
 from sambert_deploy.calibration.bundle import judge_audio
@@ -76,6 +79,75 @@ def test_conv_layer_roles_on_kantts_vocoder(tiny_vocoder: Path) -> None:
     assert all(x.name in kept for x in layers if x.role == "res" and x.stage == 1)
     assert not any(x.name in kept for x in layers if x.role == "res" and x.stage == 2)
     assert Int8Recipe(keep_roles=("*@0",)).kept(layers) == {x.name for x in layers if x.stage == 0}
+
+
+def test_residual_pairs_found_from_the_graph(tiny_vocoder: Path) -> None:
+    """convs1 (reads the residual stream) vs convs2 (reads convs1) of each residual block, told apart
+    by what feeds them, so ``res1@3``/``res2@3`` mean the same on KAN-TTS and HiFiGAN V1 graphs."""
+    layers = conv_layers(tiny_vocoder)
+    res = [x for x in layers if x.role == "res"]
+    assert res and all(x.pair == (2 if "/convs2." in x.name else 1) for x in res), [(x.name, x.pair) for x in res]
+    assert all(x.pair == 0 for x in layers if x.role != "res")
+    assert {x.tag for x in res} == {f"res{p}@{s}" for p in (1, 2) for s in {x.stage for x in res}}
+    kept = Int8Recipe(keep_roles=("res2@1",)).kept(layers)
+    assert kept == {x.name for x in res if x.stage == 1 and "/convs2." in x.name}
+    # "res" still names both; a recipe may mix the two forms.
+    assert Int8Recipe(keep_roles=("res@2",)).kept(layers) == Int8Recipe(keep_roles=("res1@2", "res2@2")).kept(layers)
+
+
+def test_recipe_and_calibration_mistakes_name_the_field() -> None:
+    with pytest.raises(InvalidInputError, match="'res3@1' is not a conv role") as e:
+        Int8Recipe(keep_roles=("res3@1",))
+    assert e.value.param == "int8_keep"
+    with pytest.raises(InvalidInputError, match="'kl' is unknown; choose one of minmax, percentile, entropy"):
+        Calibration("kl")
+    with pytest.raises(InvalidInputError, match=r"percentile 9999.0 is outside \(50, 100\]"):
+        Calibration("percentile", 9999.0)
+    with pytest.raises(InvalidInputError, match="'fast' is unknown; choose one of res@1-2, res@1-2\\+res1@3"):
+        int8_recipe("fast")
+    assert int8_recipe(DEFAULT_INT8.name) is DEFAULT_INT8 and set(INT8_RECIPES) >= {"res@1-2", "res@1-2+res1@3"}
+
+
+def _input_scales(path: Path) -> dict[str, float]:
+    """Scale of each activation QuantizeLinear of a Q/DQ graph (keyed by the tensor it quantizes)."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in proto.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits and inits[n.input[1]].size == 1}
+
+
+def test_percentile_reaches_the_calibrator(tiny_vocoder: Path, tmp_path: Path) -> None:
+    """The recipe's percentile sets the activation ranges (ORT's quantize_static alone would calibrate
+    every percentile recipe at its default 99.999)."""
+    cal = _mels(3)
+    scales = {}
+    for label, c in (("minmax", Calibration()), ("p99.999", Calibration("percentile")),
+                     ("p99", Calibration("percentile", 99.0))):
+        rep = quantize_int8(tiny_vocoder, tmp_path / f"{label}.onnx", cal, Int8Recipe(calibration=c))
+        assert rep.calibration == c
+        scales[label] = _input_scales(tmp_path / f"{label}.onnx")
+    assert scales["minmax"].keys() == scales["p99"].keys() == scales["p99.999"].keys() and scales["minmax"]
+    narrower = [k for k in scales["p99"] if scales["p99"][k] < 0.999 * scales["p99.999"][k]]
+    assert len(narrower) > len(scales["p99"]) // 2, "99th percentile ranges should be narrower than 99.999th"
+    assert all(scales["p99"][k] <= scales["minmax"][k] * 1.001 for k in scales["p99"])
+
+
+def test_calibration_cache_refuses_other_settings(tiny_vocoder: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "ranges.json"
+    cal = _mels(4)
+    quantize_int8(tiny_vocoder, tmp_path / "a.onnx", cal, Int8Recipe(calibration=Calibration("percentile", 99.0)),
+                  calibration_cache=cache)
+    # Same settings: ranges reused (no feeds needed to match them).
+    quantize_int8(tiny_vocoder, tmp_path / "b.onnx", cal[:1], Int8Recipe(calibration=Calibration("percentile", 99.0)),
+                  calibration_cache=cache)
+    assert _input_scales(tmp_path / "a.onnx") == _input_scales(tmp_path / "b.onnx")
+    with pytest.raises(InvalidInputError, match="calibration cache .* holds ranges made with") as e:
+        quantize_int8(tiny_vocoder, tmp_path / "c.onnx", cal, Int8Recipe(calibration=Calibration("percentile", 99.99)),
+                      calibration_cache=cache)
+    assert e.value.param == "calibration_cache"
 
 
 def test_precisions_are_the_manifests() -> None:

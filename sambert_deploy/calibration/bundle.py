@@ -52,7 +52,7 @@ from ..runtime.manifest import (
 from ..runtime.precision import precision_hint
 from ..utils import clean_beside, file_sha256, remove_stale, replace_durably, staging_folder, writer_lock
 from .mels import CalibrationMels, default_corpus, read_corpus
-from .precision import DEFAULT_INT8, ROLES, Int8Recipe, convert_fp16, quantize_int8
+from .precision import DEFAULT_INT8, Int8Recipe, convert_fp16, quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,6 @@ class QuantizeOptions:
         if bad or not self.precisions:
             raise PrecisionError(f"--precision {','.join(self.precisions) or '(none)'}: can build "
                                  f"{', '.join(BUILDABLE)} (fp32 is the exported graph itself)")
-        for entry in self.recipe.keep_roles:
-            role, _, stage = entry.partition("@")
-            if role not in ("*", *ROLES) or (stage and not stage.isdigit()) or (role == "*" and not stage):
-                raise InvalidInputError(f"INT8 recipe entry '{entry}' is not a conv role; use {', '.join(ROLES)}, "
-                                        "role@stage or *@stage (e.g. pre,post,up@0)", param="int8_keep")
 
 
 @dataclass
@@ -300,6 +295,7 @@ def _build(precision: str, fp32: Path, tmp: Path, calib: list[dict[str, np.ndarr
     return out, {"kind": "int8 Q/DQ (static, per-channel weights)", "recipe": recipe.label(),
                  "keep_roles": list(recipe.keep_roles), "kept_fp32": len(report.kept_fp32),
                  "activations": "int8 symmetric" if recipe.symmetric else "uint8 asymmetric",
+                 "calibration": report.calibration.label(),
                  "quantized": len(report.quantized), "calibration_feeds": report.calibration_feeds}
 
 
