@@ -4,10 +4,13 @@ For each N (default 1, 2, 4) it starts N threads together, each streaming the sa
 one Synthesizer, and prints the aggregate audio seconds per wall second and every stream's first
 audio (from its ``stream()`` call, front end included). With ``--baseline-rev REV`` the same
 measurement runs on the runtime of that git revision (checked out into a temporary worktree), in
-the same run, and the table shows the ratio. Every cell is a fresh process, repeated ``--repeat``
-times (median shown; this shared 2-core machine varies by +-20%).
+the same run, and the table shows the ratio; ``--baseline-bundle`` gives that revision its own bundle
+(the one its ``make demo`` built), where the graphs changed between the two. Every cell is a fresh
+process, repeated ``--repeat`` times (median shown; this shared 2-core machine varies by +-20%).
+"decoder batch" is the mean number of streams per decoder-step call (``Synthesizer.activity()``).
 
     python scripts/bench_concurrency.py [--bundle demo_out/bundle] [--streams 1 2 4] [--baseline-rev e247f92]
+        [--baseline-bundle OLD_BUNDLE]
 """
 
 from __future__ import annotations
@@ -66,9 +69,13 @@ def run_child(bundle: str, voice: str, streams: int, threads: int, repeat_text: 
         wall = time.perf_counter() - t0
     if errors:
         raise RuntimeError(errors[0])
+        act = syn.activity()
+        steps, calls = getattr(act, "decoder_steps", 0), getattr(act, "decoder_calls", 0)  # older runtimes: absent
+        opened = syn.opened().get(voice) if hasattr(syn, "opened") else None
     audio = sum(samples) / rate
     return {"wall": wall, "audio": audio, "per_wall": audio / wall, "firsts": firsts, "rss": peak_rss_mb(),
-            "threads_seen": threads or os.cpu_count()}
+            "threads_seen": threads or os.cpu_count(), "batch": steps / calls if calls else None,
+            "vocoder": f"{opened.voc_backend} {opened.precision}" if opened is not None else "?"}
 
 
 def _child(code_root: Path, args: list[str], timeout: float) -> dict:
@@ -95,6 +102,7 @@ def main() -> None:
     ap.add_argument("--repeat-text", type=int, default=1, help="the text repeated this many times per stream")
     ap.add_argument("--repeat", type=int, default=3, help="runs per cell (median shown)")
     ap.add_argument("--baseline-rev", help="git revision whose runtime is measured the same way, in the same run")
+    ap.add_argument("--baseline-bundle", help="the bundle the baseline revision runs (default: --bundle)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -103,28 +111,35 @@ def main() -> None:
         print(json.dumps(run_child(bundle, voice, int(n), int(threads), int(rep))))
         return
     bundle = str(Path(a.bundle).resolve())
-    if not Path(bundle, "manifest.json").is_file():
-        sys.exit(f"no bundle at {a.bundle}: run `make demo` first (or pass --bundle)")
-    codes: list[tuple[str, Path]] = []
+    base_bundle = str(Path(a.baseline_bundle or a.bundle).resolve())
+    for b, flag in ((bundle, "--bundle"), (base_bundle, "--baseline-bundle")):
+        if not Path(b, "manifest.json").is_file():
+            sys.exit(f"no bundle at {b}: run `make demo` first (or pass {flag})")
+    codes: list[tuple[str, Path, str]] = []
     tree = None
     if a.baseline_rev:
         tree = _worktree(a.baseline_rev)
-        codes.append((a.baseline_rev, tree))
-    codes.append(("this", REPO))
+        codes.append((a.baseline_rev, tree, base_bundle))
+    codes.append(("this", REPO, bundle))
     try:
         print(f"bundle {a.bundle}, voice {a.voice}, {len(TEXT) * a.repeat_text} characters per stream, CPU budget "
               f"{a.threads or os.cpu_count()}, median of {a.repeat} runs, fresh process each")
-        print("| streams | runtime | audio s/s (runs) | vs baseline | wall s | first audio s per stream (median run) "
-              "| peak RSS MB |")
-        print("|---" * 7 + "|")
+        print("| streams | runtime | vocoder | audio s/s (runs) | vs baseline | wall s | first audio s per stream "
+              "(median run) | decoder batch | peak RSS MB |")
+        print("|---" * 9 + "|")
         for n in a.streams:
             medians: dict[str, float] = {}
-            for name, root in codes:
-                runs = [_child(root, [bundle, a.voice, str(n), str(a.threads), str(a.repeat_text)], a.timeout)
-                        for _ in range(a.repeat)]
+            # Revisions alternate run by run, so a slow spell of this shared machine hits both.
+            runs_by: dict[str, list[dict]] = {name: [] for name, _, _ in codes}
+            for _ in range(a.repeat):
+                for name, root, b in codes:
+                    runs_by[name].append(_child(root, [b, a.voice, str(n), str(a.threads), str(a.repeat_text)],
+                                                a.timeout))
+            for name, _, _ in codes:
+                runs = runs_by[name]
                 ok = [r for r in runs if "error" not in r]
                 if not ok:
-                    print(f"| {n} | {name} | failed: {runs[0]['error']} | | | | |", flush=True)
+                    print(f"| {n} | {name} | | failed: {runs[0]['error']} | | | | | |", flush=True)
                     continue
                 ok.sort(key=lambda r: r["per_wall"])
                 mid = ok[len(ok) // 2]
@@ -133,8 +148,9 @@ def main() -> None:
                 ratio = f"{medians[name] / medians[base]:.2f}x" if name != base and base in medians else ""
                 firsts = ", ".join(f"{f:.3f}" for f in mid["firsts"])
                 spread = "/".join(f"{r['per_wall']:.1f}" for r in ok)
-                print(f"| {n} | {name} | {medians[name]:.2f} ({spread}) | {ratio} | {mid['wall']:.1f} | {firsts} | "
-                      f"{mid['rss']:.0f} |", flush=True)
+                batch = f"{mid['batch']:.2f}" if mid.get("batch") else "-"
+                print(f"| {n} | {name} | {mid.get('vocoder', '?')} | {medians[name]:.2f} ({spread}) | {ratio} | "
+                      f"{mid['wall']:.1f} | {firsts} | {batch} | {mid['rss']:.0f} |", flush=True)
     finally:
         if tree is not None:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
