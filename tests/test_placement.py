@@ -4,6 +4,8 @@ report once it is opened, which must be one and the same thing for every voice."
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +15,24 @@ from click.testing import CliRunner
 from sambert_deploy.cli import main
 from sambert_deploy.errors import BackendUnavailableError, InvalidInputError
 from sambert_deploy.runtime import backends, placement
+from sambert_deploy.runtime.batching import DEFAULT_MAX_BATCH
 from sambert_deploy.runtime.cuda import DeviceInfo
-from sambert_deploy.runtime.gpu_plan import GB, RESERVE_BYTES
+from sambert_deploy.runtime.gpu_plan import (
+    DECODER_WINDOW_STEPS,
+    GB,
+    MB,
+    RESERVE_BYTES,
+    TIERS,
+    decoder_step_bytes,
+    plan_gpu,
+)
 from sambert_deploy.runtime.manifest import read_manifest
 from sambert_deploy.runtime.placement import HostFacts, PlacementRequest, StreamOptions, plan_placement
 from sambert_deploy.runtime.synthesizer import Synthesizer
+from sambert_deploy.runtime.voices import open_voice
 
 from .conftest import need_module
+from .test_runtime import symbol_units
 from .test_service import two_voices  # noqa: F401 - the two-voice bundle fixture
 
 GPU_HOST = HostFacts(("cuda", "cpu"), cpus=2, gpu=DeviceInfo(0, "Fake GPU", "8.9", 16 * GB, 24 * GB))
@@ -112,3 +125,103 @@ def test_info_backends_and_health_agree_under_forced_fallbacks(two_voices: Path,
         # past the CUDA EP, auto's openvino step is the FP32 graph on the CPU EP (no variant here): it opens
         assert [f.split(":")[0] for f in o.fallbacks] == ["acoustic model not on cuda", "vocoder not on cuda"], v
         assert health["placement"][v]["fallbacks"] == list(o.fallbacks)
+
+
+# -- streams per decoder call (issue 20): decided by the placement, overridable, counted in the GPU estimate ----
+def test_the_memory_tier_gives_the_decoder_batch(tiny_bundles: dict[str, Path]) -> None:
+    m = read_manifest(tiny_bundles["causal"])
+    for tier in TIERS:  # bigger cards batch more streams per call, never fewer
+        assert tier.decoder_batch >= 1
+    assert [t.decoder_batch for t in TIERS] == sorted(t.decoder_batch for t in TIERS)
+    gpu = plan_placement(m, PlacementRequest(backend="cuda"), GPU_HOST)
+    assert gpu.gpu is not None and gpu.gpu.tier == "workstation"
+    tier = next(t for t in TIERS if t.name == "workstation")
+    assert gpu.decoder_batch == gpu.gpu.decoder_batch == tier.decoder_batch != DEFAULT_MAX_BATCH
+    assert f"decoder steps of up to {tier.decoder_batch} stream(s) per call" in gpu.gpu.describe()
+    big = replace(GPU_HOST, gpu=DeviceInfo(0, "Fake H200", "9.0", 130 * GB, 141 * GB))
+    assert plan_placement(m, PlacementRequest(backend="cuda"), big).decoder_batch == TIERS[-1].decoder_batch
+    cpu = HostFacts(("cpu",), {"cuda": "no CUDA here"}, cpus=2)
+    assert plan_placement(m, PlacementRequest(), cpu).decoder_batch == DEFAULT_MAX_BATCH
+    # the vocoder alone on the GPU: the decoder runs on the CPU, with the CPU's batch
+    split = plan_placement(m, PlacementRequest(am_backend="cpu", voc_backend="cuda"), GPU_HOST)
+    assert split.gpu is not None and split.decoder_batch == DEFAULT_MAX_BATCH
+
+
+def test_decoder_batch_override_and_bad_values(tiny_bundles: dict[str, Path]) -> None:
+    m = read_manifest(tiny_bundles["causal"])
+    cpu = HostFacts(("cpu",), {"cuda": "no CUDA here"}, cpus=2)
+    for host in (GPU_HOST, cpu):
+        p = plan_placement(m, PlacementRequest(backend="cuda", decoder_batch=3), host)
+        assert p.decoder_batch == 3 and p.decoder_batch_on("cpu") == 3 and p.decoder_batch_on("cuda") == 3
+    p = plan_placement(m, PlacementRequest(backend="cuda", decoder_batch=3), GPU_HOST)
+    assert p.gpu is not None and p.gpu.decoder_batch == 3
+    for bad in (0, -4, 2.5, True, "8"):
+        with pytest.raises(InvalidInputError, match="decoder_batch must be an integer >= 1") as e:
+            PlacementRequest(decoder_batch=bad)  # type: ignore[arg-type]
+        assert e.value.param == "decoder_batch"
+    with pytest.raises(InvalidInputError, match="decoder_batch"):
+        Synthesizer(tiny_bundles["causal"], backend="cpu", decoder_batch=0)
+    r = CliRunner().invoke(main, ["synth", str(tiny_bundles["causal"]), "x", "-o", "-", "--decoder-batch", "0"])
+    assert r.exit_code == 2 and "--decoder-batch" in r.output
+
+
+def test_the_gpu_estimate_counts_the_decoder_batch(tiny_bundles: dict[str, Path]) -> None:
+    m = read_manifest(tiny_bundles["causal"])
+    vm = m.voices[m.default_voice]
+    a = vm.acoustic
+    step = decoder_step_bytes(a.decoder_layers, a.decoder_heads, a.decoder_head_dim)
+    assert step == 8 * a.decoder_layers * a.decoder_heads * DECODER_WINDOW_STEPS * a.decoder_head_dim * 4
+    one = plan_placement(m, PlacementRequest(backend="cuda", decoder_batch=1), GPU_HOST).gpu
+    many = plan_placement(m, PlacementRequest(backend="cuda", decoder_batch=64), GPU_HOST).gpu
+    assert one is not None and many is not None and one.tier == many.tier
+    assert many.estimate - one.estimate == one.gpu_streams * 63 * step
+    # the full-size decoder (12 layers, 8 heads of 16): its windows decide between tiers near a boundary
+    full = decoder_step_bytes(12, 8, 16)
+    weights = 67 * MB
+    plain = plan_gpu(16 * GB, weights, hop=200)
+    assert plain.estimate < plan_gpu(16 * GB, weights, hop=200, step_bytes=full).estimate
+    wide = plan_gpu(16 * GB, weights, hop=200, step_bytes=full, decoder_batch=4096)
+    assert wide.decoder_batch == 4096 and wide.estimate <= wide.budget and wide.tier != plain.tier
+
+
+def test_the_decoder_batch_reaches_the_opened_acoustic_model(tiny_bundles: dict[str, Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    m = read_manifest(tiny_bundles["causal"])
+    name = m.default_voice
+    cpu = HostFacts(("cpu",), {"cuda": "no CUDA here"}, cpus=2)
+    for asked, want in ((None, DEFAULT_MAX_BATCH), (3, 3)):
+        v = open_voice(m, plan_placement(m, PlacementRequest(backend="cpu", decoder_batch=asked), cpu), name)
+        try:
+            assert v.am.decode_group.max_batch == want
+        finally:
+            v.close()
+    # planned on the GPU (the tier's batch), opened on the CPU: the batch follows where it opened
+    def refuse(self: Any) -> Any:
+        raise BackendUnavailableError("CUDA EP cannot start here")
+
+    monkeypatch.setattr(backends.OrtCudaBackend, "open", refuse)
+    gpu = plan_placement(m, PlacementRequest(backend="cuda"), GPU_HOST)
+    assert gpu.decoder_batch != DEFAULT_MAX_BATCH
+    v = open_voice(m, gpu, name)
+    try:
+        assert v.opened.am_backend == "cpu" and v.am.decode_group.max_batch == DEFAULT_MAX_BATCH
+    finally:
+        v.close()
+    v = open_voice(m, plan_placement(m, PlacementRequest(backend="cuda", decoder_batch=5), GPU_HOST), name)
+    try:
+        assert v.opened.am_backend == "cpu" and v.am.decode_group.max_batch == 5  # the user's value holds anywhere
+    finally:
+        v.close()
+
+
+def test_synthesizer_decoder_batch_of_one_runs_every_step_alone(tiny_bundles: dict[str, Path]) -> None:
+    """Through the public API only: with decoder_batch=1, concurrent streams never share a decoder call."""
+    sym = symbol_units(40)
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", threads=2, decoder_batch=1) as syn:
+        assert syn.placement.decoder_batch == 1
+        streams = [syn.stream(symbols=sym) for _ in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            sizes = list(pool.map(lambda s: sum(len(c.samples) for c in s), streams))
+        act = syn.activity()
+    assert len(set(sizes)) == 1 and sizes[0] > 0
+    assert act.decoder_steps > 0 and act.decoder_calls == act.decoder_steps

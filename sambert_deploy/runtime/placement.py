@@ -34,8 +34,9 @@ from .backends import (
     choose_backend,
     unavailable_reason,
 )
+from .batching import DEFAULT_MAX_BATCH
 from .cuda import DeviceInfo, probe_device
-from .gpu_plan import MB, RESERVE_BYTES, GpuPlan, plan_gpu
+from .gpu_plan import MB, RESERVE_BYTES, GpuPlan, decoder_step_bytes, plan_gpu
 from .manifest import Manifest, VoiceManifest
 from .precision import VocoderChoice, check_precision, choose_engine, choose_vocoder
 
@@ -76,7 +77,9 @@ def window_frames(voice: VoiceManifest, options: StreamOptions) -> int:
 class PlacementRequest:
     """What the caller asked for. ``backend`` places both stages (``openvino`` means the vocoder: the
     decoder step measured 2x slower there; ``tensorrt`` runs the vocoder, the acoustic model then goes
-    where ``auto`` puts it); ``am_backend``/``voc_backend`` place one stage. ``max_gpu_memory`` in bytes."""
+    where ``auto`` puts it); ``am_backend``/``voc_backend`` place one stage. ``max_gpu_memory`` in bytes.
+    ``decoder_batch``: streams whose decoder steps run as one graph call (None: the GPU memory tier's where
+    the acoustic model runs on a GPU, else ``DEFAULT_MAX_BATCH``; 1 runs each stream's steps alone)."""
 
     backend: str = "auto"
     am_backend: str | None = None
@@ -88,6 +91,7 @@ class PlacementRequest:
     max_gpu_memory: int | None = None
     options: StreamOptions | None = None
     vocoder_threads: int = 1  # intra-op threads of one vocoder call (1 measured best: README; the sweep varies it)
+    decoder_batch: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("backend", "am_backend", "voc_backend"):
@@ -104,6 +108,10 @@ class PlacementRequest:
         if self.threads < 0 or self.vocoder_threads < 0 or (self.gpu_streams is not None and self.gpu_streams < 1):
             raise InvalidInputError(f"threads must be >= 0 (0: all CPUs) and gpu_streams >= 1, got {self.threads}, "
                                     f"{self.gpu_streams}")
+        batch = self.decoder_batch
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise InvalidInputError(f"decoder_batch must be an integer >= 1 (streams per decoder call; 1 turns "
+                                    f"batching off), got {batch!r}", param="decoder_batch")
 
     @property
     def am_requested(self) -> str:
@@ -173,6 +181,17 @@ class Placement:
     backend_options: BackendOptions
     notes: tuple[str, ...] = ()  # decisions worth a log line (a backend absent, the vocoder moved off the GPU)
     warnings: tuple[str, ...] = ()  # a placement that will likely fail (a stage placed where it cannot fit)
+    decoder_batch: int = DEFAULT_MAX_BATCH  # streams per decoder call where the acoustic model runs as planned
+
+    def decoder_batch_on(self, backend: str) -> int:
+        """Streams per decoder call for an acoustic model that opened on ``backend`` (a fallback off the
+        GPU gets the CPU's batch): the request's ``decoder_batch``, else the GPU tier's on a GPU, else
+        ``DEFAULT_MAX_BATCH``."""
+        if self.request.decoder_batch is not None:
+            return self.request.decoder_batch
+        if backend in GPU_BACKENDS and self.gpu is not None:
+            return self.gpu.decoder_batch
+        return DEFAULT_MAX_BATCH
 
     def voice(self, name: str) -> VoicePlacement:
         if name not in self.voices:
@@ -217,7 +236,7 @@ def plan_placement(manifest: Manifest, request: PlacementRequest, host: HostFact
         if host.gpu is None:
             notes.append(f"GPU memory unknown ({host.gpu_note}): default chunking, 2 calls in flight")
         else:
-            gpu = plan_for_voices(host.gpu.free_bytes, manifest, vms, request.max_gpu_memory)
+            gpu = plan_for_voices(host.gpu.free_bytes, manifest, vms, request.max_gpu_memory, request.decoder_batch)
             notes.append(f"{host.gpu.name}: {gpu.describe()}")
             if not gpu.vocoder_on_gpu and voc_first in GPU_BACKENDS:
                 if request.voc_requested == "auto":
@@ -246,18 +265,22 @@ def plan_placement(manifest: Manifest, request: PlacementRequest, host: HostFact
                                              (voc_given and kind == voc_first) or request.strict)
                           for kind in fallback_chain(voc_first, "vocoder", host, request.strict))
         placed[vm.name] = VoicePlacement(vm.name, am_chain, voc_chain, window_frames(vm, options))
-    return Placement(request, am_first, voc_first, placed, options, cpu_budget, gpu_streams,
-                     options.max_ahead or cpu_budget + 2, gpu, backend_options, tuple(notes), tuple(warnings))
+    planned = Placement(request, am_first, voc_first, placed, options, cpu_budget, gpu_streams,
+                        options.max_ahead or cpu_budget + 2, gpu, backend_options, tuple(notes), tuple(warnings))
+    return replace(planned, decoder_batch=planned.decoder_batch_on(am_first))
 
 
 def plan_for_voices(free_bytes: int, manifest: Manifest, voices: Sequence[VoiceManifest],
-                    max_gpu_memory: int | None = None) -> GpuPlan:
+                    max_gpu_memory: int | None = None, decoder_batch: int | None = None) -> GpuPlan:
     """The memory tier for every voice loaded together: all their weights, the widest vocoder window's
-    context (the calls in flight are shared by the voices)."""
+    context and the largest decoder's windows (the calls in flight are shared by the voices);
+    ``decoder_batch`` overrides the tiers' streams per decoder call."""
     weights = sum((manifest.root / vm.folder / g.file).stat().st_size for vm in voices for g in vm.graphs.values())
     hop = max(vm.vocoder.hop for vm in voices)
     context = max(vm.vocoder.context_left for vm in voices)
-    return plan_gpu(free_bytes, weights, hop, max_gpu_memory, context)
+    step = max(decoder_step_bytes(vm.acoustic.decoder_layers, vm.acoustic.decoder_heads, vm.acoustic.decoder_head_dim)
+               for vm in voices)
+    return plan_gpu(free_bytes, weights, hop, max_gpu_memory, context, step, decoder_batch)
 
 
 def arena_cap(plan: GpuPlan | None, budget: int | None, sessions: int) -> int | None:

@@ -113,6 +113,8 @@ class Synthesizer:
     CPU this process may use). ``gpu_streams``: graph calls in flight on a GPU. ``voices``: the voices
     this Synthesizer may load (default: all; the GPU memory tier and arena caps are sized over them).
     ``vocoder_threads``: intra-op threads of one vocoder call (0: all CPUs; 1, the default, measured best).
+    ``decoder_batch``: streams of a voice whose decoder steps run as one graph call (default: the GPU memory
+    tier's where the acoustic model runs on a GPU, else 8; 1 runs every stream's steps alone).
     Where everything runs is :attr:`placement`; what actually opened, :meth:`backends`/:meth:`opened`.
     """
 
@@ -120,10 +122,10 @@ class Synthesizer:
                  strict: bool = False, threads: int = 0, options: StreamOptions | None = None,
                  am_backend: str | None = None, voc_backend: str | None = None, gpu_streams: int | None = None,
                  precision: str = "auto", max_gpu_memory: int | str | None = None,
-                 voices: Sequence[str] | None = None, vocoder_threads: int = 1):
+                 voices: Sequence[str] | None = None, vocoder_threads: int = 1, decoder_batch: int | None = None):
         self.manifest = bundle if isinstance(bundle, Manifest) else read_manifest(bundle)
         request = PlacementRequest(backend, am_backend, voc_backend, precision, strict, threads, gpu_streams,
-                                   parse_bytes(max_gpu_memory), options, vocoder_threads)
+                                   parse_bytes(max_gpu_memory), options, vocoder_threads, decoder_batch)
         self.placement = plan_placement(self.manifest, request, host_facts(request), voices)
         default = self.manifest.voice(voice).name
         if voice is None and default not in self.placement.voices:
@@ -144,8 +146,9 @@ class Synthesizer:
         # reloads would collect pools). The finalizer may run in any thread, a worker holding the
         # scheduler's lock included, so it hands the shutdown to a thread of its own.
         weakref.finalize(self, _shutdown_later, self._scheduler).atexit = False
-        log.info("backends planned: acoustic model on %s, vocoder on %s (precision %s); CPU budget %d thread(s)",
-                 p.am_backend, p.voc_backend, request.precision, p.cpu_budget)
+        log.info("backends planned: acoustic model on %s, vocoder on %s (precision %s); CPU budget %d thread(s); "
+                 "decoder steps of up to %d streams per call", p.am_backend, p.voc_backend, request.precision,
+                 p.cpu_budget, p.decoder_batch)
 
     # -- what was planned, what runs ----------------------------------------------------------------
     @property

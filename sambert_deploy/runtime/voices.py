@@ -60,7 +60,8 @@ def open_voice(manifest: Manifest, placement: Placement, name: str) -> LoadedVoi
     am_kind = vp.am_chain[0]
     for i, am_kind in enumerate(vp.am_chain):
         try:
-            am = AcousticModel(manifest, vm, am_kind, opts)
+            # the batch follows where it opened: a fallback off the GPU gets the CPU's
+            am = AcousticModel(manifest, vm, am_kind, opts, max_batch=placement.decoder_batch_on(am_kind))
             break
         except BackendUnavailableError as e:
             if strict or i + 1 == len(vp.am_chain):
@@ -76,7 +77,8 @@ def open_voice(manifest: Manifest, placement: Placement, name: str) -> LoadedVoi
         am.close()
         raise
     choice = voc.choice
-    log.info("voice %s: acoustic model on %s, vocoder on %s in %s", name, am_kind, choice.backend, choice.precision)
+    log.info("voice %s: acoustic model on %s (decoder steps of up to %d streams per call), vocoder on %s in %s", name,
+             am_kind, am.decode_group.max_batch, choice.backend, choice.precision)
     return LoadedVoice(vm, am, voc, OpenedVoice(name, am_kind, choice.backend, choice.precision, tuple(fallbacks)))
 
 
