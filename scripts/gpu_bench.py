@@ -5,12 +5,22 @@ as one sentence (no full stop: the worst case, the seed's out-of-memory curve). 
 stream and one-shot against the CPU's FP32 output (<= 1e-4), and the FP16 vocoder on the GPU through
 the precision gate (log-mel L1 and PESQ against FP32, the thresholds of ``sambert-deploy quantize``).
 
+Streams per GPU (issue 20): N concurrent streams of one voice on one Synthesizer (``--streams-config``,
+CUDA EP FP32 by default), all started together, N doubling (1, 2, 4, ...) while every stream keeps RTF
+<= ``--rtf-limit`` and first audio < ``--first-limit`` s, up to ``--streams-max`` and ``--streams-time``
+seconds in all. Per N: the worst stream's RTF and first audio, the mean streams per decoder call
+(``Synthesizer.activity()``), the placement's decoder batch and the peak GPU memory; next to it the torch
+rebuild, which serves one request after another as ModelScope's pipeline does (its N is derived from
+its one-request time, and said so).
+
 Peak GPU memory is the device's used memory (NVML, sampled every 2 ms from this parent process) above
 what was used before the measured process started: the CUDA context, libraries and arenas included,
 as nvidia-smi shows it. Each measurement runs in a fresh process.
 
     python scripts/gpu_bench.py [--bundle demo_out/bundle] [--chars 50 150 1000 10000] [--torch-max 1000]
     python scripts/gpu_bench.py --configs cpu-fp32 --chars 50 --torch-max 0 --no-parity   # smoke run, no GPU
+    python scripts/gpu_bench.py --chars --no-parity --streams-config cpu-fp32 --rtf-limit 10 --first-limit 30 \
+        --streams-max 4 --torch-max 0      # the streams row's code path on the CPU (dry check, no GPU)
 """
 
 from __future__ import annotations
@@ -37,9 +47,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
 MB = 1 << 20
 
 
-def text_of(chars: int) -> str:
-    """``chars`` characters of Chinese as one sentence (commas only: no sentence split)."""
-    return (SEED * (chars // len(SEED) + 1))[:chars]
+def text_of(chars: int, start: int = 0) -> str:
+    """``chars`` characters of Chinese as one sentence (commas only: no sentence split), from ``start``
+    into the seed text (concurrent streams say different things)."""
+    start %= len(SEED)
+    return (SEED * ((start + chars) // len(SEED) + 1))[start:start + chars]
 
 
 # -- GPU memory: NVML through ctypes (no context in the sampling process) ------------------------------
@@ -112,6 +124,66 @@ def run_ours(bundle: str, voice: str, chars: int, kwargs: dict[str, Any]) -> dic
     audio = samples / syn.sample_rate
     return {"first": first, "total": total, "audio": audio, "rtf": total / audio, "runs": f"{am} + {voc} {prec}",
             "plan": plan}
+
+
+def run_streams(bundle: str, voice: str, n: int, chars: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``n`` streams of ``voice`` on one Synthesizer, started together; each stream's RTF is its own wall
+    time (from its ``stream()`` call, front end included) over its audio."""
+    from sambert_deploy.errors import SambertDeployError
+    from sambert_deploy.runtime.synthesizer import Synthesizer
+
+    try:
+        syn = Synthesizer(bundle, voice=voice, **kwargs)
+        syn.load(voice)
+    except SambertDeployError as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    with syn:
+        _together(n, lambda i: syn.synthesize("你好。"))  # warm-up: sessions, and batch shapes up to n
+        before = syn.activity()
+        firsts: list[float] = [0.0] * n
+        rtfs: list[float] = [0.0] * n
+
+        def one(i: int) -> None:
+            t0 = time.perf_counter()
+            first, samples = None, 0
+            with syn.stream(text_of(chars, 11 * i)) as s:
+                for c in s:
+                    first = first if first is not None else time.perf_counter() - t0
+                    samples += len(c.samples)
+            if first is None or not samples:
+                raise RuntimeError(f"stream {i} gave no audio")
+            firsts[i], rtfs[i] = first, (time.perf_counter() - t0) / (samples / syn.sample_rate)
+
+        errors = _together(n, one)
+        after = syn.activity()
+        (am, voc), = syn.backends().values()
+        prec, = syn.precisions().values()
+        batch = syn.placement.decoder_batch
+    if errors:
+        return {"error": f"{len(errors)} of {n} stream(s) failed: {errors[0]}"}
+    calls, steps = after.decoder_calls - before.decoder_calls, after.decoder_steps - before.decoder_steps
+    return {"n": n, "rtf": max(rtfs), "first": max(firsts), "mean_batch": steps / calls if calls else None,
+            "decoder_batch": batch, "runs": f"{am} + {voc} {prec}"}
+
+
+def _together(n: int, fn: Any) -> list[str]:
+    """``fn(i)`` for i < n in n threads released at once; the errors, as text."""
+    go = threading.Barrier(n)
+    errors: list[str] = []
+
+    def run(i: int) -> None:
+        try:
+            go.wait()
+            fn(i)
+        except BaseException as e:  # noqa: BLE001 - reported in the row
+            errors.append(f"{type(e).__name__}: {e}")
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return errors
 
 
 def run_torch(model_dir: str, voice: str, chars: int, device: str) -> dict[str, Any]:
@@ -225,19 +297,28 @@ def main() -> int:
     ap.add_argument("--bundle", default="demo_out/bundle")
     ap.add_argument("--model-dir", default="demo_out/model")
     ap.add_argument("--voice", default="demo_emo")
-    ap.add_argument("--chars", type=int, nargs="+", default=[50, 150, 1000, 10000])
+    ap.add_argument("--chars", type=int, nargs="*", default=[50, 150, 1000, 10000],
+                    help="inputs of the first table (none: only the streams row)")
     ap.add_argument("--configs", nargs="+", default=["cuda-fp32", "cuda-fp16", "trt-fp16", "trt-fp32"],
                     choices=sorted(CONFIGS))
     ap.add_argument("--torch-max", type=int, default=1000, help="largest input the torch baseline runs (chars)")
     ap.add_argument("--torch-device", default="cuda")
     ap.add_argument("--no-parity", action="store_true")
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--streams-config", default="cuda-fp32", choices=sorted(CONFIGS),
+                    help="configuration of the streams-per-GPU rows")
+    ap.add_argument("--streams-chars", type=int, default=150, help="characters each concurrent stream speaks")
+    ap.add_argument("--streams-max", type=int, default=256, help="largest N tried (0: no streams rows)")
+    ap.add_argument("--streams-time", type=float, default=300, help="seconds all streams rows may take together")
+    ap.add_argument("--decoder-batch", type=int, help="streams per decoder call (default: the placement's)")
+    ap.add_argument("--rtf-limit", type=float, default=0.1, help="every stream's RTF must stay at or under this")
+    ap.add_argument("--first-limit", type=float, default=0.3, help="every stream's first audio, seconds")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         spec = json.loads(a.child)
         kind = spec.pop("kind")
-        res = {"ours": run_ours, "torch": run_torch, "parity": run_parity}[kind](**spec)
+        res = {"ours": run_ours, "torch": run_torch, "parity": run_parity, "streams": run_streams}[kind](**spec)
         print(json.dumps(res))
         return 0
     sampler = GpuSampler()
@@ -251,8 +332,9 @@ def main() -> int:
         p.pop("gpu_mb", None)
         print(f"parity on {backend} vs CPU FP32 (150 chars): {json.dumps(p)}")
         parity_failed = "error" in p
-    print("| chars | config | runs | first audio s | RTF | peak GPU MB | RTF vs torch |")
-    print("|---|---|---|---|---|---|---|")
+    if a.chars:
+        print("| chars | config | runs | first audio s | RTF | peak GPU MB | RTF vs torch |")
+        print("|---|---|---|---|---|---|---|")
     for n in a.chars:
         base: dict[str, Any] = {"error": f"skipped (> --torch-max {a.torch_max})"}
         if n <= a.torch_max:
@@ -266,10 +348,53 @@ def main() -> int:
             ratio = f"{base['rtf'] / r['rtf']:.1f}x" if "rtf" in r and "rtf" in base else "-"
             print(f"| {n} | {label} | {r.get('runs', r.get('error', ''))} | {fmt(r, 'first', '.3f')} | "
                   f"{fmt(r, 'rtf', '.3f')} | {fmt(r, 'gpu_mb', '.0f')} | {ratio} |", flush=True)
+    if a.streams_max > 0:
+        streams_rows(a, sampler)
     if parity_failed:
         print("gpu_bench: the parity check failed (see its line above)", file=sys.stderr)
         return 1
     return 0
+
+
+def streams_rows(a: argparse.Namespace, sampler: GpuSampler) -> None:
+    """N doubling while every stream keeps the limits (the last row printed is the first N that did not,
+    or where the time or ``--streams-max`` ran out), then the torch rebuild one request at a time."""
+    kwargs = dict(CONFIGS[a.streams_config])
+    if a.decoder_batch is not None:
+        kwargs["decoder_batch"] = a.decoder_batch
+    print(f"\nstreams per GPU: {a.streams_chars} chars per stream, all started together; limits RTF <= "
+          f"{a.rtf_limit} and first audio < {a.first_limit} s for every stream; {a.streams_time:.0f} s cap")
+    print("| streams | config | runs | worst RTF | worst first audio s | mean decoder batch | decoder batch | "
+          "peak GPU MB | within limits |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    t_end = time.monotonic() + a.streams_time
+    n, best = 1, 0
+    while n <= a.streams_max:
+        left = t_end - time.monotonic()
+        if left <= 0:
+            print(f"(stopped before N={n}: --streams-time {a.streams_time:.0f} s spent)")
+            break
+        r = child({"kind": "streams", "bundle": a.bundle, "voice": a.voice, "n": n, "chars": a.streams_chars,
+                   "kwargs": kwargs}, sampler, min(a.timeout, left))
+        ok = "rtf" in r and r["rtf"] <= a.rtf_limit and r["first"] < a.first_limit
+        print(f"| {n} | {a.streams_config} | {r.get('runs', r.get('error', ''))} | {fmt(r, 'rtf', '.3f')} | "
+              f"{fmt(r, 'first', '.3f')} | {fmt(r, 'mean_batch', '.2f')} | {r.get('decoder_batch', '-')} | "
+              f"{fmt(r, 'gpu_mb', '.0f')} | {'yes' if ok else 'no'} |", flush=True)
+        if not ok:
+            break
+        best, n = n, n * 2
+    print(f"streams within the limits on {a.streams_config}: {best} (largest N measured that kept them)")
+    if a.torch_max >= a.streams_chars:
+        t = child({"kind": "torch", "model_dir": a.model_dir, "voice": a.voice, "chars": a.streams_chars,
+                   "device": a.torch_device}, sampler, a.timeout)
+        if "total" in t:
+            # One request after another: request k's first audio comes after k whole utterances.
+            fits = int(min(a.first_limit / t["total"], a.rtf_limit * t["audio"] / t["total"]))
+            print(f"| 1 | torch ({a.torch_device}), as ModelScope runs it | {t['runs']} | {t['rtf']:.3f} | "
+                  f"{t['first']:.3f} | - | - | {fmt(t, 'gpu_mb', '.0f')} | derived: {fits} stream(s) "
+                  "served one after another keep the limits |")
+        else:
+            print(f"| 1 | torch ({a.torch_device}) | {t.get('error', '')} | - | - | - | - | - | - |")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 # The whole GPU check in one call, on a GPU machine where onnxruntime-gpu is importable (TensorRT too, if
 # the machine has it): builds engines where TensorRT exists, checks GPU vs CPU FP32 parity (stream and one-shot)
 # and the FP16 vocoder's quality gate on the GPU, and prints the table (RTF, first audio, peak GPU memory for
-# 50, 150, 1,000 and 10,000 characters: CUDA EP FP32/FP16, TensorRT, the torch rebuild run as ModelScope does).
+# 50, 150, 1,000 and 10,000 characters: CUDA EP FP32/FP16, TensorRT, the torch rebuild run as ModelScope does),
+# then the streams-per-GPU rows (N concurrent streams of one voice, N doubling while every stream keeps RTF <= 0.1
+# and first audio < 300 ms; STREAMS_TIME seconds at most, STREAMS_MAX=0 leaves them out).
 #
 #   On a lent machine without network (README "GPU"): pieces from ../shared/gpu/ort_gpu_parts.sh and
 #   scripts/gpu_pack.sh in /tmp/gw, then:   . .gpu_wheels/ort_gpu_install.sh && bash scripts/gpu_run.sh
@@ -62,7 +64,8 @@ else
 fi
 # shellcheck disable=SC2086
 step "GPU benchmark (scripts/gpu_bench.py)" \
-  "$PY" scripts/gpu_bench.py --bundle "$BUNDLE" --model-dir "$MODEL" --voice demo_emo --chars $CHARS --timeout "${BENCH_TIMEOUT:-900}"
+  "$PY" scripts/gpu_bench.py --bundle "$BUNDLE" --model-dir "$MODEL" --voice demo_emo --chars $CHARS --timeout "${BENCH_TIMEOUT:-900}" \
+  --streams-max "${STREAMS_MAX:-256}" --streams-time "${STREAMS_TIME:-240}"
 if [ ${#failed[@]} -gt 0 ]; then
   printf 'gpu_run: %d step(s) failed:\n' "${#failed[@]}" >&2
   printf '  %s\n' "${failed[@]}" >&2
