@@ -115,7 +115,7 @@ def test_attention_graphs_compile_and_match(tiny_bundles: dict[str, Path]) -> No
     for graph in voice.graphs:
         with OpenVinoBackend(m.graph_path(voice, graph), BackendOptions(threads=1)) as be:
             assert be.output_names
-    sizes = {"x_window": 7, "x_window_plus_one": 8, "h_window": 5}
+    sizes = {"batch": 3, "x_window": 7, "x_window_plus_one": 8, "h_window": 5}
     with OrtBackend(m.graph_path(voice, "decoder_step")) as ref, \
             OpenVinoBackend(m.graph_path(voice, "decoder_step"), BackendOptions(threads=1)) as be:
         rng = np.random.default_rng(3)
