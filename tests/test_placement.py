@@ -3,6 +3,7 @@ report once it is opened, which must be one and the same thing for every voice."
 
 from __future__ import annotations
 
+import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -225,3 +226,21 @@ def test_synthesizer_decoder_batch_of_one_runs_every_step_alone(tiny_bundles: di
         act = syn.activity()
     assert len(set(sizes)) == 1 and sizes[0] > 0
     assert act.decoder_steps > 0 and act.decoder_calls == act.decoder_steps
+
+
+def test_cli_decoder_batch_reaches_the_opened_voice(tiny_bundles: dict[str, Path], tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """synth --decoder-batch: the opened acoustic model's batch, as its load line reports it; serve and ui
+    take the option and refuse a bad value in one line, before loading anything."""
+    sym = tmp_path / "sym.txt"
+    sym.write_text("1\t" + symbol_units(20) + "\n", "utf-8")
+    caplog.set_level(logging.INFO, logger="sambert_deploy")
+    r = CliRunner().invoke(main, ["synth", str(tiny_bundles["causal"]), "--symbols-file", str(sym),
+                                  "-o", str(tmp_path / "out.wav"), "--backend", "cpu", "--decoder-batch", "2"])
+    assert r.exit_code == 0, r.output
+    opened = [rec.getMessage() for rec in caplog.records if rec.name.endswith("voices")]
+    assert any(re.match(r"voice \S+: acoustic model on cpu \(decoder steps of up to 2 streams per call\)", m)
+               for m in opened), opened
+    for command in ("serve", "ui"):
+        r = CliRunner().invoke(main, [command, str(tiny_bundles["causal"]), "--decoder-batch", "0"])
+        assert r.exit_code == 2 and "--decoder-batch" in r.output, (command, r.output)
