@@ -130,6 +130,7 @@ def run_streams(bundle: str, voice: str, n: int, chars: int, kwargs: dict[str, A
     """``n`` streams of ``voice`` on one Synthesizer, started together; each stream's RTF is its own wall
     time (from its ``stream()`` call, front end included) over its audio."""
     from sambert_deploy.errors import SambertDeployError
+    from sambert_deploy.runtime.batching import batched
     from sambert_deploy.runtime.synthesizer import Synthesizer
 
     try:
@@ -138,6 +139,8 @@ def run_streams(bundle: str, voice: str, n: int, chars: int, kwargs: dict[str, A
     except SambertDeployError as e:
         return {"error": f"{type(e).__name__}: {e}"}
     with syn:
+        # A bundle exported before the batch axis runs one decoder call per stream: said in the row.
+        axis = batched(syn.sessions(voice)["decoder_step"])
         _together(n, lambda i: syn.synthesize("你好。"))  # warm-up: sessions, and batch shapes up to n
         before = syn.activity()
         firsts: list[float] = [0.0] * n
@@ -163,7 +166,8 @@ def run_streams(bundle: str, voice: str, n: int, chars: int, kwargs: dict[str, A
         return {"error": f"{len(errors)} of {n} stream(s) failed: {errors[0]}"}
     calls, steps = after.decoder_calls - before.decoder_calls, after.decoder_steps - before.decoder_steps
     return {"n": n, "rtf": max(rtfs), "first": max(firsts), "mean_batch": steps / calls if calls else None,
-            "decoder_batch": batch, "runs": f"{am} + {voc} {prec}"}
+            "decoder_batch": batch if axis else "1 (bundle without the batch axis: re-export it)",
+            "runs": f"{am} + {voc} {prec}"}
 
 
 def _together(n: int, fn: Any) -> list[str]:
