@@ -146,6 +146,10 @@ def test_the_memory_tier_gives_the_decoder_batch(tiny_bundles: dict[str, Path]) 
     # the vocoder alone on the GPU: the decoder runs on the CPU, with the CPU's batch
     split = plan_placement(m, PlacementRequest(am_backend="cpu", voc_backend="cuda"), GPU_HOST)
     assert split.gpu is not None and split.decoder_batch == DEFAULT_MAX_BATCH
+    unknown = replace(GPU_HOST, gpu=None, gpu_note="no CUDA runtime library")  # no tier: the CPU's batch, said
+    blind = plan_placement(m, PlacementRequest(backend="cuda"), unknown)
+    assert blind.gpu is None and blind.decoder_batch == DEFAULT_MAX_BATCH
+    assert any(f"decoder steps of up to {DEFAULT_MAX_BATCH} streams per call" in n for n in blind.notes)
 
 
 def test_decoder_batch_override_and_bad_values(tiny_bundles: dict[str, Path]) -> None:

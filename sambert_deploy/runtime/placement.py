@@ -234,7 +234,8 @@ def plan_placement(manifest: Manifest, request: PlacementRequest, host: HostFact
     gpu: GpuPlan | None = None
     if {am_first, voc_first} & GPU_BACKENDS:
         if host.gpu is None:
-            notes.append(f"GPU memory unknown ({host.gpu_note}): default chunking, 2 calls in flight")
+            notes.append(f"GPU memory unknown ({host.gpu_note}): default chunking, 2 calls in flight, "
+                         f"decoder steps of up to {request.decoder_batch or DEFAULT_MAX_BATCH} streams per call")
         else:
             gpu = plan_for_voices(host.gpu.free_bytes, manifest, vms, request.max_gpu_memory, request.decoder_batch)
             notes.append(f"{host.gpu.name}: {gpu.describe()}")
