@@ -67,11 +67,11 @@ def run_child(bundle: str, voice: str, streams: int, threads: int, repeat_text: 
         for w in workers:
             w.join()
         wall = time.perf_counter() - t0
-    if errors:
-        raise RuntimeError(errors[0])
         act = syn.activity()
         steps, calls = getattr(act, "decoder_steps", 0), getattr(act, "decoder_calls", 0)  # older runtimes: absent
         opened = syn.opened().get(voice) if hasattr(syn, "opened") else None
+    if errors:
+        raise RuntimeError(errors[0])
     audio = sum(samples) / rate
     return {"wall": wall, "audio": audio, "per_wall": audio / wall, "firsts": firsts, "rss": peak_rss_mb(),
             "threads_seen": threads or os.cpu_count(), "batch": steps / calls if calls else None,
