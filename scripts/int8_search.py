@@ -26,7 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from sambert_deploy.calibration import DEFAULT_INT8, ConvLayer, Int8Recipe, conv_layers, quantize_int8
+from sambert_deploy.calibration import (
+    DEFAULT_INT8,
+    INT8_RECIPES,
+    Calibration,
+    ConvLayer,
+    Int8Recipe,
+    conv_layers,
+    quantize_int8,
+)
 from sambert_deploy.calibration.equalize import equalize
 from sambert_deploy.quality import evaluate, fp32_reference, real_vocoder
 from sambert_deploy.quality.audio import speech_set
@@ -41,6 +49,8 @@ RECIPES = (
     Int8Recipe(keep_roles=("pre", "post", "up"), name="int8 res@all"),
     Int8Recipe(keep_roles=("pre", "post"), name="int8 res+up"),
     Int8Recipe(name="all int8"),
+    # the portable (role) form of the per-layer "res@1-2 + res@3 convs1" below: the same 45 convs
+    Int8Recipe(keep_roles=INT8_RECIPES["res@1-2+res1@3"].keep_roles, name="int8 res@1-2 + res1@3"),
 )
 
 
@@ -62,36 +72,11 @@ LAYER_RECIPES = (
     _keep_unless("int8 res@1-3 but resblocks.8/convs2.2",
                  lambda x: _res(x, (1, 2, 3)) and "resblocks.8/convs2.2" not in x.name),
 )
-# "percentile" and "entropy" are ORT's defaults as quantize_static runs them (99.999th percentile;
-# entropy with 128 histogram bins for 128 quantized bins, i.e. one candidate threshold: MinMax).
-# quantize_static passes neither the bin counts nor, here, a percentile through, so the "-" variants
-# calibrate with ORT's calibrator directly and hand quantize_int8 the ranges as its cache.
-METHODS = ("minmax", "percentile", "entropy", "percentile-99.99", "entropy-2048")
-_DIRECT = {"percentile-99.99": ("percentile", {"percentile": 99.99}),
-           "entropy-2048": ("entropy", {"num_bins": 2048, "num_quantized_bins": 128})}
-
-
-def precalibrate(src: Path, feeds: list[dict[str, np.ndarray]], method: str, cache: Path) -> str:
-    """Fill ``cache`` for a ``_DIRECT`` method; returns the quantize_int8 method name to pair with it."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
-
-    base, options = _DIRECT[method]
-    if cache.is_file():
-        return base
-    with tempfile.TemporaryDirectory(prefix="sambert-int8-cal-") as tmp:
-        cal = create_calibrator(src, ["Conv", "ConvTranspose"], str(Path(tmp) / "augmented.onnx"),
-                                {"percentile": CalibrationMethod.Percentile,
-                                 "entropy": CalibrationMethod.Entropy}[base],
-                                providers=["CPUExecutionProvider"], extra_options={"symmetric": False, **options})
-        it = iter(feeds)
-
-        class Reader:
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                return next(it, None)
-
-        cal.collect_data(Reader())
-        save_tensors_data(cal.compute_data(), cache)
-    return base
+# "percentile" and "entropy" are ORT's defaults (99.999th percentile; entropy with 128 histogram bins
+# for 128 quantized bins, i.e. one candidate threshold: MinMax); quantize_int8 runs the calibrator
+# itself, so the bin count and the percentile reach it.
+METHODS = {"minmax": Calibration(), "percentile": Calibration("percentile"), "entropy": Calibration("entropy"),
+           "percentile-99.99": Calibration("percentile", 99.99), "entropy-2048": Calibration("entropy", num_bins=2048)}
 EQUALIZE = ("none", "weights", "activations")
 
 
@@ -162,7 +147,7 @@ def table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     ap.add_argument("--equalize", nargs="+", choices=EQUALIZE, default=list(EQUALIZE))
     ap.add_argument("--recipes", nargs="+", help="recipe names to run (default: all)")
     ap.add_argument("--layer-recipes", action="store_true", help="also the per-layer (node-name) recipes")
@@ -217,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                         t0 = time.perf_counter()
                         rc = Int8Recipe(recipe.keep_roles, recipe.keep_layers, recipe.name, symmetric=sym)
                         dst = work / "candidate.onnx"
-                        qm = precalibrate(src, cal, method, cache) if method in _DIRECT else method
-                        q = quantize_int8(src, dst, cal, rc, calibrate_method=qm, calibration_cache=cache)
+                        q = quantize_int8(src, dst, cal, rc, calibrate_method=METHODS[method], calibration_cache=cache)
                         rep_q = evaluate(recipe.name, dst, "cpu", ref, measure_rtf=False, precision="int8")
                         row = Row(recipe.name, method, eq, sym, len(q.quantized), len(q.quantized) + len(q.kept_fp32),
                                   rep_q.worst("logmel_l1"), rep_q.worst("pesq_vs_fp32"), rep_q.worst("pesq_drop"),

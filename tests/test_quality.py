@@ -262,16 +262,27 @@ def test_bf16_gate_fails_on_the_noisy_recording_only(real: tuple[Path, Fp32Refer
     assert report.mean("pesq_vs_fp32") >= 4.3 > report.worst("pesq_vs_fp32")
 
 
-def test_int8_default_gate(real: tuple[Path, Fp32Reference, Path]) -> None:
+@pytest.mark.parametrize("name", sorted({DEFAULT_INT8.name, "res@1-2+res1@3"}))
+def test_int8_recipe_gate(real: tuple[Path, Fp32Reference, Path], name: str) -> None:
     src, ref, work = real
+    recipe = int8_recipe(name)
     cal = [r.feed() for r in speech_set("calibration")]  # other speech than the scored recordings
-    quantize_int8(src, work / "int8.onnx", cal, DEFAULT_INT8)
-    report = evaluate(f"int8 {DEFAULT_INT8.label()}", work / "int8.onnx", "cpu", ref, measure_rtf=False,
-                      precision="int8")
+    quantize_int8(src, work / "int8.onnx", cal, recipe)
+    report = evaluate(f"int8 {recipe.label()}", work / "int8.onnx", "cpu", ref, measure_rtf=False, precision="int8")
     assert QualityReport.from_json(report.to_json()) == report
     _gate(report)
     # PESQ against FP32 >= 4.0 on EVERY recording, the noisy one included.
     assert all(r.pesq_vs_fp32 >= 4.0 for r in report.recordings), [(r.name, r.pesq_vs_fp32) for r in report.recordings]
+
+
+def test_portable_recipe_is_the_searched_layer_set(real: tuple[Path, Fp32Reference, Path]) -> None:
+    """``res2@3`` kept FP32 on HiFiGAN V1 = INT8 in exactly the convs the per-layer search chose there:
+    every stage-1/2 residual conv and the stage-3 ``resblocks.*/convs1.*`` (docs/quality.md)."""
+    layers = conv_layers(real[0])
+    kept = int8_recipe("res@1-2+res1@3").kept(layers)
+    searched = {x.name for x in layers
+                if x.role == "res" and (x.stage in (1, 2) or (x.stage == 3 and "/convs1." in x.name))}
+    assert {x.name for x in layers} - kept == searched and len(searched) == 45
 
 
 # ----------------------------------------------------------------------------------------------
