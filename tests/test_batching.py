@@ -277,3 +277,43 @@ def test_bundle_without_batch_axis_still_runs(tiny_bundles: dict[str, Path], tmp
     assert act.decoder_calls == act.decoder_steps > 0
     for w, g in zip(want, got, strict=True):
         assert g.shape == w.shape and float(np.abs(g - w).max()) <= 1e-5
+
+
+def test_a_running_group_takes_tasks_offered_meanwhile() -> None:
+    """While a group runs on one worker, its tasks offered meanwhile go to it (pulled between its steps),
+    never to a second call of the group on another worker: that would split the batch."""
+    added = threading.Event()
+    log: list[str] = []
+
+    class Waiting(_Group):
+        def run(self, tasks: list[Task], pull: Callable[[int], list[Task]],
+                report: Callable[[Task, Any, BaseException | None], None]) -> None:
+            if not self.runs:
+                assert added.wait(10)
+                threading.Event().wait(0.2)  # the idle worker has had every chance to take "late"
+                tasks = tasks + pull(4)
+            self.runs.append([str(t.payload) for t in tasks])
+            for t in tasks:
+                report(t, "done", None)
+
+    g = Waiting(max_batch=8)
+    first = _Client("first", 1.0, g, log)
+    late = _Client("late", 2.0, g, log)
+    sched = Scheduler({"cpu": 2})
+    with sched.lock:
+        sched.add(first, ("cpu",))
+    try:
+        for _ in range(500):
+            if g.runs or first.offered:
+                break
+            threading.Event().wait(0.01)
+        with sched.lock:
+            sched.add(late, ("cpu",))
+        added.set()
+        for _ in range(500):
+            if late.result is not None and first.result is not None:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        sched.close()
+    assert g.runs == [["first", "late"]]
