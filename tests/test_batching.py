@@ -317,3 +317,21 @@ def test_a_running_group_takes_tasks_offered_meanwhile() -> None:
     finally:
         sched.close()
     assert g.runs == [["first", "late"]]
+
+
+def test_no_batches_where_each_shape_compiles(tiny_bundles: dict[str, Path]) -> None:
+    """On a backend that compiles per input shape (OpenVINO), batches would mean a compilation per
+    batch and window combination: the acoustic model keeps one call per stream there."""
+    from sambert_deploy.runtime.acoustic import AcousticModel
+
+    from .conftest import need_module
+
+    need_module("openvino", "pip install 'sambert-deploy[openvino]'")
+    m = read_manifest(tiny_bundles["causal"])
+    voice = m.voice(None)
+    ov, cpu = AcousticModel(m, voice, "openvino", max_batch=8), AcousticModel(m, voice, "cpu", max_batch=8)
+    try:
+        assert (ov.decode_group.max_batch, cpu.decode_group.max_batch) == (1, 8)
+    finally:
+        ov.close()
+        cpu.close()

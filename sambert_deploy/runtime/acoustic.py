@@ -105,8 +105,11 @@ class AcousticModel:
             self.close()
             raise
         self.inv_timescales = dur_inv_timescales(self.info.projection_units)
-        # The decoder steps of this voice's streams that are ready together run as one call.
-        self.decode_group = DecodeGroup(self.sessions["decoder_step"], max_batch)
+        # The decoder steps of this voice's streams that are ready together run as one call, except
+        # where each new input shape is a compilation (OpenVINO: +20-60 ms per new batch and window
+        # combination measured here, against a step of about 1 ms): there each stream keeps its own calls.
+        dec = self.sessions["decoder_step"]
+        self.decode_group = DecodeGroup(dec, 1 if dec.compiles_per_shape else max_batch)
 
     def close(self) -> None:
         for s in self.sessions.values():
