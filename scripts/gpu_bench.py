@@ -100,7 +100,8 @@ class GpuSampler:
 
 
 # -- children --------------------------------------------------------------------------------------------
-def run_ours(bundle: str, voice: str, chars: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _open(bundle: str, voice: str, kwargs: dict[str, Any]) -> Any:
+    """A Synthesizer with ``voice`` loaded, or the one-line error dict of why it could not open."""
     from sambert_deploy.errors import SambertDeployError
     from sambert_deploy.runtime.synthesizer import Synthesizer
 
@@ -109,6 +110,13 @@ def run_ours(bundle: str, voice: str, chars: int, kwargs: dict[str, Any]) -> dic
         syn.load(voice)
     except SambertDeployError as e:
         return {"error": f"{type(e).__name__}: {e}"}
+    return syn
+
+
+def run_ours(bundle: str, voice: str, chars: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    syn = _open(bundle, voice, kwargs)
+    if isinstance(syn, dict):
+        return syn
     with syn:
         syn.synthesize("你好。")  # warm-up outside the timing
         t0 = time.perf_counter()
@@ -129,15 +137,11 @@ def run_ours(bundle: str, voice: str, chars: int, kwargs: dict[str, Any]) -> dic
 def run_streams(bundle: str, voice: str, n: int, chars: int, kwargs: dict[str, Any]) -> dict[str, Any]:
     """``n`` streams of ``voice`` on one Synthesizer, started together; each stream's RTF is its own wall
     time (from its ``stream()`` call, front end included) over its audio."""
-    from sambert_deploy.errors import SambertDeployError
     from sambert_deploy.runtime.batching import batched
-    from sambert_deploy.runtime.synthesizer import Synthesizer
 
-    try:
-        syn = Synthesizer(bundle, voice=voice, **kwargs)
-        syn.load(voice)
-    except SambertDeployError as e:
-        return {"error": f"{type(e).__name__}: {e}"}
+    syn = _open(bundle, voice, kwargs)
+    if isinstance(syn, dict):
+        return syn
     with syn:
         # A bundle exported before the batch axis runs one decoder call per stream: said in the row.
         axis = batched(syn.sessions(voice)["decoder_step"])
