@@ -20,6 +20,7 @@ than the default, on the real vocoder and on a bundle's KAN-TTS vocoder, ONNX Ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import statistics
 import sys
@@ -60,7 +61,8 @@ def build(src: Path, recipes: list[Int8Recipe], feeds: list[dict[str, np.ndarray
     graphs = [Graph("fp32", src, 0, total)] if fp32 else []
     for r in recipes:
         dst = work / f"{tag}-{r.name.replace('+', '_').replace('@', 'at')}.onnx"
-        rep = quantize_int8(src, dst, feeds, r)
+        with contextlib.redirect_stdout(sys.stderr):  # ORT's calibrators print progress; keep stdout the tables
+            rep = quantize_int8(src, dst, feeds, r)
         graphs.append(Graph(r.name, dst, len(rep.quantized), total))
     return graphs
 

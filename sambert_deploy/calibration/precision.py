@@ -315,7 +315,9 @@ class Int8Recipe:
 # clipping the rarest activations lowers the INT8 noise floor: worst recording log-mel L1 0.108, PESQ
 # vs FP32 4.37 (OpenVINO 0.109, 4.35). "-p99.99" clips more: better on the real vocoder (0.088, 4.47)
 # but one of 12 sentences of the demo bundle's causal KAN-TTS voice falls to PESQ vs FP32 3.6-3.8
-# (its own gate fails; 99.999 and MinMax pass there), so it is not the one to default to.
+# (its own gate fails; 99.999 and MinMax pass there). Neither is the default: on HiFiGAN V1 the
+# candidate runs in 0.85-0.92x the default's time, but on the KAN-TTS vocoders `quantize` builds
+# (32-channel stage 3) the gain is within timing noise (docs/quality.md, "Adoption check").
 INT8_RECIPES: dict[str, Int8Recipe] = {r.name: r for r in (
     Int8Recipe(keep_roles=("pre", "post", "up", "*@3", "*@4"), name="res@1-2"),
     Int8Recipe(keep_roles=("pre", "post", "up", "res2@3", "*@4"), name="res@1-2+res1@3",
