@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from ..errors import ExportError
 from ..models.hifigan import Generator, export_layout_2d
 from ..models.sambert import KanTtsSAMBERT, sinusoid_table
-from ..runtime.acoustic import MASK_VALUE  # additive mask; exp() underflows to exactly 0 like -inf
+from ..runtime.batching import MASK_VALUE  # additive mask; exp() underflows to exactly 0 like -inf
 from ..runtime.manifest import TensorSpec
 
 # ----------------------------------------------------------------------------------------------
