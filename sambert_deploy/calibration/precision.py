@@ -222,7 +222,8 @@ class Calibration:
     """How activation ranges are found from the calibration feeds.
 
     ``minmax``: the observed range. ``percentile``: the ``percentile``-th percentile of |x| over a
-    ``num_bins`` histogram (clips rare outliers; on the real vocoder 99.99 beat ORT's default 99.999).
+    ``num_bins`` histogram (clips rare outliers: on the real vocoder 99.99 scored better than ORT's default
+    99.999, but clipped the peaks of one demo-voice sentence; docs/quality.md).
     ``entropy``: the KL-optimal threshold over ``num_bins`` bins for 128 quantized bins; with ORT's
     default of 128 bins there is one candidate threshold, so it equals MinMax (docs/quality.md).
     ``num_bins`` None: ORT's default (2048 for percentile, 128 for entropy).
