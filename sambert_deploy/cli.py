@@ -133,28 +133,31 @@ def export(model_dir: Path | None, out: Path, voices: tuple[str, ...], all_voice
 @click.option("--voice", "voices", multiple=True, help="Voice(s) to quantize (default: every voice).")
 @click.option("--corpus", type=click.Path(path_type=Path),
               help="UTF-8 text, one sentence a line, spoken by the voice to calibrate and judge (default: packaged).")
-@click.option("--int8-keep", help="INT8 recipe: comma-separated conv roles kept FP32 (pre, post, up, res, role@stage, "
-                                  "*@stage); default: the recipe chosen on the real vocoder (docs/quality.md).")
+@click.option("--int8-recipe", help="Named INT8 recipe: res@1-2 (the default), res@1-2+res1@3, res@1-2+res1@3-p99.99 "
+                                    "(docs/quality.md).")
+@click.option("--int8-keep", help="Conv roles kept FP32, comma-separated (pre, post, up, res, res1, res2, role@stage, "
+                                  "*@stage), replacing the recipe's (its calibration is kept).")
 @click.option("--int8-symmetric", is_flag=True,
               help="INT8 with symmetric int8 activations (zero point 0), the only kind TensorRT builds engines from.")
 @click.option("--no-reference", is_flag=True, help="Skip judging the recipe on the real pretrained vocoder.")
 @handle_errors
-def quantize(bundle: Path, precisions: str, voices: tuple[str, ...], corpus: Path | None, int8_keep: str | None,
-             int8_symmetric: bool, no_reference: bool) -> None:
+def quantize(bundle: Path, precisions: str, voices: tuple[str, ...], corpus: Path | None, int8_recipe: str | None,
+             int8_keep: str | None, int8_symmetric: bool, no_reference: bool) -> None:
     """Build reduced-precision vocoders in BUNDLE, each judged against FP32 and recorded with its quality.
 
     A variant that fails its gate is recorded as failed and never used (sambert-deploy info says why).
     """
     try:
         from .calibration.bundle import QuantizeOptions, quantize_bundle
-        from .calibration.precision import DEFAULT_INT8, Int8Recipe
+        from .calibration.precision import DEFAULT_INT8
+        from .calibration.precision import int8_recipe as named_recipe
     except ImportError as e:
         from .errors import MissingExtraError
 
         raise MissingExtraError(e.name or "onnx", "quantize") from None
-    recipe = DEFAULT_INT8
+    recipe = DEFAULT_INT8 if int8_recipe is None else named_recipe(int8_recipe)
     if int8_keep is not None:
-        recipe = Int8Recipe(keep_roles=tuple(r.strip() for r in int8_keep.split(",") if r.strip()))
+        recipe = replace(recipe, keep_roles=tuple(r.strip() for r in int8_keep.split(",") if r.strip()), name="")
     if int8_symmetric:
         recipe = replace(recipe, symmetric=True)
     opts = QuantizeOptions(precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()), voices=voices,

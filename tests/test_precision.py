@@ -66,6 +66,23 @@ def force_verdict(bundle: Path, precision: str, passed: bool) -> None:
     p.write_text(json.dumps(d), "utf-8")
 
 
+def test_quantize_cli_takes_a_named_recipe_and_keeps_its_calibration(tiny_bundles: dict[str, Path],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--int8-recipe`` picks a named recipe; ``--int8-keep`` then replaces its kept roles only."""
+    import sambert_deploy.calibration.bundle as cb
+    from sambert_deploy.calibration.precision import INT8_RECIPES
+
+    seen: list = []
+    monkeypatch.setattr(cb, "quantize_bundle", lambda bundle, opts: seen.append(opts.recipe) or {})
+    b = str(tiny_bundles["causal"])
+    for extra in ([], ["--int8-recipe", "res@1-2+res1@3"], ["--int8-recipe", "res@1-2+res1@3", "--int8-keep", "pre,post,up,*@3,*@4"]):
+        r = CliRunner().invoke(main, ["quantize", b, "--precision", "int8", *extra])
+        assert r.exit_code == 0, r.output
+    default, named, kept = seen
+    assert default == INT8_RECIPES["res@1-2"] and named == INT8_RECIPES["res@1-2+res1@3"]
+    assert kept.keep_roles == ("pre", "post", "up", "*@3", "*@4") and kept.calibration == named.calibration
+
+
 def test_quantize_records_every_variant(quantized: Path) -> None:
     m = read_manifest(quantized)  # verifies the new files' sha256 too
     v = m.voice(None)
@@ -211,6 +228,8 @@ def test_precision_mistakes_are_typed_errors_naming_the_fix(quantized: Path, tin
     assert r.exit_code == 2 and "can build fp16, bf16, int8" in r.output
     r = CliRunner().invoke(main, ["quantize", str(b), "--int8-keep", "pre,bogus"])
     assert r.exit_code == 2 and "'bogus' is not a conv role" in r.output
+    r = CliRunner().invoke(main, ["quantize", str(b), "--int8-recipe", "res@1-3"])
+    assert r.exit_code == 2 and "INT8 recipe 'res@1-3' is unknown; choose one of res@1-2," in r.output
     monkeypatch.setitem(__import__("sys").modules, "openvino", None)
     from sambert_deploy.calibration.bundle import QuantizeOptions, quantize_bundle
 
