@@ -89,6 +89,7 @@ class Scheduler:
         self._name = name
         self.busy = dict.fromkeys(self.lanes, 0)
         self._running: dict[Group, int] = {}  # groups running now: how many calls of each
+        self._epoch = 0  # wake() calls so far: nothing new is runnable while it stays the same
 
     @property
     def closed(self) -> bool:
@@ -124,6 +125,7 @@ class Scheduler:
 
     def wake(self) -> None:
         """Something became runnable (lock held)."""
+        self._epoch += 1
         for cv in self._cv.values():
             cv.notify_all()
 
@@ -249,10 +251,15 @@ class Scheduler:
         """Run ``tasks`` through their group (lock NOT held); every task is reported exactly once."""
         open_tasks = set(tasks)
 
+        seen = [-1]
+
         def pull(n: int) -> list[Task]:
             with self.lock:
-                if self._closed:
+                # Asked between every decoder step: asking every stream for its offer only pays when
+                # something became runnable since the last time.
+                if self._closed or self._epoch == seen[0]:
                     return []
+                seen[0] = self._epoch
                 more = self._started(self._joiners(group, self._offers(lane), n))
                 open_tasks.update(more)
                 return more
