@@ -7,7 +7,8 @@ measurement runs on the runtime of that git revision (checked out into a tempora
 the same run, and the table shows the ratio; ``--baseline-bundle`` gives that revision its own bundle
 (the one its ``make demo`` built), where the graphs changed between the two. Every cell is a fresh
 process, repeated ``--repeat`` times (median shown; this shared 2-core machine varies by +-20%).
-"decoder batch" is the mean number of streams per decoder-step call (``Synthesizer.activity()``).
+"decoder batch" is the mean number of streams per decoder-step call (``Synthesizer.activity()``);
+"busy" the core-seconds the streams' tasks took (``Stream.info``: front end + acoustic model / vocoder).
 
     python scripts/bench_concurrency.py [--bundle demo_out/bundle] [--streams 1 2 4] [--baseline-rev e247f92]
         [--baseline-bundle OLD_BUNDLE]
@@ -45,6 +46,7 @@ def run_child(bundle: str, voice: str, streams: int, threads: int, repeat_text: 
         rate = syn.sample_rate
         firsts: list[float | None] = [None] * streams
         samples = [0] * streams
+        busy = [(0.0, 0.0)] * streams
         errors: list[str] = []
         go = threading.Barrier(streams + 1)
 
@@ -52,10 +54,13 @@ def run_child(bundle: str, voice: str, streams: int, threads: int, repeat_text: 
             try:
                 go.wait()
                 t0 = time.perf_counter()
-                for c in syn.stream(text):
+                stream = syn.stream(text)
+                for c in stream:
                     if firsts[i] is None:
                         firsts[i] = time.perf_counter() - t0
                     samples[i] += len(c.samples)
+                info = stream.info
+                busy[i] = (info.acoustic_busy_s + info.frontend_busy_s, info.vocoder_busy_s)
             except BaseException as e:  # noqa: BLE001 - reported in the table
                 errors.append(repr(e))
 
@@ -75,7 +80,8 @@ def run_child(bundle: str, voice: str, streams: int, threads: int, repeat_text: 
     audio = sum(samples) / rate
     return {"wall": wall, "audio": audio, "per_wall": audio / wall, "firsts": firsts, "rss": peak_rss_mb(),
             "threads_seen": threads or os.cpu_count(), "batch": steps / calls if calls else None,
-            "vocoder": f"{opened.voc_backend} {opened.precision}" if opened is not None else "?"}
+            "vocoder": f"{opened.voc_backend} {opened.precision}" if opened is not None else "?",
+            "busy": [sum(b[0] for b in busy), sum(b[1] for b in busy)]}
 
 
 def _child(code_root: Path, args: list[str], timeout: float) -> dict:
@@ -125,8 +131,8 @@ def main() -> None:
         print(f"bundle {a.bundle}, voice {a.voice}, {len(TEXT) * a.repeat_text} characters per stream, CPU budget "
               f"{a.threads or os.cpu_count()}, median of {a.repeat} runs, fresh process each")
         print("| streams | runtime | vocoder | audio s/s (runs) | vs baseline | wall s | first audio s per stream "
-              "(median run) | decoder batch | peak RSS MB |")
-        print("|---" * 9 + "|")
+              "(median run) | decoder batch | busy core-s am / voc | peak RSS MB |")
+        print("|---" * 10 + "|")
         for n in a.streams:
             medians: dict[str, float] = {}
             # Revisions alternate run by run, so a slow spell of this shared machine hits both.
@@ -139,7 +145,7 @@ def main() -> None:
                 runs = runs_by[name]
                 ok = [r for r in runs if "error" not in r]
                 if not ok:
-                    print(f"| {n} | {name} | | failed: {runs[0]['error']} | | | | | |", flush=True)
+                    print(f"| {n} | {name} | | failed: {runs[0]['error']} | | | | | | |", flush=True)
                     continue
                 ok.sort(key=lambda r: r["per_wall"])
                 mid = ok[len(ok) // 2]
@@ -150,7 +156,8 @@ def main() -> None:
                 spread = "/".join(f"{r['per_wall']:.1f}" for r in ok)
                 batch = f"{mid['batch']:.2f}" if mid.get("batch") else "-"
                 print(f"| {n} | {name} | {mid.get('vocoder', '?')} | {medians[name]:.2f} ({spread}) | {ratio} | "
-                      f"{mid['wall']:.1f} | {firsts} | {batch} | {mid['rss']:.0f} |", flush=True)
+                      f"{mid['wall']:.1f} | {firsts} | {batch} | {mid['busy'][0]:.1f} / {mid['busy'][1]:.1f} | "
+                      f"{mid['rss']:.0f} |", flush=True)
     finally:
         if tree is not None:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
