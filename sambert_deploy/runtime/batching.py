@@ -1,7 +1,8 @@
 """Decoder steps of several streams of one voice as one graph call (continuous batching).
 
-The decoder step is launch-bound: one call costs ONNX Runtime's per-node overhead, whatever the
-batch (0.79 ms for one stream, 2.06 ms for four here). :func:`run_steps` runs the steps of any set of
+The decoder step is launch-bound: one call costs ONNX Runtime's per-node overhead more than its
+arithmetic (0.65 ms for one stream, 1.69 ms for four, 2.67 ms for eight on one core here:
+scripts/bench_decoder_batch.py). :func:`run_steps` runs the steps of any set of
 streams in one call of the ``decoder_step`` graph's batch axis; :class:`DecodeGroup` is what the
 scheduler hands the acoustic steps of a voice's streams to when several are ready at once
 (:meth:`~.scheduler.Scheduler` groups tasks that name the same group).
@@ -9,8 +10,8 @@ scheduler hands the acoustic steps of a voice's streams to when several are read
 Streams differ in their window widths (each sentence has its own band): narrower windows are padded
 at their far end with zero keys/values and masked slots. exp(MASK_VALUE - max) is exactly 0, so a
 padded row computes the same attention; only the summation grouping of ONNX Runtime's kernels may
-change with the padded length (measured: at most 1 ulp per step, tests/test_batching.py bounds what
-that becomes over whole streams).
+change with the padded length (measured: at most 1 ulp per step on single steps; whole streams of the
+demo voice came out bit-identical to each stream alone, and tests/test_batching.py holds them to 1e-5).
 
 Bundles exported before the batch axis (``x_bias`` of rank 1, window oldest first) still run, one
 call per stream, through the same records.
@@ -36,8 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MASK_VALUE = np.float32(-1e9)  # additive mask; exp() underflows to exactly 0 like -inf
-# Streams per decoder call: 8 at 2.72 ms against 8 x 0.79 ms alone (one CPU thread, full-size voice);
-# a group larger than the streams that are ready at once only adds padding.
+# Streams per decoder call on a CPU: 8 at 2.67 ms against 8 x 0.65 ms alone (one thread, full-size
+# voice); the GPU memory tiers set their own (placement.py).
 DEFAULT_MAX_BATCH = 8
 
 
