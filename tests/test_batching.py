@@ -265,9 +265,10 @@ def _legacy_bundle(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_bundle_without_batch_axis_still_runs(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+def test_bundle_without_batch_axis_still_runs(tiny_bundles: dict[str, Path], tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
     """A bundle exported before the decoder step had its batch axis runs one call per stream and says
-    the same, alone and with streams at once."""
+    the same, alone and with streams at once; loading it says how to get batches."""
     old = _legacy_bundle(tiny_bundles["causal"], tmp_path / "old")
     reqs = [dict(symbols=symbol_units(25 + 7 * i, 1 + i)) for i in range(3)]
     with Synthesizer(tiny_bundles["causal"], backend="cpu", options=SMALL) as syn:
@@ -277,6 +278,7 @@ def test_bundle_without_batch_axis_still_runs(tiny_bundles: dict[str, Path], tmp
         got = [np.concatenate([c.samples for c in s]) for s in streams]
         act = syn.activity()
     assert act.decoder_calls == act.decoder_steps > 0
+    assert any("re-export the bundle" in r.getMessage() for r in caplog.records)
     for w, g in zip(want, got, strict=True):
         assert g.shape == w.shape and float(np.abs(g - w).max()) <= 1e-5
 

@@ -110,6 +110,10 @@ class AcousticModel:
         # combination measured here, against a step of about 1 ms): there each stream keeps its own calls.
         dec = self.sessions["decoder_step"]
         self.decode_group = DecodeGroup(dec, 1 if dec.compiles_per_shape else max_batch)
+        if not batched(dec):
+            log.warning("voice %s: its decoder step was exported without the batch axis, so concurrent streams "
+                        "run one decoder call each; re-export the bundle (sambert-deploy export) to batch them",
+                        voice.name)
 
     def close(self) -> None:
         for s in self.sessions.values():
