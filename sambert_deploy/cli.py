@@ -454,10 +454,11 @@ def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: in
 @click.option("--precision", default="auto", show_default=True, help=PRECISION_HELP)
 @click.option("--threads", default=0, type=click.IntRange(0, 256), help="CPU budget (0: every CPU this process may use).")
 @click.option("--max-gpu-memory", help=GPU_MEMORY_HELP)
+@click.option("--decoder-batch", type=click.IntRange(1, 4096), help=DECODER_BATCH_HELP)
 @handle_errors
 def wyoming_server(bundle: Path, uri: str, voice: str | None, max_concurrent: int, max_queue: int,
                    max_input_chars: int, send_timeout: float, shutdown_grace: float, backend: str, precision: str,
-                   threads: int, max_gpu_memory: str | None) -> None:
+                   threads: int, max_gpu_memory: str | None, decoder_batch: int | None = None) -> None:
     """Serve BUNDLE to Home Assistant over the Wyoming protocol (add it under Settings -> Devices & services
     -> Add integration -> Wyoming Protocol, with this host and port). Audio streams as it is synthesized;
     each emotion is also a voice VOICE:EMOTION. SIGTERM or Ctrl-C drains running streams, then exits 0."""
@@ -477,7 +478,7 @@ def wyoming_server(bundle: Path, uri: str, voice: str | None, max_concurrent: in
         if not is_loopback(uri):
             log.warning("Wyoming has no authentication: anyone who can reach %s can use this server", uri)
         with Synthesizer(manifest, voice=voice, backend=backend, threads=threads, precision=precision,
-                         max_gpu_memory=max_gpu_memory) as syn:
+                         max_gpu_memory=max_gpu_memory, decoder_batch=decoder_batch) as syn:
             loaded = syn.load("*")
             log.info("loaded %d voice(s) in %.2f s; backends %s; vocoder precision %s", len(syn.voices()), loaded,
                      syn.backends(), syn.precisions())

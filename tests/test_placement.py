@@ -245,6 +245,7 @@ def test_cli_decoder_batch_reaches_the_opened_voice(tiny_bundles: dict[str, Path
     opened = [rec.getMessage() for rec in caplog.records if rec.name.endswith("voices")]
     assert any(re.match(r"voice \S+: acoustic model on cpu \(decoder steps of up to 2 streams per call\)", m)
                for m in opened), opened
-    for command in ("serve", "ui"):
+    for command in ("serve", "ui", "wyoming"):
         r = CliRunner().invoke(main, [command, str(tiny_bundles["causal"]), "--decoder-batch", "0"])
-        assert r.exit_code == 2 and "--decoder-batch" in r.output, (command, r.output)
+        assert r.exit_code == 2 and "--decoder-batch" in r.output and "No such option" not in r.output, \
+            (command, r.output)
