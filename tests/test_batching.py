@@ -20,7 +20,7 @@ from sambert_deploy.runtime.manifest import read_manifest
 from sambert_deploy.runtime.scheduler import Scheduler, Task
 from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
 
-from .test_runtime import symbol_units, workers_alive
+from .test_runtime import run_start_cancel_plan, symbol_units, workers_alive
 
 # -- the scheduler's groups (no graphs, no timing) ------------------------------------------------
 
@@ -403,28 +403,7 @@ def test_stress_start_and_cancel_sharing_decoder_calls(tiny_bundles: dict[str, P
     reqs = [dict(symbols=symbol_units(18 + 11 * k, 1 + k % 3)) for k in range(4)]
     syn = Synthesizer(tiny_bundles["causal"], backend="cpu", threads=1, options=SMALL)
     refs = {k: syn.synthesize(**reqs[k]) for k in {p[0] for p in plan}}
-    errors: list[BaseException] = []
-
-    def run(k: int, stop_after: int | None, drop: bool) -> None:
-        try:
-            stream = syn.stream(**reqs[k])
-            got = []
-            for i, c in enumerate(stream):
-                if stop_after is not None and i >= stop_after:
-                    if not drop:
-                        stream.cancel()
-                    return
-                got.append(c.samples)
-            audio = np.concatenate(got)
-            assert audio.shape == refs[k].shape and float(np.abs(audio - refs[k]).max()) <= 1e-5
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=p) for p in plan]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    errors = run_start_cancel_plan(syn, reqs, refs, plan, atol=1e-5)
     for _ in range(200):  # cancelled and dropped streams leave the scheduler on their own
         if syn.activity().streams == 0:
             break

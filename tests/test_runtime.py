@@ -96,6 +96,42 @@ def test_stream_equals_one_shot(tiny_bundles: dict[str, Path], variant: str, n_u
             assert chunks[-1].final and sum(c.final for c in chunks) == 1
 
 
+def run_start_cancel_plan(syn: Synthesizer, reqs: list[dict], refs: dict[int, np.ndarray],
+                          plan: list[tuple[int, int | None, bool]], atol: float = 0.0) -> list[BaseException]:
+    """Start each ``(request, stop after chunk, drop)`` of ``plan`` from its own thread: cancel it at
+    that chunk (or drop it unclosed), or read it to the end and compare with ``refs`` (bit for bit at
+    ``atol`` 0). Returns every error met; a Synthesizer closed under a stream is not one."""
+    import threading
+
+    from sambert_deploy.errors import SynthesizerClosedError
+
+    errors: list[BaseException] = []
+
+    def run(k: int, stop_after: int | None, drop: bool) -> None:
+        try:
+            stream = syn.stream(**reqs[k])
+            got = []
+            for i, c in enumerate(stream):
+                if stop_after is not None and i >= stop_after:
+                    if not drop:
+                        stream.cancel()
+                    return
+                got.append(c.samples)
+            audio = np.concatenate(got)
+            assert audio.shape == refs[k].shape and float(np.abs(audio - refs[k]).max()) <= atol
+        except SynthesizerClosedError:
+            pass
+        except BaseException as e:  # noqa: BLE001 - reported to the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=p) for p in plan]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return errors
+
+
 def workers_alive() -> list[str]:
     import threading
     import time

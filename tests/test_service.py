@@ -33,7 +33,7 @@ from sambert_deploy.runtime.manifest import read_manifest
 from sambert_deploy.runtime.synthesizer import SpeechOptions, StreamOptions, Synthesizer
 
 from .conftest import TINY, make_modelscope_dir, need_module
-from .test_runtime import symbol_units, workers_alive
+from .test_runtime import run_start_cancel_plan, symbol_units, workers_alive
 
 SMALL = StreamOptions(postnet_chunk=6, vocoder_chunk=8, first_chunk=3)
 
@@ -112,31 +112,8 @@ def test_stress_start_and_cancel(two_voices: Path, plan: list[tuple[int, int | N
     with Synthesizer(two_voices, backend="cpu", options=SMALL) as syn:
         for k in {p[0] for p in plan}:
             refs[k] = syn.synthesize(**REQUESTS[k])
-    errors: list[BaseException] = []
     syn = Synthesizer(two_voices, backend="cpu", threads=2, options=SMALL)
-
-    def run(k: int, stop_after: int | None, drop: bool) -> None:
-        try:
-            stream = syn.stream(**REQUESTS[k])
-            got = []
-            for i, c in enumerate(stream):
-                if stop_after is not None and i >= stop_after:
-                    if not drop:
-                        stream.cancel()
-                    return
-                got.append(c.samples)
-            if stop_after is None or len(got) <= stop_after:
-                assert np.array_equal(np.concatenate(got), refs[k])
-        except SynthesizerClosedError:
-            pass
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=p) for p in plan]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    errors = run_start_cancel_plan(syn, REQUESTS, refs, plan)
     syn.close()
     assert not errors, errors
     assert workers_alive() == []
