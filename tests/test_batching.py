@@ -404,11 +404,11 @@ def test_stress_start_and_cancel_sharing_decoder_calls(tiny_bundles: dict[str, P
     syn = Synthesizer(tiny_bundles["causal"], backend="cpu", threads=1, options=SMALL)
     refs = {k: syn.synthesize(**reqs[k]) for k in {p[0] for p in plan}}
     errors = run_start_cancel_plan(syn, reqs, refs, plan, atol=1e-5)
-    for _ in range(200):  # cancelled and dropped streams leave the scheduler on their own
-        if syn.activity().streams == 0:
+    for _ in range(500):  # cancelled and dropped streams leave, and their calls in flight end, on their own
+        act = syn.activity()
+        if act.streams == 0 and act.busy["cpu"] == 0:
             break
         threading.Event().wait(0.01)
-    act = syn.activity()
     syn.close()
     assert not errors, errors
     assert act.streams == 0 and act.busy["cpu"] == 0
