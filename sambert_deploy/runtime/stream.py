@@ -6,8 +6,9 @@ the Synthesizer's shared :class:`~.scheduler.Scheduler` (:class:`~.state.StreamS
 :class:`~.cursor.AcousticCursor`); nothing of it lives on the Synthesizer.
 
 Per stream, in order: sentences from the source (the front end run block by block as the stream
-needs them, or symbol lines) -> split at ``max_units`` -> encoded -> acoustic steps (one task = the
-next postnet chunk of one sentence, planning the sentence first when it starts) -> mel cut into
+needs them, or symbol lines) -> split at ``max_units`` -> encoded -> acoustic steps (one task plans a
+sentence, then one task = its next postnet chunk, whose decoder steps a DecodeGroup may run batched
+with other streams' of the voice) -> mel cut into
 vocoder windows, each tagged with its sentence and offsets -> window tasks -> chunks handed to the
 consumer in order. Each chunk carries the exact timestamps (:class:`~.timestamps.Mark`) of the
 syllables, words and breaks that start in it, computed from the durations its sentence was planned with.
