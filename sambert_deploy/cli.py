@@ -582,7 +582,7 @@ def info(bundle: Path) -> None:
         opened.close()
         o = opened.opened
         click.echo(f"    here, auto runs the acoustic model on {o.am_backend} (fp32) and the vocoder on {o.voc_backend} "
-                   f"({o.precision}); decoder steps of up to {opened.am.decode_group.max_batch} streams per call"
+                   f"({o.precision}); decoder steps of up to {o.decoder_batch} streams per call"
                    + "".join(f"\n      fallback: {f}" for f in o.fallbacks))
     # What actually opens, not what onnxruntime lists: a listed CUDA provider may lack a driver.
     probe = probe_backends(m.graph_path(m.voice(None), "dur_step"))

@@ -377,19 +377,16 @@ def test_an_idle_worker_runs_a_second_call_of_a_running_group() -> None:
 def test_no_batches_where_each_shape_compiles(tiny_bundles: dict[str, Path]) -> None:
     """On a backend that compiles per input shape (OpenVINO), batches would mean a compilation per
     batch and window combination: the acoustic model keeps one call per stream there."""
-    from sambert_deploy.runtime.acoustic import AcousticModel
-
     from .conftest import need_module
 
     need_module("openvino", "pip install 'sambert-deploy[openvino]'")
-    m = read_manifest(tiny_bundles["causal"])
-    voice = m.voice(None)
-    ov, cpu = AcousticModel(m, voice, "openvino", max_batch=8), AcousticModel(m, voice, "cpu", max_batch=8)
-    try:
-        assert (ov.decode_group.max_batch, cpu.decode_group.max_batch) == (1, 8)
-    finally:
-        ov.close()
-        cpu.close()
+    batches = []
+    for am in ("openvino", "cpu"):
+        with Synthesizer(tiny_bundles["causal"], am_backend=am, voc_backend="cpu", decoder_batch=8) as syn:
+            syn.load(text=False)
+            (opened,) = syn.opened().values()
+            batches.append((opened.am_backend, opened.decoder_batch))
+    assert batches == [("openvino", 1), ("cpu", 8)]
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

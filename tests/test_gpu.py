@@ -46,7 +46,7 @@ def test_the_gpu_tier_decides_the_decoder_batch(tiny_bundles: dict[str, Path]) -
         assert f"{plan.decoder_batch} stream(s) per call" in plan.describe()
         v = open_voice(syn.manifest, syn.placement, syn.default_voice)
         try:
-            assert v.opened.am_backend == "cuda" and v.am.decode_group.max_batch == plan.decoder_batch
+            assert v.opened.am_backend == "cuda" and v.opened.decoder_batch == plan.decoder_batch
         finally:
             v.close()
     with Synthesizer(tiny_bundles["causal"], backend="cuda", strict=True, decoder_batch=3) as syn:

@@ -197,7 +197,7 @@ def test_the_decoder_batch_reaches_the_opened_acoustic_model(tiny_bundles: dict[
     for asked, want in ((None, DEFAULT_MAX_BATCH), (3, 3)):
         v = open_voice(m, plan_placement(m, PlacementRequest(backend="cpu", decoder_batch=asked), cpu), name)
         try:
-            assert v.am.decode_group.max_batch == want
+            assert v.opened.decoder_batch == want
         finally:
             v.close()
     # planned on the GPU (the tier's batch), opened on the CPU: the batch follows where it opened
@@ -209,12 +209,12 @@ def test_the_decoder_batch_reaches_the_opened_acoustic_model(tiny_bundles: dict[
     assert gpu.decoder_batch != DEFAULT_MAX_BATCH
     v = open_voice(m, gpu, name)
     try:
-        assert v.opened.am_backend == "cpu" and v.am.decode_group.max_batch == DEFAULT_MAX_BATCH
+        assert v.opened.am_backend == "cpu" and v.opened.decoder_batch == DEFAULT_MAX_BATCH
     finally:
         v.close()
     v = open_voice(m, plan_placement(m, PlacementRequest(backend="cuda", decoder_batch=5), GPU_HOST), name)
     try:
-        assert v.opened.am_backend == "cpu" and v.am.decode_group.max_batch == 5  # the user's value holds anywhere
+        assert v.opened.am_backend == "cpu" and v.opened.decoder_batch == 5  # the user's value holds anywhere
     finally:
         v.close()
 

@@ -18,18 +18,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class OpenedVoice:
-    """What a voice runs on, as opened: the backends, the vocoder's precision, and each fallback taken
-    (``"vocoder not on tensorrt: <why>"``), in order."""
+    """What a voice runs on, as opened: the backends, the vocoder's precision, the most streams whose
+    decoder steps share one graph call (the placement's, or 1 where the backend compiles each shape),
+    and each fallback taken (``"vocoder not on tensorrt: <why>"``), in order."""
 
     voice: str
     am_backend: str
     voc_backend: str
     precision: str
+    decoder_batch: int
     fallbacks: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"acoustic": self.am_backend, "vocoder": self.voc_backend, "precision": self.precision,
-                "fallbacks": list(self.fallbacks)}
+                "decoder_batch": self.decoder_batch, "fallbacks": list(self.fallbacks)}
 
 
 @dataclass
@@ -77,9 +79,10 @@ def open_voice(manifest: Manifest, placement: Placement, name: str) -> LoadedVoi
         am.close()
         raise
     choice = voc.choice
+    opened = OpenedVoice(name, am_kind, choice.backend, choice.precision, am.decode_group.max_batch, tuple(fallbacks))
     log.info("voice %s: acoustic model on %s (decoder steps of up to %d streams per call), vocoder on %s in %s", name,
-             am_kind, am.decode_group.max_batch, choice.backend, choice.precision)
-    return LoadedVoice(vm, am, voc, OpenedVoice(name, am_kind, choice.backend, choice.precision, tuple(fallbacks)))
+             am_kind, opened.decoder_batch, choice.backend, choice.precision)
+    return LoadedVoice(vm, am, voc, opened)
 
 
 def _open_vocoder(manifest: Manifest, placement: Placement, vm: VoiceManifest, fallbacks: list[str]) -> Vocoder:
