@@ -341,6 +341,19 @@ def symbols(text: str, emotion: str | None, speaker: str, lexicon: Path | None, 
         _quiet_broken_pipe()
 
 
+
+def server_runtime_options(f: F) -> F:
+    """The Synthesizer's options both servers take (HTTP `serve`, `wyoming`), in one place."""
+    for option in reversed((
+            click.option("--backend", type=BACKEND_CHOICES, default="auto", show_default=True),
+            click.option("--precision", default="auto", show_default=True, help=PRECISION_HELP),
+            click.option("--threads", default=0, type=click.IntRange(0, 256),
+                         help="CPU budget (0: every CPU this process may use)."),
+            click.option("--max-gpu-memory", help=GPU_MEMORY_HELP),
+            click.option("--decoder-batch", type=click.IntRange(1, 4096), help=DECODER_BATCH_HELP))):
+        f = option(f)
+    return f
+
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -372,11 +385,7 @@ def symbols(text: str, emotion: str | None, speaker: str, lexicon: Path | None, 
 @click.option("--shutdown-grace", default=30.0, show_default=True, type=click.FloatRange(0, 86400),
               help="On SIGTERM/SIGINT: seconds running streams get to finish (new requests get 503), then they "
                    "are cut; exit 0.")
-@click.option("--backend", type=BACKEND_CHOICES, default="auto", show_default=True)
-@click.option("--precision", default="auto", show_default=True, help=PRECISION_HELP)
-@click.option("--threads", default=0, type=click.IntRange(0, 256), help="CPU budget (0: every CPU this process may use).")
-@click.option("--max-gpu-memory", help=GPU_MEMORY_HELP)
-@click.option("--decoder-batch", type=click.IntRange(1, 4096), help=DECODER_BATCH_HELP)
+@server_runtime_options
 @click.option("--ui/--no-ui", default=None,
               help="The Gradio page at /ui (default: on when the ui extra is installed; --ui requires it).")
 @handle_errors
@@ -450,11 +459,7 @@ def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: in
 @click.option("--shutdown-grace", default=30.0, show_default=True, type=click.FloatRange(0, 86400),
               help="On SIGTERM/SIGINT: seconds running streams get to finish (new requests get an error), then "
                    "they are cut; exit 0.")
-@click.option("--backend", type=BACKEND_CHOICES, default="auto", show_default=True)
-@click.option("--precision", default="auto", show_default=True, help=PRECISION_HELP)
-@click.option("--threads", default=0, type=click.IntRange(0, 256), help="CPU budget (0: every CPU this process may use).")
-@click.option("--max-gpu-memory", help=GPU_MEMORY_HELP)
-@click.option("--decoder-batch", type=click.IntRange(1, 4096), help=DECODER_BATCH_HELP)
+@server_runtime_options
 @handle_errors
 def wyoming_server(bundle: Path, uri: str, voice: str | None, max_concurrent: int, max_queue: int,
                    max_input_chars: int, send_timeout: float, shutdown_grace: float, backend: str, precision: str,
