@@ -198,6 +198,9 @@ class DecodeGroup:
             members = still
             if not members:
                 return
+            # Each stepping stream is booked an equal share of the whole step: the pull, every stream's
+            # inputs (the memory's keys/values when a block of them is due) and the call.
+            t0 = time.perf_counter()
             if len(members) < self.max_batch:
                 members += [(t, _member(t)) for t in pull(self.max_batch - len(members))]
             stepping: list[tuple[Task, Member, StepInput]] = []
@@ -208,7 +211,6 @@ class DecodeGroup:
                     report(task, None, e)
             if not stepping:
                 return
-            t0 = time.perf_counter()
             try:
                 outs = run_steps(self.session, [s for _, _, s in stepping],
                                  stepping[0][1].token if len(stepping) == 1 else None)
