@@ -3,8 +3,8 @@
 A stream's work is two kinds of task on the Synthesizer's shared :class:`~.scheduler.Scheduler`: the
 acoustic step (one at a time: :meth:`~.cursor.AcousticCursor.step`, which owns all acoustic-side
 state; offered under the voice's :class:`~.batching.DecodeGroup` when it starts with decoder steps, so
-the scheduler can run those batched with other streams') and vocoder windows (any number at once: each :class:`~.cursor.VocoderJob` carries its whole
-context). :class:`StreamState` holds what crosses the lock: the jobs ready to run, the chunks done and
+the scheduler can run those batched with other streams') and vocoder windows (any number at once:
+each :class:`~.cursor.VocoderJob` carries its whole context). :class:`StreamState` holds what crosses the lock: the jobs ready to run, the chunks done and
 not yet consumed, the last published :class:`~.cursor.Progress`, and how the stream ended.
 Back-pressure: no new acoustic work while ``max_ahead`` windows are waiting, running or unconsumed, so
 an abandoned or slow consumer holds a bounded amount of memory and no CPU.
