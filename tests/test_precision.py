@@ -29,7 +29,7 @@ from sambert_deploy.runtime.manifest import (
     read_manifest,
 )
 from sambert_deploy.runtime.pipeline import OneShot
-from sambert_deploy.runtime.precision import choose_vocoder
+from sambert_deploy.runtime.precision import AUTO_ORDER, auto_order, choose_vocoder
 from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
 
 from .conftest import need_module
@@ -200,6 +200,33 @@ def test_auto_takes_the_fastest_passing_variant(quantized: Path, tmp_path: Path)
         syn.load(text=False)
         assert syn.precisions() == {syn.default_voice: "bf16"}
         assert syn.backends()[syn.default_voice] == ("cpu", "openvino")  # the decoder step stays on ORT
+
+
+def test_auto_puts_bf16_first_on_amx_cpus(quantized: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(quantized, b)
+    for p in ("bf16", "int8"):
+        force_verdict(b, p, True)
+    vm = read_manifest(b).voice(None)
+    both = ["openvino", "cpu"]
+    amx = frozenset({"avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"})
+    no_amx = frozenset({"avx512_bf16", "avx512_vnni"})
+    assert auto_order("cpu", no_amx) == AUTO_ORDER["cpu"]
+    assert auto_order("cuda", amx) == AUTO_ORDER["cuda"]  # a GPU's order does not depend on the host CPU
+    pick = choose_vocoder(vm, "auto", "openvino", False, both, amx)
+    assert (pick.precision, pick.backend, pick.hint) == ("bf16", "openvino", "bf16")
+    assert choose_vocoder(vm, "auto", "openvino", False, both, no_amx).precision == "int8"
+    assert choose_vocoder(vm, "auto", "cpu", True, both, amx).backend == "cpu"  # a named backend is kept
+    force_verdict(b, "bf16", False)  # failed its gate: INT8 as on other CPUs
+    vm = read_manifest(b).voice(None)
+    assert (choose_vocoder(vm, "auto", "openvino", False, both, amx).precision,) == ("int8",)
+    force_verdict(b, "bf16", True)
+    # Through the Synthesizer: the host's flags reach the choice.
+    monkeypatch.setattr("sambert_deploy.runtime.placement.cpu_flags", lambda: amx)
+    with Synthesizer(b, precision="auto") as syn:
+        syn.load(text=False)
+        assert syn.precisions() == {syn.default_voice: "bf16"}
+        assert syn.backends()[syn.default_voice] == ("cpu", "openvino")
 
 
 def test_precision_mistakes_are_typed_errors_naming_the_fix(quantized: Path, tiny_bundles: dict[str, Path],

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..symbols import EncodedUnits, encode_symbols
 from .acoustic import AcousticModel
-from .backends import BackendOptions, available_backends
+from .backends import BackendOptions, available_backends, cpu_flags
 from .manifest import Manifest, read_manifest
 from .precision import choose_vocoder
 from .vocoder import Vocoder
@@ -38,7 +38,7 @@ class OneShot:
         self.voice = self.manifest.voice(voice)
         self.am = AcousticModel(self.manifest, self.voice, backend, options)
         vb = voc_backend or backend
-        choice = choose_vocoder(self.voice, precision, vb, voc_backend is not None, available_backends())
+        choice = choose_vocoder(self.voice, precision, vb, voc_backend is not None, available_backends(), cpu_flags())
         self.voc = Vocoder(self.manifest, self.voice, choice.backend, options, choice)
 
     def __enter__(self) -> OneShot:

@@ -32,6 +32,7 @@ from .backends import (
     available_backends,
     available_cpus,
     choose_backend,
+    cpu_flags,
     unavailable_reason,
 )
 from .batching import DEFAULT_MAX_BATCH
@@ -132,13 +133,14 @@ class HostFacts:
     cpus: int = 1
     gpu: DeviceInfo | None = None
     gpu_note: str = "not probed"
+    cpu_features: frozenset[str] = frozenset()  # the CPU's flags (cpu_flags()): AMX reorders auto's vocoder
 
 
 def host_facts(request: PlacementRequest | None = None) -> HostFacts:
     """This machine's facts; GPU 0 is probed (a CUDA context) only where ``request`` puts a stage on a GPU."""
     present = tuple(available_backends())
     missing = {b: unavailable_reason(b) for b in BACKENDS if b not in present and b != "auto"}
-    facts = HostFacts(present, missing, available_cpus())
+    facts = HostFacts(present, missing, available_cpus(), cpu_features=cpu_flags())
     if request is not None and set(_select_both(request, facts)[0]) & GPU_BACKENDS:
         dev, why = probe_device(0)
         facts = replace(facts, gpu=dev, gpu_note=why)
@@ -316,7 +318,7 @@ def _vocoder_candidate(manifest: Manifest, vm: VoiceManifest, kind: str, request
                        host: HostFacts, given: bool) -> VocoderCandidate:
     try:
         choice = (choose_engine(vm, request.precision, manifest.root) if kind == "tensorrt" else
-                  choose_vocoder(vm, request.precision, kind, given, list(host.backends)))
+                  choose_vocoder(vm, request.precision, kind, given, list(host.backends), host.cpu_features))
     except (BackendUnavailableError, BundleError, PrecisionError) as e:
         return VocoderCandidate(kind, None, e, given)
     return VocoderCandidate(kind, choice, None, given)

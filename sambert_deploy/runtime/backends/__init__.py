@@ -20,6 +20,7 @@ from .base import (
     InputMeta,
     available_cpus,
     check_precision_hint,
+    cpu_flags,
 )
 from .openvino import OpenVinoBackend, import_openvino, openvino_error_message, openvino_missing
 from .ort import OrtBackend, OrtCudaBackend, session_error_message
@@ -61,7 +62,7 @@ __all__ = [
     "AUTO_ORDER", "BACKENDS", "ENGINES_DIR", "INSTALL_HINT", "PRECISION_HINTS", "SIDECAR_FORMAT",
     "Backend", "BackendOptions", "CancelToken", "EngineReport", "EngineTarget", "Host", "InputMeta",
     "OpenVinoBackend", "OrtBackend", "OrtCudaBackend", "ShapeRange", "Sidecar", "TensorRTBackend",
-    "available_backends", "available_cpus", "check_precision_hint", "check_sidecar", "engine_path",
+    "available_backends", "available_cpus", "cpu_flags", "check_precision_hint", "check_sidecar", "engine_path",
     "engine_reports", "host_facts", "import_openvino", "import_tensorrt", "make_backend",
     "openvino_error_message", "openvino_missing", "probe_backends", "read_sidecar", "rebuild_command",
     "choose_backend", "select_backend", "session_error_message", "sidecar_path", "tensorrt_missing", "trt_logger",

@@ -36,6 +36,19 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags the CPU reports (``/proc/cpuinfo``: ``avx512_bf16``, ``amx_bf16``, ...);
+    empty where the OS does not list them (macOS, Windows), which leaves the order measured here."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 class CancelToken:
     """Stops one stream's graph calls: checked before each call, and a call already running is told
     to stop (ONNX Runtime's ``RunOptions.terminate``, read between nodes; OpenVINO's request cancel),
