@@ -50,7 +50,7 @@ GPU_BACKENDS = frozenset({"cuda", "tensorrt"})
 class StreamOptions:
     """Chunking of every stream of a Synthesizer. Defaults measured by ``scripts/benchmark.py`` (README)."""
 
-    postnet_chunk: int = 48  # mel frames per postnet chunk (one acoustic task)
+    postnet_chunk: int = 128  # mel frames per postnet chunk (one acoustic task; the FSMN recomputes 160 of context)
     vocoder_chunk: int = 256  # mel frames per vocoder window (context overhead 35/256 for the causal one)
     first_chunk: int = 16  # first vocoder window and postnet chunk of a stream (and after waiting for input)
     max_units: int | None = 300  # split longer sentences at prosodic breaks; None: never split
