@@ -25,6 +25,8 @@ GPU_MEMORY_HELP = ("GPU memory budget, e.g. 4G or 512M (default: 90% of what is 
                    "(chunk sizes, calls in flight, vocoder on GPU or CPU) and caps the CUDA EP's arena.")
 DECODER_BATCH_HELP = ("Streams of a voice whose decoder steps run as one graph call (default: the GPU memory tier's "
                       "where the acoustic model runs on a GPU, else 8; 1: each stream alone).")
+VOCODER_BATCH_HELP = ("Streams of a voice whose vocoder windows run as one graph call (default: the GPU memory "
+                      "tier's on the CUDA EP, else 1: no faster on CPUs; OpenVINO and TensorRT run one).")
 PRECISION_CHOICES = ["auto", "fp32", "fp16", "bf16", "int8"]
 PRECISION_HELP = ("Vocoder precision: auto (the fastest variant that passed its quality gate and runs on the "
                   "vocoder's backend) or one of fp32, fp16, bf16, int8 (built by sambert-deploy quantize).")
@@ -193,6 +195,7 @@ def quantize(bundle: Path, precisions: str, voices: tuple[str, ...], corpus: Pat
 @click.option("--max-gpu-memory", help=GPU_MEMORY_HELP)
 @click.option("--gpu-streams", type=click.IntRange(1, 256), help="Graph calls in flight on the GPU (default: the tier's).")
 @click.option("--decoder-batch", type=click.IntRange(1, 4096), help=DECODER_BATCH_HELP)
+@click.option("--vocoder-batch", type=click.IntRange(1, 4096), help=VOCODER_BATCH_HELP)
 @click.option("--timestamps", "timestamps", type=click.Path(path_type=Path),
               help="Also write each syllable's/word's exact time: out.json (every mark), out.srt or out.vtt "
                    "(caption lines); the format is the suffix's.")
@@ -201,7 +204,8 @@ def synth(bundle: Path, text: str | None, symbols_file: str | None, out: str, vo
           speaker: str | None, lexicon: Path | None, backend: str, strict: bool, am_backend: str | None,
           voc_backend: str | None, precision: str, threads: int, chunk: int | None, first_chunk: int | None,
           max_units: int, speed: float, max_gpu_memory: str | None, gpu_streams: int | None,
-          decoder_batch: int | None = None, timestamps: Path | None = None) -> None:
+          decoder_batch: int | None = None, vocoder_batch: int | None = None,
+          timestamps: Path | None = None) -> None:
     """Synthesize TEXT (or '-' for stdin, or --symbols-file) with BUNDLE into a WAV file or stdout.
 
     Stdin is read as it arrives: each sentence is spoken as soon as it is complete. Text that
@@ -243,7 +247,8 @@ def synth(bundle: Path, text: str | None, symbols_file: str | None, out: str, vo
     _check_request(manifest, text, voice, emotion, speaker, out)
     with Synthesizer(manifest, voice=voice, backend=backend, strict=strict, threads=threads, options=stream_opts,
                      am_backend=am_backend, voc_backend=voc_backend, precision=precision,
-                     max_gpu_memory=max_gpu_memory, gpu_streams=gpu_streams, decoder_batch=decoder_batch) as syn:
+                     max_gpu_memory=max_gpu_memory, gpu_streams=gpu_streams, decoder_batch=decoder_batch,
+                     vocoder_batch=vocoder_batch) as syn:
         is_text = symbols_file is None
         log.info("loaded in %.2f s (sessions%s)", syn.load(voice, text=is_text),
                  " and front-end dictionaries" if is_text else "")
@@ -350,7 +355,8 @@ def server_runtime_options(f: F) -> F:
             click.option("--threads", default=0, type=click.IntRange(0, 256),
                          help="CPU budget (0: every CPU this process may use)."),
             click.option("--max-gpu-memory", help=GPU_MEMORY_HELP),
-            click.option("--decoder-batch", type=click.IntRange(1, 4096), help=DECODER_BATCH_HELP))):
+            click.option("--decoder-batch", type=click.IntRange(1, 4096), help=DECODER_BATCH_HELP),
+            click.option("--vocoder-batch", type=click.IntRange(1, 4096), help=VOCODER_BATCH_HELP))):
         f = option(f)
     return f
 
@@ -393,7 +399,7 @@ def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: in
           api_key_file: Path | None, api_key: str | None, send_timeout: float, park_after: float, header_timeout: float,
           body_timeout: float, max_connections: int, keep_alive: int, shutdown_grace: float, backend: str,
           precision: str, threads: int, max_gpu_memory: str | None, decoder_batch: int | None = None,
-          ui: bool | None = None) -> None:
+          vocoder_batch: int | None = None, ui: bool | None = None) -> None:
     """Serve BUNDLE over HTTP: OpenAI's /v1/audio/speech (streamed), voices, models, health, metrics and a
     browser page at /. SIGTERM or Ctrl-C drains running streams (--shutdown-grace), then exits 0."""
     from .errors import InvalidInputError, MissingExtraError
@@ -427,7 +433,8 @@ def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: in
     sock = bind(host, port)  # a port in use is one line and exit 2, before seconds of loading
     try:
         with Synthesizer(bundle, backend=backend, threads=threads, precision=precision,
-                         max_gpu_memory=max_gpu_memory, decoder_batch=decoder_batch) as syn:
+                         max_gpu_memory=max_gpu_memory, decoder_batch=decoder_batch,
+                         vocoder_batch=vocoder_batch) as syn:
             loaded = syn.load("*")
             log.info("loaded %d voice(s) in %.2f s; backends %s; vocoder precision %s", len(syn.voices()), loaded,
                      syn.backends(), syn.precisions())
@@ -463,7 +470,8 @@ def serve(bundle: Path, host: str, port: int, max_concurrent: int, max_queue: in
 @handle_errors
 def wyoming_server(bundle: Path, uri: str, voice: str | None, max_concurrent: int, max_queue: int,
                    max_input_chars: int, send_timeout: float, shutdown_grace: float, backend: str, precision: str,
-                   threads: int, max_gpu_memory: str | None, decoder_batch: int | None = None) -> None:
+                   threads: int, max_gpu_memory: str | None, decoder_batch: int | None = None,
+                   vocoder_batch: int | None = None) -> None:
     """Serve BUNDLE to Home Assistant over the Wyoming protocol (add it under Settings -> Devices & services
     -> Add integration -> Wyoming Protocol, with this host and port). Audio streams as it is synthesized;
     each emotion is also a voice VOICE:EMOTION. SIGTERM or Ctrl-C drains running streams, then exits 0."""
@@ -483,7 +491,8 @@ def wyoming_server(bundle: Path, uri: str, voice: str | None, max_concurrent: in
         if not is_loopback(uri):
             log.warning("Wyoming has no authentication: anyone who can reach %s can use this server", uri)
         with Synthesizer(manifest, voice=voice, backend=backend, threads=threads, precision=precision,
-                         max_gpu_memory=max_gpu_memory, decoder_batch=decoder_batch) as syn:
+                         max_gpu_memory=max_gpu_memory, decoder_batch=decoder_batch,
+                         vocoder_batch=vocoder_batch) as syn:
             loaded = syn.load("*")
             log.info("loaded %d voice(s) in %.2f s; backends %s; vocoder precision %s", len(syn.voices()), loaded,
                      syn.backends(), syn.precisions())
@@ -587,7 +596,8 @@ def info(bundle: Path) -> None:
         opened.close()
         o = opened.opened
         click.echo(f"    here, auto runs the acoustic model on {o.am_backend} (fp32) and the vocoder on {o.voc_backend} "
-                   f"({o.precision}); decoder steps of up to {o.decoder_batch} streams per call"
+                   f"({o.precision}); decoder steps of up to {o.decoder_batch} streams per call, vocoder windows "
+                   f"of up to {o.vocoder_batch}"
                    + "".join(f"\n      fallback: {f}" for f in o.fallbacks))
     # What actually opens, not what onnxruntime lists: a listed CUDA provider may lack a driver.
     probe = probe_backends(m.graph_path(m.voice(None), "dur_step"))

@@ -16,9 +16,11 @@ from hypothesis import strategies as st
 
 from sambert_deploy.runtime.backends import OrtBackend
 from sambert_deploy.runtime.batching import MASK_VALUE, StepInput, run_steps
+from sambert_deploy.runtime.chunking import Window
 from sambert_deploy.runtime.manifest import read_manifest
 from sambert_deploy.runtime.scheduler import Scheduler, Task
 from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
+from sambert_deploy.runtime.vocoder import Vocoder
 
 from .test_runtime import run_start_cancel_plan, symbol_units, workers_alive
 
@@ -389,6 +391,113 @@ def test_no_batches_where_each_shape_compiles(tiny_bundles: dict[str, Path]) -> 
     assert batches == [("openvino", 1), ("cpu", 8)]
 
 
+# -- vocoder windows of several streams as one call -------------------------------------------------------
+
+
+def test_batched_vocoder_windows_equal_each_window_alone(tiny_bundles: dict[str, Path]) -> None:
+    """Windows of different lengths in one call of the vocoder's batch axis (each padded at its end):
+    every window's audio equals its own call, to float reassociation."""
+    m = read_manifest(tiny_bundles["causal"])
+    voice = m.voice(None)
+    rng = np.random.default_rng(3)
+    mels = voice.vocoder.in_channels
+    wins = [Window(rng.standard_normal((n, mels)).astype(np.float32), a, n, 0, False)
+            for n, a in ((1, 0), (7, 3), (40, 5), (13, 13 - 2), (40, 0))]
+    voc = Vocoder(m, voice, "cpu", max_batch=4)
+    try:
+        assert voc.batches and voc.max_batch == 4
+        together = voc.windows(wins)
+        alone = [voc.window(w) for w in wins]
+    finally:
+        voc.close()
+    for t, one, w in zip(together, alone, wins, strict=True):
+        assert t.shape == one.shape == (w.rows * voice.vocoder.hop,)
+        assert float(np.abs(t - one).max()) <= 1e-6
+
+
+def test_vocoder_batches_only_where_padding_and_shapes_allow(tiny_bundles: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    """A non-causal vocoder would hear a window's padding, and a graph exported before the batch axis
+    takes one window: both run one window per call, whatever was asked."""
+    nc = read_manifest(tiny_bundles["noncausal"])
+    voc = Vocoder(nc, nc.voice(None), "cpu", max_batch=4)
+    try:
+        assert not voc.batches and voc.group is None and voc.max_batch == 1
+        with pytest.raises(ValueError, match="cannot run windows as one call"):
+            voc.windows([Window(np.zeros((4, nc.voice(None).vocoder.in_channels), np.float32), 0, 4, 0, False)] * 2)
+    finally:
+        voc.close()
+    old = _batch_one_vocoder(tiny_bundles["causal"], tmp_path / "old")
+    with Synthesizer(old, backend="cpu", vocoder_batch=4, options=SMALL) as syn:
+        syn.load(text=False)
+        (opened,) = syn.opened().values()
+        assert opened.vocoder_batch == 1
+        assert syn.synthesize(symbols=symbol_units(20, 1)).size
+
+
+def _batch_one_vocoder(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` whose vocoder graph has batch 1, as bundles exported before the batch axis."""
+    import shutil
+
+    import onnx
+
+    from sambert_deploy.utils import file_sha256
+
+    shutil.copytree(src, dst)
+    man = json.loads((dst / "manifest.json").read_text())
+    (voice,) = man["voices"].values()
+    path = dst / voice["folder"] / voice["graphs"]["vocoder"]["file"]
+    model = onnx.load(str(path))
+    for vi in (*model.graph.input, *model.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, str(path))
+    g = voice["graphs"]["vocoder"]
+    g["sha256"] = file_sha256(path)
+    for t in (*g["inputs"], *g["outputs"]):
+        t["axes"] = [1, *t["axes"][1:]]
+    (dst / "manifest.json").write_text(json.dumps(man))
+    return dst
+
+
+def test_streams_sharing_vocoder_calls_equal_each_stream_alone(tiny_bundles: dict[str, Path]) -> None:
+    """Streams of one voice at once with ``vocoder_batch``: their windows share calls (fewer calls than
+    windows) and every stream's audio equals the stream alone within 1e-5."""
+    reqs = [dict(symbols=symbol_units(20 + 9 * i, 1 + i % 3)) for i in range(5)]
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", threads=1, options=SMALL) as syn:
+        alone = [syn.synthesize(**r) for r in reqs]
+        assert syn.activity().vocoder_calls == 0  # not asked: one window per call, no group
+    with Synthesizer(tiny_bundles["causal"], backend="cpu", threads=1, options=SMALL, vocoder_batch=4) as syn:
+        syn.load(text=False)
+        assert [o.vocoder_batch for o in syn.opened().values()] == [4]
+        out: list[Any] = [None] * len(reqs)
+        go = threading.Barrier(len(reqs))
+
+        def run(i: int) -> None:
+            go.wait()
+            out[i] = np.concatenate([c.samples for c in syn.stream(**reqs[i])])
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(reqs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        act = syn.activity()
+    assert 0 < act.vocoder_calls < act.vocoder_windows
+    for want, got in zip(alone, out, strict=True):
+        assert got is not None and got.shape == want.shape
+        assert float(np.abs(got - want).max()) <= 1e-5
+    assert workers_alive() == []
+
+
+def test_vocoder_batch_is_validated() -> None:
+    from sambert_deploy.errors import InvalidInputError
+    from sambert_deploy.runtime.placement import PlacementRequest
+
+    for bad in (0, -1, 1.5, True, "4"):
+        with pytest.raises(InvalidInputError, match="vocoder_batch must be an integer >= 1"):
+            PlacementRequest(vocoder_batch=bad)  # type: ignore[arg-type]
+
+
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(plan=st.lists(st.tuples(st.integers(0, 3), st.one_of(st.none(), st.integers(0, 10)), st.booleans()),
                      min_size=2, max_size=6))
@@ -398,7 +507,7 @@ def test_stress_start_and_cancel_sharing_decoder_calls(tiny_bundles: dict[str, P
     cancelled at random chunks, dropped, or read to the end: the ones read to the end agree with the
     stream alone within 1e-5, no exception is lost, no thread is left."""
     reqs = [dict(symbols=symbol_units(18 + 11 * k, 1 + k % 3)) for k in range(4)]
-    syn = Synthesizer(tiny_bundles["causal"], backend="cpu", threads=1, options=SMALL)
+    syn = Synthesizer(tiny_bundles["causal"], backend="cpu", threads=1, options=SMALL, vocoder_batch=3)
     refs = {k: syn.synthesize(**reqs[k]) for k in {p[0] for p in plan}}
     errors = run_start_cancel_plan(syn, reqs, refs, plan, atol=1e-5)
     for _ in range(500):  # cancelled and dropped streams leave, and their calls in flight end, on their own

@@ -135,8 +135,9 @@ def test_gate_catches_a_broken_graph(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert isinstance(e.value, ExportValidationError)  # what callers catch
     bad = [f for f in e.value.gate_failures if f.subject == "vocoder.audio"]
     assert bad and all(isinstance(f, ToleranceExceeded) and f.metric == "max_abs" and f.value > f.bound for f in bad)
-    assert {f.case for f in bad} == {f"num_frames={n}" for n in (1, 2, 57, 240)}  # every size, collected
-    assert "vocoder.audio (num_frames=57): max-abs" in str(e.value)
+    sizes = ((1, 1), (1, 2), (1, 57), (3, 57), (1, 240))
+    assert {f.case for f in bad} == {f"batch={b}, num_frames={n}" for b, n in sizes}  # every size, collected
+    assert "vocoder.audio (batch=3, num_frames=57): max-abs" in str(e.value)
 
 
 def test_gate_collects_pipeline_failures(tiny_bundles: dict[str, Path]) -> None:

@@ -24,6 +24,7 @@ from sambert_deploy.runtime.gpu_plan import (
     MB,
     RESERVE_BYTES,
     TIERS,
+    call_bytes,
     decoder_step_bytes,
     plan_gpu,
 )
@@ -189,6 +190,30 @@ def test_the_gpu_estimate_counts_the_decoder_batch(tiny_bundles: dict[str, Path]
     assert wide.decoder_batch == 4096 and wide.estimate <= wide.budget and wide.tier != plain.tier
 
 
+def test_the_vocoder_batch_follows_the_tier_and_the_estimate_counts_it(tiny_bundles: dict[str, Path]) -> None:
+    """On the CUDA EP the tier's windows per vocoder call (and the estimate holds that many windows per
+    call in flight); on a CPU 1 unless asked; TensorRT 1 (its engines run one window)."""
+    m = read_manifest(tiny_bundles["causal"])
+    one = plan_placement(m, PlacementRequest(backend="cuda", vocoder_batch=1), GPU_HOST)
+    four = plan_placement(m, PlacementRequest(backend="cuda", vocoder_batch=4), GPU_HOST)
+    tiered = plan_placement(m, PlacementRequest(backend="cuda"), GPU_HOST)
+    assert one.gpu is not None and four.gpu is not None and tiered.gpu is not None
+    assert one.gpu.tier == four.gpu.tier == tiered.gpu.tier
+    voc = m.voices[m.default_voice].vocoder
+    per_call = call_bytes(one.gpu.vocoder_chunk + voc.context_left, voc.hop)
+    assert four.gpu.estimate - one.gpu.estimate == one.gpu.gpu_streams * 3 * per_call
+    assert tiered.vocoder_batch_on("cuda") == tiered.gpu.vocoder_batch > 1
+    assert "vocoder windows of up to" in tiered.gpu.describe()
+    assert tiered.vocoder_batch_on("cpu") == tiered.vocoder_batch_on("tensorrt") == 1
+    assert four.vocoder_batch_on("cpu") == 4  # asked: wherever the vocoder opened
+    cpu = HostFacts(("cpu",), {"cuda": "no CUDA here"}, cpus=2)
+    assert plan_placement(m, PlacementRequest(backend="cpu"), cpu).vocoder_batch_on("cpu") == 1
+    for bad in (0, -4, 2.5, True, "8"):
+        with pytest.raises(InvalidInputError, match="vocoder_batch must be an integer >= 1") as e:
+            PlacementRequest(vocoder_batch=bad)  # type: ignore[arg-type]
+        assert e.value.param == "vocoder_batch"
+
+
 def test_the_decoder_batch_reaches_the_opened_acoustic_model(tiny_bundles: dict[str, Path],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     m = read_manifest(tiny_bundles["causal"])
@@ -240,12 +265,13 @@ def test_cli_decoder_batch_reaches_the_opened_voice(tiny_bundles: dict[str, Path
     sym.write_text("1\t" + symbol_units(20) + "\n", "utf-8")
     caplog.set_level(logging.INFO, logger="sambert_deploy")
     r = CliRunner().invoke(main, ["synth", str(tiny_bundles["causal"]), "--symbols-file", str(sym),
-                                  "-o", str(tmp_path / "out.wav"), "--backend", "cpu", "--decoder-batch", "2"])
+                                  "-o", str(tmp_path / "out.wav"), "--backend", "cpu", "--decoder-batch", "2",
+                                  "--vocoder-batch", "3"])
     assert r.exit_code == 0, r.output
     opened = [rec.getMessage() for rec in caplog.records if rec.name.endswith("voices")]
-    assert any(re.match(r"voice \S+: acoustic model on cpu \(decoder steps of up to 2 streams per call\)", m)
-               for m in opened), opened
+    assert any(re.match(r"voice \S+: acoustic model on cpu \(decoder steps of up to 2 streams per call\), vocoder "
+                        r"on cpu in \w+ \(windows of up to 3 streams per call\)", m) for m in opened), opened
     for command in ("serve", "ui", "wyoming"):
-        r = CliRunner().invoke(main, [command, str(tiny_bundles["causal"]), "--decoder-batch", "0"])
-        assert r.exit_code == 2 and "--decoder-batch" in r.output and "No such option" not in r.output, \
-            (command, r.output)
+        for flag in ("--decoder-batch", "--vocoder-batch"):
+            r = CliRunner().invoke(main, [command, str(tiny_bundles["causal"]), flag, "0"])
+            assert r.exit_code == 2 and flag in r.output and "No such option" not in r.output, (command, r.output)

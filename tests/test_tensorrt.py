@@ -78,7 +78,7 @@ def test_profile_from_graph_spec_and_chunk_sizes(tiny_bundles: dict[str, Path]) 
 def test_profile_refuses_an_axis_without_a_range(tiny_bundles: dict[str, Path]) -> None:
     vm = read_manifest(tiny_bundles["causal"]).voice(None)
     with pytest.raises(InvalidInputError, match=r"\('num_frames'\) has no range"):
-        derive_profile(vm.graphs["vocoder"], {"num_mels": AxisRange(80, 80, 80)})
+        derive_profile(vm.graphs["vocoder"], {"batch": AxisRange(1, 1, 1), "num_mels": AxisRange(80, 80, 80)})
     with pytest.raises(InvalidInputError, match="min <= opt <= max"):
         AxisRange(10, 5, 20)
 

@@ -38,7 +38,8 @@ def vocoder_axes(voice: VoiceManifest, options: StreamOptions, max_frames: int |
         raise InvalidInputError(f"--max-frames must be >= 1, got {max_frames}", param="max_frames")
     largest_tier = window_frames(voice, StreamOptions(vocoder_chunk=max(t.vocoder_chunk for t in TIERS)))
     mels = voice.vocoder.in_channels
-    return {"num_mels": AxisRange(mels, mels, mels),
+    # One window per call: the runtime batches vocoder windows on ONNX Runtime only (runtime/vocoder.py).
+    return {"batch": AxisRange(1, 1, 1), "num_mels": AxisRange(mels, mels, mels),
             "num_frames": AxisRange(1, window, max(window, largest_tier, max_frames or 0))}
 
 

@@ -203,7 +203,9 @@ class PostnetRnnGraph(nn.Module):
 
 
 class VocoderGraph(nn.Module):
-    """mel f32 [1,num_mels,F] -> audio f32 [1,1,hop*F]; traced in the 2-D conv layout (faster on ORT CPU)."""
+    """mel f32 [B,num_mels,F] -> audio f32 [B,1,hop*F]; traced in the 2-D conv layout (faster on ORT CPU).
+    The batch axis lets windows of several streams run as one call where launches dominate (a GPU);
+    shorter windows are padded at their end, which a causal vocoder's earlier output never sees."""
 
     def __init__(self, gen: Generator):
         super().__init__()
@@ -325,7 +327,7 @@ def _prnn_inputs(am: nn.Module, s: dict[str, int], rng: np.random.Generator) -> 
 
 def _voc_inputs(gen: nn.Module, s: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
     gen = _as_gen(gen)
-    return {"mel": _f(1, gen.cfg.in_channels, s["num_frames"], rng=rng)}
+    return {"mel": _f(s.get("batch", 1), gen.cfg.in_channels, s["num_frames"], rng=rng)}
 
 
 def _t(name: str, *axes: str | int, dtype: str = "float32") -> TensorSpec:
@@ -385,10 +387,11 @@ GRAPHS: tuple[GraphSpec, ...] = (
         check_sizes=({"num_frames": 1}, {"num_frames": 2}, {"num_frames": 97})),
     GraphSpec(
         "vocoder", "voc", lambda m: VocoderGraph(m),  # type: ignore[arg-type]
-        inputs=(_t("mel", 1, "num_mels", "num_frames"),),
-        outputs=(_t("audio", 1, 1, "num_samples"),),
-        make_inputs=_voc_inputs, trace_sizes={"num_frames": 29},
-        check_sizes=({"num_frames": 1}, {"num_frames": 2}, {"num_frames": 57}, {"num_frames": 240})),
+        inputs=(_t("mel", "batch", "num_mels", "num_frames"),),
+        outputs=(_t("audio", "batch", 1, "num_samples"),),
+        make_inputs=_voc_inputs, trace_sizes={"batch": 2, "num_frames": 29},
+        check_sizes=({"batch": 1, "num_frames": 1}, {"batch": 1, "num_frames": 2}, {"batch": 1, "num_frames": 57},
+                     {"batch": 3, "num_frames": 57}, {"batch": 1, "num_frames": 240})),
 )
 
 GRAPHS_BY_NAME = {g.name: g for g in GRAPHS}

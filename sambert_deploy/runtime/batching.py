@@ -1,4 +1,4 @@
-"""Decoder steps of several streams of one voice as one graph call (continuous batching).
+"""Decoder steps (and vocoder windows) of several streams of one voice as one graph call (continuous batching).
 
 The decoder step is launch-bound: one call costs ONNX Runtime's per-node overhead more than its
 arithmetic (0.65 ms for one stream, 1.69 ms for four, 2.67 ms for eight on one core here:
@@ -15,6 +15,11 @@ demo voice came out bit-identical to each stream alone, and tests/test_batching.
 
 Bundles exported before the batch axis (``x_bias`` of rank 1, window oldest first) still run, one
 call per stream, through the same records.
+
+:class:`VocoderGroup` does the same for vocoder windows, one call for the windows that are ready
+together (no steps to join between). It pays only where a call is launch-bound: on a CPU the vocoder's
+convolutions are compute-bound and one batched call costs what the single calls do (README), so the
+runtime groups windows only where asked or where a GPU tier says so (placement.py).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from ..errors import StreamCancelledError
 
 if TYPE_CHECKING:
     from .backends import Backend, CancelToken
+    from .chunking import Window
     from .scheduler import Task
+    from .vocoder import Vocoder
 
 log = logging.getLogger(__name__)
 
@@ -237,3 +244,58 @@ def _member(task: Task) -> Member:
     if not isinstance(m, Member):
         raise TypeError(f"a decode group task carries {type(task.payload).__name__}, not a batching Member")
     return m
+
+
+@runtime_checkable
+class WindowMember(Protocol):
+    """What :class:`VocoderGroup` needs of one stream's vocoder window (state.py's task payload)."""
+
+    window: Window
+    token: CancelToken
+    validate: bool
+
+
+@dataclass(eq=False)
+class VocoderGroup:
+    """Vocoder windows of a voice's streams that are ready together, run as one call of the vocoder's
+    batch axis (:meth:`~.vocoder.Vocoder.windows`); each task's result is ``(audio, seconds)``, its
+    seconds an equal share of the call. A stream cancelled before the call leaves it; one cancelled
+    during it is not stopped (the others need the call) and its audio is dropped by its stream."""
+
+    vocoder: Vocoder
+    max_batch: int
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _calls: int = 0
+    _windows: int = 0
+
+    def counts(self) -> tuple[int, int]:
+        """(vocoder calls, windows they ran) so far."""
+        with self._lock:
+            return self._calls, self._windows
+
+    def run(self, tasks: list[Task], pull: Pull, report: Report) -> None:
+        live: list[tuple[Task, WindowMember]] = []
+        for task in tasks:
+            m = task.payload
+            if not isinstance(m, WindowMember):
+                report(task, None, TypeError(f"a vocoder group task carries {type(m).__name__}, not a window"))
+            elif m.token.cancelled:
+                report(task, None, StreamCancelledError("stream cancelled"))
+            else:
+                live.append((task, m))
+        if not live:
+            return
+        t0 = time.perf_counter()
+        try:
+            audio = self.vocoder.windows([m.window for _, m in live], live[0][1].token if len(live) == 1 else None,
+                                         validate=any(m.validate for _, m in live))
+        except BaseException as e:  # noqa: BLE001 - a failed call fails every stream in it
+            for task, _ in live:
+                report(task, None, e)
+            return
+        share = (time.perf_counter() - t0) / len(live)
+        with self._lock:
+            self._calls += 1
+            self._windows += len(live)
+        for (task, _), a in zip(live, audio, strict=True):
+            report(task, (a, share), None)

@@ -4,10 +4,11 @@ where each stage runs, instead of the seed's one-size "load everything on the GP
 Streaming keeps GPU memory bounded by the *window*, not the utterance: a vocoder call holds one window's
 activations (the widest is the last upsampling stage, ``channels x window x hop`` floats), the acoustic
 model one postnet chunk and a fixed key/value window per stream; a batched decoder call holds the windows
-of up to ``decoder_batch`` streams (issue 20). So memory is
+of up to ``decoder_batch`` streams (issue 20) and a batched vocoder call the windows of up to
+``vocoder_batch`` streams. So memory is
 
     reserve (CUDA context, cuDNN/cuBLAS handles and workspaces) + weights
-        + calls in flight x (vocoder call + decoder call of decoder_batch streams)
+        + calls in flight x (vocoder call of vocoder_batch windows + decoder call of decoder_batch streams)
 
 and a tier is the largest configuration whose estimate fits the budget. The estimates are upper bounds
 from the architecture (see :func:`call_bytes`); ``scripts/gpu_run.sh`` measures the real peak.
@@ -44,19 +45,22 @@ class Tier:
     gpu_streams: int  # graph calls in flight on the GPU
     vocoder_on_gpu: bool
     decoder_batch: int  # streams whose decoder steps run as one graph call
+    vocoder_batch: int  # streams whose vocoder windows run as one graph call
     note: str
 
 
 # Smallest first. Chunk 256 is the CPU default (README: throughput flat above it); a GPU gains from
-# longer windows only with many frames in flight, which big cards have room for.
+# longer windows only with many frames in flight, which big cards have room for. The batches are chosen,
+# not measured (no GPU run yet: scripts/gpu_run.sh measures them): a GPU call of one window or one
+# decoder step is launch-bound, so several streams' share one launch where memory allows.
 TIERS = (
-    Tier("cpu-offload", 0, 128, 48, 1, False, 8,
+    Tier("cpu-offload", 0, 128, 48, 1, False, 8, 1,
          "under 2 GB: acoustic model on the GPU, vocoder on the CPU (the seed's 'CPU offload')"),
-    Tier("edge", 2 * GB, 128, 48, 2, True, 8, "2-6 GB (Jetson Orin Nano/NX, 4 GB cards): both stages on the GPU"),
-    Tier("desktop", 6 * GB, 256, 48, 4, True, 16, "6-12 GB: consumer cards"),
-    Tier("workstation", 12 * GB, 256, 96, 8, True, 32, "12-32 GB: 16-24 GB cards, A10, L4, A30"),
+    Tier("edge", 2 * GB, 128, 48, 2, True, 8, 1, "2-6 GB (Jetson Orin Nano/NX, 4 GB cards): both stages on the GPU"),
+    Tier("desktop", 6 * GB, 256, 48, 4, True, 16, 2, "6-12 GB: consumer cards"),
+    Tier("workstation", 12 * GB, 256, 96, 8, True, 32, 4, "12-32 GB: 16-24 GB cards, A10, L4, A30"),
     # 32, not 40: 90% of a 40 GB A100's free memory is 36 GB.
-    Tier("datacenter", 32 * GB, 512, 96, 16, True, 64, "32 GB and more: A100, H100, H200"),
+    Tier("datacenter", 32 * GB, 512, 96, 16, True, 64, 4, "32 GB and more: A100, H100, H200"),
 )
 
 
@@ -73,12 +77,14 @@ class GpuPlan:
     estimate: int  # bytes the plan is expected to use at most
     reason: str
     decoder_batch: int  # streams per decoder call: the tier's, or the caller's decoder_batch
+    vocoder_batch: int = 1  # windows per vocoder call: the tier's, or the caller's vocoder_batch
 
     def describe(self) -> str:
         place = "GPU" if self.vocoder_on_gpu else "CPU"
         return (f"GPU memory tier '{self.tier}' for a {self.budget / GB:.1f} GB budget: vocoder on the {place}, "
                 f"chunk {self.vocoder_chunk}, {self.gpu_streams} call(s) in flight, decoder steps of up to "
-                f"{self.decoder_batch} stream(s) per call, estimated peak {self.estimate / MB:.0f} MB ({self.reason})")
+                f"{self.decoder_batch} stream(s) per call, vocoder windows of up to {self.vocoder_batch} per call, "
+                f"estimated peak {self.estimate / MB:.0f} MB ({self.reason})")
 
 
 def parse_bytes(value: str | int | float | None, field: str = "max_gpu_memory") -> int | None:
@@ -115,19 +121,21 @@ def decoder_step_bytes(layers: int, heads: int, head_dim: int, window: int = DEC
 
 
 def plan_gpu(free_bytes: int, weights_bytes: int, hop: int, max_gpu_memory: int | None = None,
-             context_frames: int = 35, step_bytes: int = 0, decoder_batch: int | None = None) -> GpuPlan:
+             context_frames: int = 35, step_bytes: int = 0, decoder_batch: int | None = None,
+             vocoder_batch: int | None = None) -> GpuPlan:
     """The tier for a GPU with ``free_bytes`` free (``cudaMemGetInfo``), the model's ``weights_bytes``
     (acoustic model and vocoder, as loaded) and the vocoder's ``hop``; ``max_gpu_memory`` caps the
     budget (it never raises it above what is free). ``step_bytes`` is one stream's share of a decoder
-    call (:func:`decoder_step_bytes`); ``decoder_batch`` replaces every tier's streams per decoder call
-    (the caller's override), so the estimate and the tier choice count what will run."""
+    call (:func:`decoder_step_bytes`); ``decoder_batch``/``vocoder_batch`` replace every tier's streams
+    per decoder/vocoder call (the caller's overrides), so the estimate and the tier choice count what will run."""
     budget = int(free_bytes * FREE_FRACTION)
     why = f"{FREE_FRACTION:.0%} of {free_bytes / GB:.1f} GB free"
     if max_gpu_memory is not None:
         if max_gpu_memory < budget:
             why = f"--max-gpu-memory {max_gpu_memory / GB:.2f} GB"
         budget = min(budget, max_gpu_memory)
-    tiers = [t if decoder_batch is None else replace(t, decoder_batch=decoder_batch) for t in TIERS]
+    tiers = [replace(t, decoder_batch=decoder_batch or t.decoder_batch, vocoder_batch=vocoder_batch or t.vocoder_batch)
+             for t in TIERS]
     chosen = tiers[0]
     for tier in tiers:
         if budget >= tier.min_budget and _estimate(tier, weights_bytes, hop, context_frames, step_bytes) <= budget:
@@ -136,7 +144,7 @@ def plan_gpu(free_bytes: int, weights_bytes: int, hop: int, max_gpu_memory: int 
     if estimate > budget:
         why += f"; even this tier's estimate exceeds the budget ({estimate / MB:.0f} MB): expect out-of-memory errors"
     return GpuPlan(chosen.name, budget, chosen.vocoder_chunk, chosen.postnet_chunk, chosen.gpu_streams,
-                   chosen.vocoder_on_gpu, estimate, why, chosen.decoder_batch)
+                   chosen.vocoder_on_gpu, estimate, why, chosen.decoder_batch, chosen.vocoder_batch)
 
 
 def _estimate(tier: Tier, weights_bytes: int, hop: int, context_frames: int, step_bytes: int = 0) -> int:
@@ -146,4 +154,4 @@ def _estimate(tier: Tier, weights_bytes: int, hop: int, context_frames: int, ste
     if not tier.vocoder_on_gpu:
         return RESERVE_BYTES + weights_bytes // 2 + decoder  # the acoustic model's share
     window = tier.vocoder_chunk + context_frames
-    return RESERVE_BYTES + weights_bytes + tier.gpu_streams * call_bytes(window, hop) + decoder
+    return RESERVE_BYTES + weights_bytes + tier.gpu_streams * tier.vocoder_batch * call_bytes(window, hop) + decoder

@@ -80,7 +80,9 @@ class PlacementRequest:
     decoder step measured 2x slower there; ``tensorrt`` runs the vocoder, the acoustic model then goes
     where ``auto`` puts it); ``am_backend``/``voc_backend`` place one stage. ``max_gpu_memory`` in bytes.
     ``decoder_batch``: streams whose decoder steps run as one graph call (None: the GPU memory tier's where
-    the acoustic model runs on a GPU, else ``DEFAULT_MAX_BATCH``; 1 runs each stream's steps alone)."""
+    the acoustic model runs on a GPU, else ``DEFAULT_MAX_BATCH``; 1 runs each stream's steps alone).
+    ``vocoder_batch``: streams whose vocoder windows run as one call (None: the tier's where the vocoder
+    runs on the CUDA EP, else 1: on CPUs a batched call costs what the single calls do, README)."""
 
     backend: str = "auto"
     am_backend: str | None = None
@@ -93,6 +95,7 @@ class PlacementRequest:
     options: StreamOptions | None = None
     vocoder_threads: int = 1  # intra-op threads of one vocoder call (1 measured best: README; the sweep varies it)
     decoder_batch: int | None = None
+    vocoder_batch: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("backend", "am_backend", "voc_backend"):
@@ -109,10 +112,11 @@ class PlacementRequest:
         if self.threads < 0 or self.vocoder_threads < 0 or (self.gpu_streams is not None and self.gpu_streams < 1):
             raise InvalidInputError(f"threads must be >= 0 (0: all CPUs) and gpu_streams >= 1, got {self.threads}, "
                                     f"{self.gpu_streams}")
-        batch = self.decoder_batch
-        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-            raise InvalidInputError(f"decoder_batch must be an integer >= 1 (streams per decoder call; 1 turns "
-                                    f"batching off), got {batch!r}", param="decoder_batch")
+        for name, per in (("decoder_batch", "decoder"), ("vocoder_batch", "vocoder")):
+            batch = getattr(self, name)
+            if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+                raise InvalidInputError(f"{name} must be an integer >= 1 (streams per {per} call; 1 turns "
+                                        f"batching off), got {batch!r}", param=name)
 
     @property
     def am_requested(self) -> str:
@@ -195,6 +199,15 @@ class Placement:
             return self.gpu.decoder_batch
         return DEFAULT_MAX_BATCH
 
+    def vocoder_batch_on(self, backend: str) -> int:
+        """Windows per vocoder call for a vocoder that opened on ``backend``: the request's
+        ``vocoder_batch``, else the GPU tier's on the CUDA EP, else 1 (TensorRT engines run one window)."""
+        if self.request.vocoder_batch is not None:
+            return self.request.vocoder_batch
+        if backend == "cuda" and self.gpu is not None:
+            return self.gpu.vocoder_batch
+        return 1
+
     def voice(self, name: str) -> VoicePlacement:
         if name not in self.voices:
             raise InvalidInputError(f"voice '{name}' is not loaded by this Synthesizer (it loads "
@@ -239,7 +252,8 @@ def plan_placement(manifest: Manifest, request: PlacementRequest, host: HostFact
             notes.append(f"GPU memory unknown ({host.gpu_note}): default chunking, 2 calls in flight, "
                          f"decoder steps of up to {request.decoder_batch or DEFAULT_MAX_BATCH} streams per call")
         else:
-            gpu = plan_for_voices(host.gpu.free_bytes, manifest, vms, request.max_gpu_memory, request.decoder_batch)
+            gpu = plan_for_voices(host.gpu.free_bytes, manifest, vms, request.max_gpu_memory, request.decoder_batch,
+                                  request.vocoder_batch)
             notes.append(f"{host.gpu.name}: {gpu.describe()}")
             if not gpu.vocoder_on_gpu and voc_first in GPU_BACKENDS:
                 if request.voc_requested == "auto":
@@ -274,16 +288,17 @@ def plan_placement(manifest: Manifest, request: PlacementRequest, host: HostFact
 
 
 def plan_for_voices(free_bytes: int, manifest: Manifest, voices: Sequence[VoiceManifest],
-                    max_gpu_memory: int | None = None, decoder_batch: int | None = None) -> GpuPlan:
+                    max_gpu_memory: int | None = None, decoder_batch: int | None = None,
+                    vocoder_batch: int | None = None) -> GpuPlan:
     """The memory tier for every voice loaded together: all their weights, the widest vocoder window's
     context and the largest decoder's windows (the calls in flight are shared by the voices);
-    ``decoder_batch`` overrides the tiers' streams per decoder call."""
+    ``decoder_batch``/``vocoder_batch`` override the tiers' streams per decoder/vocoder call."""
     weights = sum((manifest.root / vm.folder / g.file).stat().st_size for vm in voices for g in vm.graphs.values())
     hop = max(vm.vocoder.hop for vm in voices)
     context = max(vm.vocoder.context_left for vm in voices)
     step = max(decoder_step_bytes(vm.acoustic.decoder_layers, vm.acoustic.decoder_heads, vm.acoustic.decoder_head_dim)
                for vm in voices)
-    return plan_gpu(free_bytes, weights, hop, max_gpu_memory, context, step, decoder_batch)
+    return plan_gpu(free_bytes, weights, hop, max_gpu_memory, context, step, decoder_batch, vocoder_batch)
 
 
 def arena_cap(plan: GpuPlan | None, budget: int | None, sessions: int) -> int | None:

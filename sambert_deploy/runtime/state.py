@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import StreamCancelledError
 from .backends import CancelToken
+from .chunking import Window
 from .cursor import AcousticCursor, AcousticStep, Progress, UnitSource, VocoderJob, VoiceWork
 from .scheduler import Task
 from .timestamps import Mark
@@ -103,6 +104,23 @@ class AcousticTask:
     member: AcousticCursor
 
 
+@dataclass(frozen=True)
+class WindowTask:
+    """The payload of a vocoder window: the job, and what a :class:`~.batching.VocoderGroup` needs to run
+    it with other streams' windows (:class:`~.batching.WindowMember`)."""
+
+    job: VocoderJob
+    token: CancelToken
+
+    @property
+    def window(self) -> Window:
+        return self.job.window
+
+    @property
+    def validate(self) -> bool:
+        return self.job.seq == 0  # a stream's first window checks its inputs; the rest are built alike
+
+
 class StreamState:
     """Everything below is touched only under the scheduler lock, except ``cursor`` (the acoustic task's,
     one at a time) and ``source`` (its own lock)."""
@@ -150,8 +168,9 @@ class StreamState:
             return None
         if lane == p.voc_lane and self.ready:
             job = self.ready[0]
+            work = WindowTask(job, self.token)
             return Task(self, lane, self.t0 + job.offset / p.sample_rate, (self.order, job.seq),
-                        self._window_fn(job), job)
+                        self._window_fn(work), work, p.work.voc.group)
         if (lane == p.am_lane and not self.acoustic_busy and not self.acoustic_done and not self.waiting_input
                 and self.outstanding < p.max_ahead):
             deadline = self.t0 + self.progress.produced_frames * p.work.hop / p.sample_rate
@@ -161,14 +180,14 @@ class StreamState:
         return None
 
     def start(self, task: Task) -> None:
-        if isinstance(task.payload, VocoderJob):
+        if isinstance(task.payload, WindowTask):
             self.ready.popleft()
             self.running_windows += 1
         else:
             self.acoustic_busy = True
 
     def finish(self, task: Task, result: Any, error: BaseException | None) -> None:
-        if isinstance(task.payload, VocoderJob):
+        if isinstance(task.payload, WindowTask):
             self.running_windows -= 1
         else:
             self.acoustic_busy = False
@@ -191,13 +210,14 @@ class StreamState:
         if self.state != "running" or self.error is not None:
             return
         payload = task.payload
-        if isinstance(payload, VocoderJob):
+        if isinstance(payload, WindowTask):
+            job = payload.job
             audio, seconds = result
             self.vocoder_s += seconds
-            self.results[payload.seq] = AudioChunk(np.ascontiguousarray(audio, np.float32), self.plan.sample_rate,
-                                                   payload.sentence, payload.offset, payload.sentence_offset,
-                                                   payload.window.last, payload.marks)
-            if self.first_audio_s is None and payload.seq == 0:
+            self.results[job.seq] = AudioChunk(np.ascontiguousarray(audio, np.float32), self.plan.sample_rate,
+                                               job.sentence, job.offset, job.sentence_offset, job.window.last,
+                                               job.marks)
+            if self.first_audio_s is None and job.seq == 0:
                 self.first_audio_s = time.perf_counter() - self.t0
             return
         step: AcousticStep = result
@@ -209,10 +229,10 @@ class StreamState:
             self.acoustic_done = True
 
     # -- the window task (no lock) -----------------------------------------------------------------
-    def _window_fn(self, job: VocoderJob) -> Any:
+    def _window_fn(self, work: WindowTask) -> Any:
         def run() -> tuple[np.ndarray, float]:
             t = time.perf_counter()
-            audio = self.plan.work.voc.window(job.window, self.token, validate=job.seq == 0)
+            audio = self.plan.work.voc.window(work.window, work.token, validate=work.validate)
             return audio, time.perf_counter() - t
         return run
 

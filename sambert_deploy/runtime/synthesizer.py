@@ -90,13 +90,16 @@ class SpeechOptions:
 
 @dataclass(frozen=True)
 class Activity:
-    """A snapshot of a Synthesizer's work: streams registered, graph calls running per lane, and the
-    decoder steps its streams ran so far in how many graph calls (steps / calls: the mean batch)."""
+    """A snapshot of a Synthesizer's work: streams registered, graph calls running per lane, the
+    decoder steps its streams ran so far in how many graph calls (steps / calls: the mean batch), and
+    the vocoder windows run in batched calls (only where windows are batched: ``vocoder_batch``)."""
 
     streams: int
     busy: Mapping[str, int]
     decoder_calls: int = 0
     decoder_steps: int = 0
+    vocoder_calls: int = 0
+    vocoder_windows: int = 0
 
 
 class Synthesizer:
@@ -115,6 +118,8 @@ class Synthesizer:
     ``vocoder_threads``: intra-op threads of one vocoder call (0: all CPUs; 1, the default, measured best).
     ``decoder_batch``: streams of a voice whose decoder steps run as one graph call (default: the GPU memory
     tier's where the acoustic model runs on a GPU, else 8; 1 runs every stream's steps alone).
+    ``vocoder_batch``: streams of a voice whose vocoder windows run as one graph call (default: the GPU
+    memory tier's on the CUDA EP, else 1: measured no faster on CPUs; OpenVINO and TensorRT run one).
     Where everything runs is :attr:`placement`; what actually opened, :meth:`backends`/:meth:`opened`.
     """
 
@@ -122,10 +127,12 @@ class Synthesizer:
                  strict: bool = False, threads: int = 0, options: StreamOptions | None = None,
                  am_backend: str | None = None, voc_backend: str | None = None, gpu_streams: int | None = None,
                  precision: str = "auto", max_gpu_memory: int | str | None = None,
-                 voices: Sequence[str] | None = None, vocoder_threads: int = 1, decoder_batch: int | None = None):
+                 voices: Sequence[str] | None = None, vocoder_threads: int = 1, decoder_batch: int | None = None,
+                 vocoder_batch: int | None = None):
         self.manifest = bundle if isinstance(bundle, Manifest) else read_manifest(bundle)
         request = PlacementRequest(backend, am_backend, voc_backend, precision, strict, threads, gpu_streams,
-                                   parse_bytes(max_gpu_memory), options, vocoder_threads, decoder_batch)
+                                   parse_bytes(max_gpu_memory), options, vocoder_threads, decoder_batch,
+                                   vocoder_batch)
         self.placement = plan_placement(self.manifest, request, host_facts(request), voices)
         default = self.manifest.voice(voice).name
         if voice is None and default not in self.placement.voices:
@@ -195,10 +202,13 @@ class Synthesizer:
 
     def activity(self) -> Activity:
         # No load lock: a voice loading for seconds must not stall /health; a dict copy is atomic.
-        counts = [v.am.decode_group.counts() for v in list(self._voices.values())]
+        loaded = list(self._voices.values())
+        counts = [v.am.decode_group.counts() for v in loaded]
+        windows = [v.voc.group.counts() for v in loaded if v.voc.group is not None]
         with self._scheduler.lock:
             return Activity(len(self._scheduler.clients()), dict(self._scheduler.busy),
-                            sum(c for c, _ in counts), sum(s for _, s in counts))
+                            sum(c for c, _ in counts), sum(s for _, s in counts),
+                            sum(c for c, _ in windows), sum(w for _, w in windows))
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -15,9 +17,12 @@ from .backends import (
     engine_path,
     make_backend,
 )
+from .batching import VocoderGroup
 from .chunking import Window
 from .manifest import Manifest, VoiceManifest
 from .precision import VocoderChoice, choose_vocoder
+
+log = logging.getLogger(__name__)
 
 SHAPE_BUCKET = 32  # frames: the smallest padded window; longer ones double up to the regular window
 
@@ -30,12 +35,13 @@ class Vocoder:
 
     def __init__(self, manifest: Manifest, voice: VoiceManifest, backend: str = "cpu",
                  options: BackendOptions | None = None, choice: VocoderChoice | None = None,
-                 window_frames: int | None = None, max_calls: int = 2):
+                 window_frames: int | None = None, max_calls: int = 2, max_batch: int = 1):
         """``choice`` (:func:`~.precision.choose_vocoder`) selects a reduced-precision variant and its
         backend; without it, the FP32 graph on ``backend``. ``window_frames``: the streams' regular
         window (chunk plus context), the largest length a shape-compiling backend is padded to and a
         TensorRT engine's profile must cover. ``max_calls``: calls in flight on a GPU (TensorRT
-        execution contexts)."""
+        execution contexts). ``max_batch``: windows of several streams run as one call (:attr:`group`)
+        where the graph can (:attr:`batches`); 1 runs each window alone."""
         self.info = voice.vocoder
         self.window_frames = window_frames
         self.choice = choice or choose_vocoder(voice, "fp32", backend, True, [backend])
@@ -49,6 +55,27 @@ class Vocoder:
         else:
             path = manifest.root / voice.folder / self.choice.graph.file
             self.session = make_backend(self.choice.backend, path, opts).open()
+        self.group = VocoderGroup(self, max_batch) if max_batch > 1 and self.batches else None
+        if max_batch > 1 and self.group is None:
+            log.info("voice %s: vocoder windows run one per call (%s)", voice.name,
+                     "the graph has no batch axis: re-export the bundle to batch them"
+                     if isinstance(self.session.inputs["mel"].shape[0], int) else
+                     f"{self.choice.backend} with a {'causal' if self.info.causal else 'non-causal'} vocoder")
+
+    @property
+    def batches(self) -> bool:
+        """Whether windows of several streams can run as one call: the graph has the batch axis (bundles
+        exported before it do not), the vocoder is causal (a window padded at its end keeps its output;
+        a non-causal one would see the padding) and the backend takes any shape as it comes (not
+        TensorRT, whose engine's profile is built for one window, nor OpenVINO, which would compile every
+        new batch x length)."""
+        return (self.info.causal and self.choice.backend != "tensorrt" and not self.session.compiles_per_shape
+                and not isinstance(self.session.inputs["mel"].shape[0], int))
+
+    @property
+    def max_batch(self) -> int:
+        """Windows per call: the group's, or 1."""
+        return self.group.max_batch if self.group is not None else 1
 
     def close(self) -> None:
         self.session.close()
@@ -63,6 +90,22 @@ class Vocoder:
         # Frames appended after a causal window change no earlier output. A non-causal window is
         # not padded: OpenVINO's outputs then moved by 1e-4 on the tiny test voice (kernel choice).
         return self._run(win.frames, validate, token, self.info.causal)[win.a * hop:win.b * hop]
+
+    def windows(self, wins: Sequence[Window], token: CancelToken | None = None,
+                validate: bool = False) -> list[np.ndarray]:
+        """Audio of each window's new rows, the windows run as one call of the batch axis (each padded at
+        its end to the longest; see :attr:`batches`). One window runs as :meth:`window`."""
+        if len(wins) == 1:
+            return [self.window(wins[0], token, validate)]
+        if not self.batches:
+            raise ValueError(f"the {self.choice.graph.file} vocoder cannot run windows as one call")
+        hop = self.info.hop
+        n = max(len(w.frames) for w in wins)
+        mel = np.zeros((len(wins), self.info.in_channels, n), np.float32)
+        for i, w in enumerate(wins):
+            mel[i, :, :len(w.frames)] = w.frames.T
+        audio = self.session.run({"mel": mel}, validate=validate, token=token)["audio"]
+        return [np.ascontiguousarray(audio[i, 0, w.a * hop:w.b * hop]) for i, w in enumerate(wins)]
 
     def _run(self, mel: np.ndarray, validate: bool, token: CancelToken | None, pad_ok: bool = False) -> np.ndarray:
         n = len(mel)

@@ -28,10 +28,12 @@ class OpenedVoice:
     precision: str
     decoder_batch: int
     fallbacks: tuple[str, ...] = ()
+    vocoder_batch: int = 1  # the most streams whose vocoder windows share one call
 
     def to_json(self) -> dict[str, Any]:
         return {"acoustic": self.am_backend, "vocoder": self.voc_backend, "precision": self.precision,
-                "decoder_batch": self.decoder_batch, "fallbacks": list(self.fallbacks)}
+                "decoder_batch": self.decoder_batch, "vocoder_batch": self.vocoder_batch,
+                "fallbacks": list(self.fallbacks)}
 
 
 @dataclass
@@ -79,9 +81,11 @@ def open_voice(manifest: Manifest, placement: Placement, name: str) -> LoadedVoi
         am.close()
         raise
     choice = voc.choice
-    opened = OpenedVoice(name, am_kind, choice.backend, choice.precision, am.decode_group.max_batch, tuple(fallbacks))
-    log.info("voice %s: acoustic model on %s (decoder steps of up to %d streams per call), vocoder on %s in %s", name,
-             am_kind, opened.decoder_batch, choice.backend, choice.precision)
+    opened = OpenedVoice(name, am_kind, choice.backend, choice.precision, am.decode_group.max_batch, tuple(fallbacks),
+                         voc.max_batch)
+    log.info("voice %s: acoustic model on %s (decoder steps of up to %d streams per call), vocoder on %s in %s "
+             "(windows of up to %d streams per call)", name, am_kind, opened.decoder_batch, choice.backend,
+             choice.precision, opened.vocoder_batch)
     return LoadedVoice(vm, am, voc, opened)
 
 
@@ -93,8 +97,8 @@ def _open_vocoder(manifest: Manifest, placement: Placement, vm: VoiceManifest, f
         if error is None and cand.choice is not None:
             try:
                 opts = replace(placement.backend_options, threads=placement.request.vocoder_threads)
-                return Vocoder(manifest, vm, cand.choice.backend, opts, cand.choice,
-                               window_frames=vp.window_frames, max_calls=placement.gpu_streams)
+                return Vocoder(manifest, vm, cand.choice.backend, opts, cand.choice, window_frames=vp.window_frames,
+                               max_calls=placement.gpu_streams, max_batch=placement.vocoder_batch_on(cand.choice.backend))
             except (BackendUnavailableError, BundleError, PrecisionError) as e:
                 error = e
         if error is None:  # a candidate has a choice or an error
