@@ -10,8 +10,10 @@ process, repeated ``--repeat`` times (median shown; this shared 2-core machine v
 "decoder batch" is the mean number of streams per decoder-step call (``Synthesizer.activity()``);
 "busy" the core-seconds the streams' tasks took (``Stream.info``: front end + acoustic model / vocoder).
 
+``--vocoder-batch N`` adds rows of this revision with vocoder windows of up to N streams per call.
+
     python scripts/bench_concurrency.py [--bundle demo_out/bundle] [--streams 1 2 4] [--baseline-rev e247f92]
-        [--baseline-bundle OLD_BUNDLE]
+        [--baseline-bundle OLD_BUNDLE] [--vocoder-batch 4]
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ TEXT = ("一个开源的语音合成工具，把声学模型和声码器从训�
         "服务端可以让许多请求共用同一个合成器，每个请求都尽快听到第一段声音。")
 
 
-def run_child(bundle: str, voice: str, streams: int, threads: int, repeat_text: int) -> dict:
+def run_child(bundle: str, voice: str, streams: int, threads: int, repeat_text: int, vocoder_batch: int = 0) -> dict:
     """In a fresh process (whichever sambert_deploy is first on sys.path): N streams at once."""
     from sambert_deploy.runtime.synthesizer import Synthesizer
     from sambert_deploy.utils import peak_rss_mb
 
     text = TEXT * repeat_text
-    kw = {"threads": threads} if threads else {}
+    kw: dict = {"threads": threads} if threads else {}
+    if vocoder_batch:
+        kw["vocoder_batch"] = vocoder_batch
     with Synthesizer(bundle, voice=voice, backend="cpu", **kw) as syn:
         syn.load(voice)
         syn.synthesize("预热。")  # sessions and dictionaries warm, outside the timing
@@ -109,24 +113,28 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per cell (median shown)")
     ap.add_argument("--baseline-rev", help="git revision whose runtime is measured the same way, in the same run")
     ap.add_argument("--baseline-bundle", help="the bundle the baseline revision runs (default: --bundle)")
+    ap.add_argument("--vocoder-batch", type=int, default=0,
+                    help="also this revision with vocoder windows of up to N streams per call (its own rows)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        bundle, voice, n, threads, rep = a.child
-        print(json.dumps(run_child(bundle, voice, int(n), int(threads), int(rep))))
+        bundle, voice, n, threads, rep, vb = a.child
+        print(json.dumps(run_child(bundle, voice, int(n), int(threads), int(rep), int(vb))))
         return
     bundle = str(Path(a.bundle).resolve())
     base_bundle = str(Path(a.baseline_bundle or a.bundle).resolve())
     for b, flag in ((bundle, "--bundle"), (base_bundle, "--baseline-bundle")):
         if not Path(b, "manifest.json").is_file():
             sys.exit(f"no bundle at {b}: run `make demo` first (or pass {flag})")
-    codes: list[tuple[str, Path, str]] = []
+    codes: list[tuple[str, Path, str, int]] = []  # (runtime, code, bundle, vocoder batch: 0 default)
     tree = None
     if a.baseline_rev:
         tree = _worktree(a.baseline_rev)
-        codes.append((a.baseline_rev, tree, base_bundle))
-    codes.append(("this", REPO, bundle))
+        codes.append((a.baseline_rev, tree, base_bundle, 0))
+    codes.append(("this", REPO, bundle, 0))
+    if a.vocoder_batch:
+        codes.append((f"this, vocoder batch {a.vocoder_batch}", REPO, bundle, a.vocoder_batch))
     try:
         print(f"bundle {a.bundle}, voice {a.voice}, {len(TEXT) * a.repeat_text} characters per stream, CPU budget "
               f"{a.threads or os.cpu_count()}, median of {a.repeat} runs, fresh process each")
@@ -136,12 +144,12 @@ def main() -> None:
         for n in a.streams:
             medians: dict[str, float] = {}
             # Revisions alternate run by run, so a slow spell of this shared machine hits both.
-            runs_by: dict[str, list[dict]] = {name: [] for name, _, _ in codes}
+            runs_by: dict[str, list[dict]] = {name: [] for name, *_ in codes}
             for _ in range(a.repeat):
-                for name, root, b in codes:
-                    runs_by[name].append(_child(root, [b, a.voice, str(n), str(a.threads), str(a.repeat_text)],
+                for name, root, b, vb in codes:
+                    runs_by[name].append(_child(root, [b, a.voice, str(n), str(a.threads), str(a.repeat_text), str(vb)],
                                                 a.timeout))
-            for name, _, _ in codes:
+            for name, *_ in codes:
                 runs = runs_by[name]
                 ok = [r for r in runs if "error" not in r]
                 if not ok:

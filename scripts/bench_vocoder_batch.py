@@ -1,13 +1,14 @@
 """Benchmark (issue 20, part 2): do vocoder windows of one voice run faster as one batched call?
 
-The exported vocoder graph has batch 1; its ops (convolutions, transposed convolutions, activations) take
-any batch, so this makes a copy with a symbolic batch axis (in a temporary folder, never in the bundle)
-and times, per backend, B windows of the runtime's largest window size as B single calls and as one call
-of batch B, interleaved, median of ``--repeat``; it also checks that each row of the batched output equals
-its single call. Intra-op threads: 1 (the runtime runs windows of several streams side by side, one
-thread each, on CPUs).
+The vocoder graph has a batch axis (bundles exported before it get one in a copy, in a temporary folder,
+never in the bundle). Per backend (ONNX Runtime CPU, OpenVINO CPU, and the CUDA EP where onnxruntime-gpu
+and a GPU are present) this times B windows of the runtime's regular window (``--chunk`` plus context)
+as B single calls and as one call of batch B, interleaved, median of ``--repeat``, and checks that each
+row of the batched output equals its single call. CPU intra-op threads: 1 (the runtime runs windows of
+several streams side by side, one thread each, on CPUs).
 
     python scripts/bench_vocoder_batch.py [--bundle demo_out/bundle] [--voice demo_emo] [--batches 1 2 4]
+        [--chunk 256]
 """
 
 from __future__ import annotations
@@ -54,6 +55,20 @@ def ort_runner(path: Path) -> Run:
     return lambda x: s.run(None, {name: x})[0]
 
 
+def cuda_runner(path: Path) -> Run | None:
+    """ONNX Runtime's CUDA EP, as the runtime opens it (heuristic convolution search); None without it."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return None
+    s = ort.InferenceSession(str(path), providers=[("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}),
+                                                   "CPUExecutionProvider"])
+    if "CUDAExecutionProvider" not in s.get_providers():
+        return None
+    name = s.get_inputs()[0].name
+    return lambda x: s.run(None, {name: x})[0]
+
+
 def openvino_runner(path: Path) -> Run | None:
     try:
         import openvino as ov
@@ -66,22 +81,29 @@ def openvino_runner(path: Path) -> Run | None:
     return lambda x: req.infer({0: x})[0]
 
 
+RUNNERS: dict[str, Callable[[Path], Run | None]] = {
+    "onnxruntime-cpu": ort_runner, "openvino-cpu": openvino_runner, "onnxruntime-cuda": cuda_runner}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, default=Path("demo_out/bundle"))
     ap.add_argument("--voice", default=None)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--backends", nargs="+", choices=list(RUNNERS), default=list(RUNNERS))
+    ap.add_argument("--chunk", type=int, default=StreamOptions().vocoder_chunk,
+                    help="vocoder chunk whose window is timed (the GPU tiers use 128-512)")
     a = ap.parse_args()
     manifest = read_manifest(a.bundle)
     vm = manifest.voice(a.voice)
-    frames = window_frames(vm, StreamOptions())
+    frames = window_frames(vm, StreamOptions(vocoder_chunk=a.chunk))
     src = manifest.graph_path(vm, "vocoder")
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "vocoder_batched.onnx"
         batched_copy(src, path)
-        runners = {"onnxruntime-cpu": ort_runner(path), "openvino-cpu": openvino_runner(path)}
+        runners = {name: RUNNERS[name](path) for name in a.backends}
         print(f"voice {vm.name}, window {frames} frames, 1 intra-op thread, median of {a.repeat}")
         print(f"{'backend':16} {'B':>2} {'B single calls ms':>18} {'one batched call ms':>20} {'speed-up':>9} "
               f"{'max |diff|':>11}")

@@ -166,11 +166,14 @@ def run_streams(bundle: str, voice: str, n: int, chars: int, kwargs: dict[str, A
         (am, voc), = syn.backends().values()
         prec, = syn.precisions().values()
         batch = syn.placement.decoder_batch
+        opened, = syn.opened().values()
     if errors:
         return {"error": f"{len(errors)} of {n} stream(s) failed: {errors[0]}"}
     calls, steps = after.decoder_calls - before.decoder_calls, after.decoder_steps - before.decoder_steps
+    vcalls, windows = after.vocoder_calls - before.vocoder_calls, after.vocoder_windows - before.vocoder_windows
     return {"n": n, "rtf": max(rtfs), "first": max(firsts), "mean_batch": steps / calls if calls else None,
             "decoder_batch": batch if axis else "1 (bundle without the batch axis: re-export it)",
+            "mean_voc_batch": windows / vcalls if vcalls else 1.0, "vocoder_batch": opened.vocoder_batch,
             "runs": f"{am} + {voc} {prec}"}
 
 
@@ -319,6 +322,7 @@ def main() -> int:
     ap.add_argument("--streams-max", type=int, default=256, help="largest N tried (0: no streams rows)")
     ap.add_argument("--streams-time", type=float, default=300, help="seconds all streams rows may take together")
     ap.add_argument("--decoder-batch", type=int, help="streams per decoder call (default: the placement's)")
+    ap.add_argument("--vocoder-batch", type=int, help="streams per vocoder call (default: the placement's)")
     ap.add_argument("--rtf-limit", type=float, default=0.1, help="every stream's RTF must stay at or under this")
     ap.add_argument("--first-limit", type=float, default=0.3, help="every stream's first audio, seconds")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -368,13 +372,14 @@ def streams_rows(a: argparse.Namespace, sampler: GpuSampler) -> None:
     """N doubling while every stream keeps the limits (the last row printed is the first N that did not,
     or where the time or ``--streams-max`` ran out), then the torch rebuild one request at a time."""
     kwargs = dict(CONFIGS[a.streams_config])
-    if a.decoder_batch is not None:
-        kwargs["decoder_batch"] = a.decoder_batch
+    for key in ("decoder_batch", "vocoder_batch"):
+        if getattr(a, key) is not None:
+            kwargs[key] = getattr(a, key)
     print(f"\nstreams per GPU: {a.streams_chars} chars per stream, all started together; limits RTF <= "
           f"{a.rtf_limit} and first audio < {a.first_limit} s for every stream; {a.streams_time:.0f} s cap")
     print("| streams | config | runs | worst RTF | worst first audio s | mean decoder batch | decoder batch | "
-          "peak GPU MB | within limits |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "mean vocoder batch | vocoder batch | peak GPU MB | within limits |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     t_end = time.monotonic() + a.streams_time
     n, best = 1, 0
     while n <= a.streams_max:
@@ -387,6 +392,7 @@ def streams_rows(a: argparse.Namespace, sampler: GpuSampler) -> None:
         ok = "rtf" in r and r["rtf"] <= a.rtf_limit and r["first"] < a.first_limit
         print(f"| {n} | {a.streams_config} | {r.get('runs', r.get('error', ''))} | {fmt(r, 'rtf', '.3f')} | "
               f"{fmt(r, 'first', '.3f')} | {fmt(r, 'mean_batch', '.2f')} | {r.get('decoder_batch', '-')} | "
+              f"{fmt(r, 'mean_voc_batch', '.2f')} | {r.get('vocoder_batch', '-')} | "
               f"{fmt(r, 'gpu_mb', '.0f')} | {'yes' if ok else 'no'} |", flush=True)
         if not ok:
             break

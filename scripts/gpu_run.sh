@@ -62,6 +62,9 @@ else
   echo "FAILED: sambert-deploy info" >&2
   failed+=("sambert-deploy info")
 fi
+step "vocoder windows batched on the CUDA EP (scripts/bench_vocoder_batch.py)" \
+  "$PY" scripts/bench_vocoder_batch.py --bundle "$BUNDLE" --voice demo_emo --backends onnxruntime-cuda \
+  --chunk 512 --batches 1 2 4 8 --repeat 5
 # shellcheck disable=SC2086
 step "GPU benchmark (scripts/gpu_bench.py)" \
   "$PY" scripts/gpu_bench.py --bundle "$BUNDLE" --model-dir "$MODEL" --voice demo_emo --chars $CHARS --timeout "${BENCH_TIMEOUT:-900}" \
