@@ -28,6 +28,8 @@ from .test_runtime import run_start_cancel_plan, symbol_units, workers_alive
 
 
 class _Group:
+    pulls = True
+
     def __init__(self, max_batch: int, pull_more: int = 0):
         self.max_batch, self.pull_more = max_batch, pull_more
         self.runs: list[list[str]] = []
@@ -374,6 +376,35 @@ def test_an_idle_worker_runs_a_second_call_of_a_running_group() -> None:
     log: list[str] = []
     _hold(Scheduler({"cpu": 2}), [_Client("first", 1.0, g, log)], [_Client("late", 2.0, g, log)], added)
     assert second.is_set() and g.runs == [["late"], ["first"]]
+
+
+def test_a_group_that_never_pulls_leaves_its_tasks_to_other_workers() -> None:
+    """A group whose call takes no joiners (a vocoder call: no steps) cannot take the tasks offered
+    while it runs: another worker runs them in their EDF order, not after less urgent work."""
+    added, second = threading.Event(), threading.Event()
+    log: list[str] = []
+
+    class OneCall(_Group):
+        pulls = False
+
+        def run(self, tasks: list[Task], pull: Callable[[int], list[Task]],
+                report: Callable[[Task, Any, BaseException | None], None]) -> None:
+            names = [str(t.payload) for t in tasks]
+            if names == ["first"]:
+                assert added.wait(10)
+                second.wait(2)  # the other worker should start "late" while this call runs
+            else:
+                log.append(f"run {' '.join(names)}")
+                second.set()
+            self.runs.append(names)
+            for t in tasks:
+                report(t, "done", None)
+
+    g = OneCall(max_batch=8)
+    late, filler = _Client("late", 2.0, g, log), _Client("filler", 3.0, None, log)
+    _hold(Scheduler({"cpu": 2}), [_Client("first", 1.0, g, log)], [late, filler], added)
+    assert log.index("run late") < log.index("filler"), log
+    assert g.runs == [["late"], ["first"]]
 
 
 def test_no_batches_where_each_shape_compiles(tiny_bundles: dict[str, Path]) -> None:

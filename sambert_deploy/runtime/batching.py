@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -180,6 +180,7 @@ class DecodeGroup:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _calls: int = 0
     _steps: int = 0
+    pulls: ClassVar[bool] = True  # streams join between steps
 
     def counts(self) -> tuple[int, int]:
         """(decoder calls, stream steps they ran) so far: steps / calls is the mean batch."""
@@ -267,6 +268,7 @@ class VocoderGroup:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _calls: int = 0
     _windows: int = 0
+    pulls: ClassVar[bool] = False  # one call: a window ready after it started goes to the next one
 
     def counts(self) -> tuple[int, int]:
         """(vocoder calls, windows they ran) so far."""

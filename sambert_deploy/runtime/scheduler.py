@@ -10,8 +10,8 @@ advance evenly. Tasks run outside the lock; the client is told the outcome under
 Grouped tasks: a task may name a :class:`Group` (the decoder steps of one voice's streams). When the
 most urgent task has one, the worker also takes every other offered task of that group that is more
 urgent than anything outside it (up to the group's ``max_batch``) and runs them as one; between its
-steps the group pulls more such tasks, and it reports each task's outcome as soon as it has one.
-While a group runs, another worker leaves its tasks to it (a second call would split the batch: 4
+steps a group that ``pulls`` (the decoder's) takes more such tasks, and it reports each task's outcome
+as soon as it has one. While such a group runs, another worker leaves its tasks to it (a second call would split the batch: 4
 streams on 2 workers averaged 2.2 streams per decoder call so, 3.3 without), unless that worker has
 nothing else to do: an idle core cost more than the smaller batch (8 streams: 12.1-12.5 -> 13.3-13.5
 audio s/s). No task ever waits for a group to fill: only tasks ready now join.
@@ -27,7 +27,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,11 @@ class Task:
 class Group(Protocol):
     """Runs several tasks as one: ``run(tasks, pull, report)`` without the scheduler's lock, calling
     ``report(task, result, error)`` once per task (and per pulled task); ``pull(n)`` returns up to n
-    more tasks of the group, already started."""
+    more tasks of the group, already started. ``pulls``: whether ``run`` takes tasks offered while it
+    runs (the decoder, between its steps); one that does not (a vocoder call) leaves them to others."""
 
     max_batch: int
+    pulls: ClassVar[bool]
 
     def run(self, tasks: list[Task], pull: Callable[[int], list[Task]],
             report: Callable[[Task, Any, BaseException | None], None]) -> None: ...
@@ -164,7 +166,7 @@ class Scheduler:
         # A group already running takes its tasks between its steps (pull): a second call of the same
         # group on another worker would split the batch, worth it only where that worker would idle.
         every = self._offers(lane)
-        offers = [t for t in every if t.group is None or t.group not in self._running]
+        offers = [t for t in every if t.group is None or not t.group.pulls or t.group not in self._running]
         if not offers:
             # Nothing else to do: a second call of a running group beats an idle worker.
             offers = every
