@@ -52,10 +52,25 @@ def test_two_voices_are_planned_within_the_budget_together(two_voices: Path) -> 
     # the estimate counts both voices' weights (the calls in flight are shared)
     assert both.gpu.estimate - one.gpu.estimate == weights[1]
     sessions = sum(len(vm.graphs) for vm in m.voices.values())
-    cap = both.backend_options.gpu_mem_limit
-    assert cap is not None and cap == (4 * GB - RESERVE_BYTES) // sessions
-    assert cap * sessions + RESERVE_BYTES <= 4 * GB  # every arena of both voices at its cap still fits
-    assert one.backend_options.gpu_mem_limit == (4 * GB - RESERVE_BYTES) // (sessions // 2)
+    cap, calls = both.backend_options.gpu_mem_limit, both.gpu.vocoder_bytes
+    assert cap is not None and calls > 0 and cap == (4 * GB - RESERVE_BYTES - 2 * calls) // sessions
+    # A vocoder's arena also holds the calls in flight (several windows each with a vocoder batch)
+    assert both.vocoder_mem_limit == cap + calls
+    # every arena of both voices at its cap still fits
+    assert cap * (sessions - 2) + 2 * (cap + calls) + RESERVE_BYTES <= 4 * GB
+    assert one.backend_options.gpu_mem_limit == (4 * GB - RESERVE_BYTES - calls) // (sessions // 2)
+
+
+def test_a_vocoder_batch_reaches_the_vocoder_arena_not_the_others(tiny_bundles: dict[str, Path]) -> None:
+    """A larger vocoder batch raises the vocoder session's arena cap by its windows and lowers the others'."""
+    m = read_manifest(tiny_bundles["causal"])
+    caps = {}
+    for vb in (1, 8):
+        p = plan_placement(m, PlacementRequest(backend="cuda", max_gpu_memory=4 * GB, vocoder_batch=vb), GPU_HOST)
+        assert p.gpu is not None and p.vocoder_mem_limit is not None and p.backend_options.gpu_mem_limit is not None
+        caps[vb] = (p.backend_options.gpu_mem_limit, p.vocoder_mem_limit, p.gpu.vocoder_bytes)
+    (cap1, voc1, calls1), (cap8, voc8, calls8) = caps[1], caps[8]
+    assert calls8 == 8 * calls1 and voc8 - cap8 == calls8 and cap8 < cap1 and voc8 > voc1
 
 
 def test_the_plan_is_pure_and_follows_the_request(tiny_bundles: dict[str, Path]) -> None:

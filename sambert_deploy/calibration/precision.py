@@ -182,7 +182,10 @@ def _default_probe(proto) -> list[dict[str, np.ndarray]]:  # noqa: ANN001
     rng = np.random.default_rng(0)
     feeds: dict[str, np.ndarray] = {}
     for inp in proto.graph.input:
-        dims = [d.dim_value if d.HasField("dim_value") else 64 for d in inp.type.tensor_type.shape.dim]
+        # A symbolic leading axis is the batch: one window is the range to probe (64 of them held
+        # every intermediate 64 times over).
+        dims = [d.dim_value if d.HasField("dim_value") else (1 if i == 0 else 64)
+                for i, d in enumerate(inp.type.tensor_type.shape.dim)]
         feeds[inp.name] = np.clip(rng.normal(-5.0, 2.5, dims), -11.5, 2.0).astype(np.float32)
     return [feeds]
 

@@ -78,6 +78,7 @@ class GpuPlan:
     reason: str
     decoder_batch: int  # streams per decoder call: the tier's, or the caller's decoder_batch
     vocoder_batch: int = 1  # windows per vocoder call: the tier's, or the caller's vocoder_batch
+    vocoder_bytes: int = 0  # the estimate's vocoder activations: calls in flight x vocoder_batch windows
 
     def describe(self) -> str:
         place = "GPU" if self.vocoder_on_gpu else "CPU"
@@ -144,7 +145,14 @@ def plan_gpu(free_bytes: int, weights_bytes: int, hop: int, max_gpu_memory: int 
     if estimate > budget:
         why += f"; even this tier's estimate exceeds the budget ({estimate / MB:.0f} MB): expect out-of-memory errors"
     return GpuPlan(chosen.name, budget, chosen.vocoder_chunk, chosen.postnet_chunk, chosen.gpu_streams,
-                   chosen.vocoder_on_gpu, estimate, why, chosen.decoder_batch, chosen.vocoder_batch)
+                   chosen.vocoder_on_gpu, estimate, why, chosen.decoder_batch, chosen.vocoder_batch,
+                   _vocoder_bytes(chosen, hop, context_frames))
+
+
+def _vocoder_bytes(tier: Tier, hop: int, context_frames: int) -> int:
+    if not tier.vocoder_on_gpu:
+        return 0
+    return tier.gpu_streams * tier.vocoder_batch * call_bytes(tier.vocoder_chunk + context_frames, hop)
 
 
 def _estimate(tier: Tier, weights_bytes: int, hop: int, context_frames: int, step_bytes: int = 0) -> int:
@@ -153,5 +161,4 @@ def _estimate(tier: Tier, weights_bytes: int, hop: int, context_frames: int, ste
     decoder = tier.gpu_streams * tier.decoder_batch * step_bytes
     if not tier.vocoder_on_gpu:
         return RESERVE_BYTES + weights_bytes // 2 + decoder  # the acoustic model's share
-    window = tier.vocoder_chunk + context_frames
-    return RESERVE_BYTES + weights_bytes + tier.gpu_streams * tier.vocoder_batch * call_bytes(window, hop) + decoder
+    return RESERVE_BYTES + weights_bytes + _vocoder_bytes(tier, hop, context_frames) + decoder

@@ -188,6 +188,7 @@ class Placement:
     notes: tuple[str, ...] = ()  # decisions worth a log line (a backend absent, the vocoder moved off the GPU)
     warnings: tuple[str, ...] = ()  # a placement that will likely fail (a stage placed where it cannot fit)
     decoder_batch: int = DEFAULT_MAX_BATCH  # streams per decoder call where the acoustic model runs as planned
+    vocoder_mem_limit: int | None = None  # a vocoder session's CUDA arena cap (arena_caps); None: no budget
 
     def decoder_batch_on(self, backend: str) -> int:
         """Streams per decoder call for an acoustic model that opened on ``backend`` (a fallback off the
@@ -273,7 +274,8 @@ def plan_placement(manifest: Manifest, request: PlacementRequest, host: HostFact
     # Each graph call on the CPU is single-threaded: the budget is spent as calls running at once
     # (windows of one stream, and other streams), which uses cores better than intra-op threads on these
     # small convolutions (2 intra-op threads run a 291-frame window only 1.31x faster).
-    backend_options = BackendOptions(threads=1, gpu_mem_limit=arena_cap(gpu, request.max_gpu_memory, sessions))
+    cap, vocoder_cap = arena_caps(gpu, request.max_gpu_memory, sessions, len(vms))
+    backend_options = BackendOptions(threads=1, gpu_mem_limit=cap)
     voc_given = request.voc_requested != "auto"
     placed = {}
     for vm in vms:
@@ -283,7 +285,8 @@ def plan_placement(manifest: Manifest, request: PlacementRequest, host: HostFact
                           for kind in fallback_chain(voc_first, "vocoder", host, request.strict))
         placed[vm.name] = VoicePlacement(vm.name, am_chain, voc_chain, window_frames(vm, options))
     planned = Placement(request, am_first, voc_first, placed, options, cpu_budget, gpu_streams,
-                        options.max_ahead or cpu_budget + 2, gpu, backend_options, tuple(notes), tuple(warnings))
+                        options.max_ahead or cpu_budget + 2, gpu, backend_options, tuple(notes), tuple(warnings),
+                        vocoder_mem_limit=vocoder_cap)
     return replace(planned, decoder_batch=planned.decoder_batch_on(am_first))
 
 
@@ -301,14 +304,20 @@ def plan_for_voices(free_bytes: int, manifest: Manifest, voices: Sequence[VoiceM
     return plan_gpu(free_bytes, weights, hop, max_gpu_memory, context, step, decoder_batch, vocoder_batch)
 
 
-def arena_cap(plan: GpuPlan | None, budget: int | None, sessions: int) -> int | None:
-    """Per-session CUDA EP arena cap for an explicit ``max_gpu_memory``: ORT arenas are per session (one
-    per graph of every loaded voice), so each gets its share of what the plan leaves after the reserve.
-    Without a budget, ORT allocates as it always has."""
+def arena_caps(plan: GpuPlan | None, budget: int | None, sessions: int,
+               vocoders: int = 1) -> tuple[int | None, int | None]:
+    """Per-session CUDA EP arena caps for an explicit ``max_gpu_memory``, (every session, a vocoder's):
+    ORT arenas are per session (one per graph of every loaded voice) and keep their peak, so each gets its
+    share of what the plan leaves after the reserve and the vocoder calls in flight
+    (``GpuPlan.vocoder_bytes``: with a vocoder batch, several windows per call), and each of the
+    ``vocoders`` (one per voice, any of which may run every call) that share plus those calls: every
+    arena at its cap still fits. Without a budget, ORT allocates as it always has."""
     if budget is None:
-        return None
+        return None, None
     usable = (plan.budget if plan is not None else budget) - RESERVE_BYTES
-    return max(64 * MB, usable // max(1, sessions))
+    calls = plan.vocoder_bytes if plan is not None else 0
+    share = max(64 * MB, (usable - vocoders * calls) // max(1, sessions))
+    return share, share + calls
 
 
 def fallback_chain(first: str, stage: str, host: HostFacts, strict: bool) -> tuple[str, ...]:

@@ -96,7 +96,8 @@ def _open_vocoder(manifest: Manifest, placement: Placement, vm: VoiceManifest, f
         error = cand.error
         if error is None and cand.choice is not None:
             try:
-                opts = replace(placement.backend_options, threads=placement.request.vocoder_threads)
+                opts = replace(placement.backend_options, threads=placement.request.vocoder_threads,
+                               gpu_mem_limit=placement.vocoder_mem_limit)
                 return Vocoder(manifest, vm, cand.choice.backend, opts, cand.choice, window_frames=vp.window_frames,
                                max_calls=placement.gpu_streams, max_batch=placement.vocoder_batch_on(cand.choice.backend))
             except (BackendUnavailableError, BundleError, PrecisionError) as e:
