@@ -409,17 +409,18 @@ def test_a_group_that_never_pulls_leaves_its_tasks_to_other_workers() -> None:
 
 def test_no_batches_where_each_shape_compiles(tiny_bundles: dict[str, Path]) -> None:
     """On a backend that compiles per input shape (OpenVINO), batches would mean a compilation per
-    batch and window combination: the acoustic model keeps one call per stream there."""
+    batch and window combination: the acoustic model and the vocoder keep one call per stream there."""
     from .conftest import need_module
 
     need_module("openvino", "pip install 'sambert-deploy[openvino]'")
     batches = []
     for am in ("openvino", "cpu"):
-        with Synthesizer(tiny_bundles["causal"], am_backend=am, voc_backend="cpu", decoder_batch=8) as syn:
+        with Synthesizer(tiny_bundles["causal"], am_backend=am, voc_backend=am, precision="fp32", decoder_batch=8,
+                         vocoder_batch=4) as syn:
             syn.load(text=False)
             (opened,) = syn.opened().values()
-            batches.append((opened.am_backend, opened.decoder_batch))
-    assert batches == [("openvino", 1), ("cpu", 8)]
+            batches.append((opened.am_backend, opened.decoder_batch, opened.voc_backend, opened.vocoder_batch))
+    assert batches == [("openvino", 1, "openvino", 1), ("cpu", 8, "cpu", 4)]
 
 
 # -- vocoder windows of several streams as one call -------------------------------------------------------
@@ -520,13 +521,54 @@ def test_streams_sharing_vocoder_calls_equal_each_stream_alone(tiny_bundles: dic
     assert workers_alive() == []
 
 
-def test_vocoder_batch_is_validated() -> None:
-    from sambert_deploy.errors import InvalidInputError
-    from sambert_deploy.runtime.placement import PlacementRequest
+def test_vocoder_group_reports_every_window_once_whatever_happens() -> None:
+    """Cancelled before the call: that stream's window leaves with StreamCancelledError and the others run;
+    a call that raises fails every window in it; a task that carries no window is a TypeError; each task
+    is reported exactly once, with (audio, an equal share of the call's seconds)."""
+    from sambert_deploy.errors import StreamCancelledError
+    from sambert_deploy.runtime.backends import CancelToken
+    from sambert_deploy.runtime.batching import VocoderGroup
 
-    for bad in (0, -1, 1.5, True, "4"):
-        with pytest.raises(InvalidInputError, match="vocoder_batch must be an integer >= 1"):
-            PlacementRequest(vocoder_batch=bad)  # type: ignore[arg-type]
+    class FakeVocoder:
+        def __init__(self, fail: bool = False):
+            self.fail, self.calls = fail, []
+
+        def windows(self, wins: list[Window], token: Any = None, validate: bool = False) -> list[np.ndarray]:
+            self.calls.append(len(wins))
+            if self.fail:
+                raise RuntimeError("device lost")
+            return [np.full(w.rows, float(w.a)) for w in wins]
+
+    class Work:
+        def __init__(self, a: int, cancelled: bool = False):
+            self.window = Window(np.zeros((4, 2), np.float32), a, 4, 0, False)
+            self.token, self.validate = CancelToken(), False
+            if cancelled:
+                self.token.cancel()
+
+    def got_one(got: list[tuple[Task, Any, BaseException | None]]) -> Callable[..., None]:
+        return lambda t, r, e: got.append((t, r, e))
+
+    def tasks(*works: object) -> list[Task]:
+        return [Task(None, "cpu", float(i), (0, i), lambda: None, w) for i, w in enumerate(works)]  # type: ignore[arg-type]
+
+    for fail in (False, True):
+        voc = FakeVocoder(fail)
+        group = VocoderGroup(voc, max_batch=4)  # type: ignore[arg-type]
+        got: list[tuple[Task, Any, BaseException | None]] = []
+        ts = tasks(Work(1), Work(2, cancelled=True), "not a window", Work(3))
+        group.run(ts, lambda n: [], got_one(got))
+        assert sorted(id(t) for t, _, _ in got) == sorted(id(t) for t in ts)  # each task once
+        by = {id(t): (r, e) for t, r, e in got}
+        assert isinstance(by[id(ts[1])][1], StreamCancelledError) and isinstance(by[id(ts[2])][1], TypeError)
+        assert voc.calls == [2]  # the live windows, as one call
+        for t, a in ((ts[0], 1), (ts[3], 3)):
+            r, e = by[id(t)]
+            if fail:
+                assert isinstance(e, RuntimeError) and r is None
+            else:
+                assert e is None and r[0].tolist() == [float(a)] * (4 - a) and r[1] >= 0
+        assert group.counts() == ((0, 0) if fail else (1, 2))
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
