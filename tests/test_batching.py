@@ -166,6 +166,29 @@ def test_batched_rows_equal_each_stream_alone(tiny_bundles: dict[str, Path]) -> 
 SMALL = StreamOptions(postnet_chunk=6, vocoder_chunk=8, first_chunk=3)
 
 
+def streams_at_once(syn: Synthesizer, reqs: list[dict[str, Any]]) -> list[np.ndarray | None]:
+    """Every request streamed from its own thread, all released together; each stream's audio."""
+    out: list[np.ndarray | None] = [None] * len(reqs)
+    go = threading.Barrier(len(reqs))
+
+    def run(i: int) -> None:
+        go.wait()
+        out[i] = np.concatenate([c.samples for c in syn.stream(**reqs[i])])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(reqs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return out
+
+
+def assert_each_equals_alone(out: list[np.ndarray | None], alone: list[np.ndarray]) -> None:
+    for want, got in zip(alone, out, strict=True):
+        assert got is not None and got.shape == want.shape
+        assert float(np.abs(got - want).max()) <= 1e-5
+
+
 def test_streams_sharing_decoder_calls_equal_each_stream_alone(tiny_bundles: dict[str, Path]) -> None:
     """Six streams of one voice at once on one CPU worker (so their decoder steps share calls) against
     each run alone: the audio agrees within 1e-5 (bit-exact where the batch needed no padding)."""
@@ -175,24 +198,11 @@ def test_streams_sharing_decoder_calls_equal_each_stream_alone(tiny_bundles: dic
         solo_act = syn.activity()
     assert solo_act.decoder_steps == solo_act.decoder_calls > 0  # one stream at a time: no batch
     with Synthesizer(tiny_bundles["causal"], backend="cpu", threads=1, options=SMALL) as syn:
-        out: list[Any] = [None] * len(reqs)
-        go = threading.Barrier(len(reqs))
-
-        def run(i: int) -> None:
-            go.wait()
-            out[i] = np.concatenate([c.samples for c in syn.stream(**reqs[i])])
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(reqs))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        out = streams_at_once(syn, reqs)
         act = syn.activity()
     assert act.decoder_steps == solo_act.decoder_steps  # the same steps ...
     assert act.decoder_calls < act.decoder_steps  # ... in fewer calls
-    for want, got in zip(alone, out, strict=True):
-        assert got is not None and got.shape == want.shape
-        assert float(np.abs(got - want).max()) <= 1e-5
+    assert_each_equals_alone(out, alone)
     assert workers_alive() == []
 
 
@@ -501,23 +511,10 @@ def test_streams_sharing_vocoder_calls_equal_each_stream_alone(tiny_bundles: dic
     with Synthesizer(tiny_bundles["causal"], backend="cpu", threads=1, options=SMALL, vocoder_batch=4) as syn:
         syn.load(text=False)
         assert [o.vocoder_batch for o in syn.opened().values()] == [4]
-        out: list[Any] = [None] * len(reqs)
-        go = threading.Barrier(len(reqs))
-
-        def run(i: int) -> None:
-            go.wait()
-            out[i] = np.concatenate([c.samples for c in syn.stream(**reqs[i])])
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(reqs))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        out = streams_at_once(syn, reqs)
         act = syn.activity()
     assert 0 < act.vocoder_calls < act.vocoder_windows
-    for want, got in zip(alone, out, strict=True):
-        assert got is not None and got.shape == want.shape
-        assert float(np.abs(got - want).max()) <= 1e-5
+    assert_each_equals_alone(out, alone)
     assert workers_alive() == []
 
 
