@@ -4,6 +4,7 @@ streams that share calls against the same streams run alone."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -457,10 +458,11 @@ def test_batched_vocoder_windows_equal_each_window_alone(tiny_bundles: dict[str,
         assert float(np.abs(t - one).max()) <= 1e-6
 
 
-def test_vocoder_batches_only_where_padding_and_shapes_allow(tiny_bundles: dict[str, Path],
-                                                            tmp_path: Path) -> None:
+def test_vocoder_batches_only_where_padding_and_shapes_allow(tiny_bundles: dict[str, Path], tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
     """A non-causal vocoder would hear a window's padding, and a graph exported before the batch axis
-    takes one window: both run one window per call, whatever was asked."""
+    takes one window: both run one window per call, whatever was asked, and the load says why."""
+    caplog.set_level(logging.INFO, logger="sambert_deploy")
     nc = read_manifest(tiny_bundles["noncausal"])
     voc = Vocoder(nc, nc.voice(None), "cpu", max_batch=4)
     try:
@@ -475,6 +477,8 @@ def test_vocoder_batches_only_where_padding_and_shapes_allow(tiny_bundles: dict[
         (opened,) = syn.opened().values()
         assert opened.vocoder_batch == 1
         assert syn.synthesize(symbols=symbol_units(20, 1)).size
+    said = [r.getMessage() for r in caplog.records if "vocoder windows run one per call" in r.getMessage()]
+    assert any("non-causal" in m for m in said) and any("re-export the bundle" in m for m in said), said
 
 
 def _batch_one_vocoder(src: Path, dst: Path) -> Path:

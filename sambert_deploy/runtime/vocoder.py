@@ -57,10 +57,10 @@ class Vocoder:
             self.session = make_backend(self.choice.backend, path, opts).open()
         self.group = VocoderGroup(self, max_batch) if max_batch > 1 and self.batches else None
         if max_batch > 1 and self.group is None:
-            log.info("voice %s: vocoder windows run one per call (%s)", voice.name,
-                     "the graph has no batch axis: re-export the bundle to batch them"
-                     if isinstance(self.session.inputs["mel"].shape[0], int) else
-                     f"{self.choice.backend} with a {'causal' if self.info.causal else 'non-causal'} vocoder")
+            why = ("a non-causal vocoder would hear the padding" if not self.info.causal else
+                   f"{self.choice.backend} runs one window per call" if self.choice.backend == "tensorrt"
+                   or self.session.compiles_per_shape else "the graph has no batch axis: re-export the bundle")
+            log.info("voice %s: vocoder windows run one per call (%s)", voice.name, why)
 
     @property
     def batches(self) -> bool:
