@@ -447,12 +447,22 @@ def test_batched_vocoder_windows_equal_each_window_alone(tiny_bundles: dict[str,
     wins = [Window(rng.standard_normal((n, mels)).astype(np.float32), a, n, 0, False)
             for n, a in ((1, 0), (7, 3), (40, 5), (13, 13 - 2), (40, 0))]
     voc = Vocoder(m, voice, "cpu", max_batch=4)
+    shapes: list[tuple[int, ...]] = []
+    run = voc.session.run
+
+    def spy(feeds: dict[str, np.ndarray], **kw: Any) -> Any:
+        shapes.append(feeds["mel"].shape)
+        return run(feeds, **kw)
+
     try:
         assert voc.batches and voc.max_batch == 4
+        voc.session.run = spy  # type: ignore[method-assign]
         together = voc.windows(wins)
+        voc.session.run = run  # type: ignore[method-assign]
         alone = [voc.window(w) for w in wins]
     finally:
         voc.close()
+    assert shapes == [(5, mels, 64)]  # one call, padded to a shape bucket (32, 64, ...), not to 40
     for t, one, w in zip(together, alone, wins, strict=True):
         assert t.shape == one.shape == (w.rows * voice.vocoder.hop,)
         assert float(np.abs(t - one).max()) <= 1e-6

@@ -94,13 +94,16 @@ class Vocoder:
     def windows(self, wins: Sequence[Window], token: CancelToken | None = None,
                 validate: bool = False) -> list[np.ndarray]:
         """Audio of each window's new rows, the windows run as one call of the batch axis (each padded at
-        its end to the longest; see :attr:`batches`). One window runs as :meth:`window`."""
+        its end to the longest, rounded up to a shape bucket; see :attr:`batches`). One window runs as
+        :meth:`window`."""
         if len(wins) == 1:
             return [self.window(wins[0], token, validate)]
         if not self.batches:
             raise ValueError(f"the {self.choice.graph.file} vocoder cannot run windows as one call")
         hop = self.info.hop
-        n = max(len(w.frames) for w in wins)
+        # A handful of lengths per batch size, not one per mix of windows: the CUDA EP's arena grows with
+        # every new input shape (the GPU run, README), and a GPU's extra frames cost next to nothing.
+        n = self._bucket(max(len(w.frames) for w in wins))
         mel = np.zeros((len(wins), self.info.in_channels, n), np.float32)
         for i, w in enumerate(wins):
             mel[i, :, :len(w.frames)] = w.frames.T
