@@ -7,12 +7,12 @@ deadline: when that audio would be due if playback had started when the stream d
 therefore goes before streams that are already ahead of real time, and streams started together
 advance evenly. Tasks run outside the lock; the client is told the outcome under the lock.
 
-Grouped tasks: a task may name a :class:`Group` (the decoder steps of one voice's streams). When the
-most urgent task has one, the worker also takes every other offered task of that group that is more
-urgent than anything outside it (up to the group's ``max_batch``) and runs them as one; between its
-steps a group that ``pulls`` (the decoder's) takes more such tasks, and it reports each task's outcome
-as soon as it has one. While such a group runs, another worker leaves its tasks to it (a second call would split the batch: 4
-streams on 2 workers averaged 2.2 streams per decoder call so, 3.3 without), unless that worker has
+Grouped tasks: a task may name a :class:`Group` (the decoder steps, or the vocoder windows, of one voice's
+streams). When the most urgent task has one, the worker also takes every other offered task of that group
+that is more urgent than anything outside it (up to the group's ``max_batch``) and runs them as one;
+between its steps a group that ``pulls`` (the decoder's) takes more such tasks, and it reports each task's
+outcome as soon as it has one. While such a group runs, another worker leaves its tasks to it (a second
+call would split the batch: 4 streams on 2 workers averaged 2.2 streams per decoder call so, 3.3 without), unless that worker has
 nothing else to do: an idle core cost more than the smaller batch (8 streams: 12.1-12.5 -> 13.3-13.5
 audio s/s). No task ever waits for a group to fill: only tasks ready now join.
 
