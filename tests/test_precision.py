@@ -29,6 +29,7 @@ from sambert_deploy.runtime.manifest import (
     read_manifest,
 )
 from sambert_deploy.runtime.pipeline import OneShot
+from sambert_deploy.runtime.placement import HostFacts, PlacementRequest, host_facts, plan_placement
 from sambert_deploy.runtime.precision import AUTO_ORDER, auto_order, choose_vocoder
 from sambert_deploy.runtime.synthesizer import StreamOptions, Synthesizer
 
@@ -202,7 +203,7 @@ def test_auto_takes_the_fastest_passing_variant(quantized: Path, tmp_path: Path)
         assert syn.backends()[syn.default_voice] == ("cpu", "openvino")  # the decoder step stays on ORT
 
 
-def test_auto_puts_bf16_first_on_amx_cpus(quantized: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_puts_bf16_first_on_amx_cpus(quantized: Path, tmp_path: Path) -> None:
     b = tmp_path / "b"
     shutil.copytree(quantized, b)
     for p in ("bf16", "int8"):
@@ -221,12 +222,16 @@ def test_auto_puts_bf16_first_on_amx_cpus(quantized: Path, tmp_path: Path, monke
     vm = read_manifest(b).voice(None)
     assert (choose_vocoder(vm, "auto", "openvino", False, both, amx).precision,) == ("int8",)
     force_verdict(b, "bf16", True)
-    # Through the Synthesizer: the host's flags reach the choice.
-    monkeypatch.setattr("sambert_deploy.runtime.placement.cpu_flags", lambda: amx)
-    with Synthesizer(b, precision="auto") as syn:
-        syn.load(text=False)
-        assert syn.precisions() == {syn.default_voice: "bf16"}
-        assert syn.backends()[syn.default_voice] == ("cpu", "openvino")
+    # Through the placement a Synthesizer opens: the host's flags reach the vocoder's first choice.
+    m = read_manifest(b)
+    for flags, want in ((amx, ("bf16", "openvino")), (no_amx, ("int8", "cpu"))):
+        host = HostFacts(("openvino", "cpu"), {"cuda": "no CUDA here"}, cpus=2, cpu_features=flags)
+        first = plan_placement(m, PlacementRequest(), host).voice(m.default_voice).vocoder_chain[0].choice
+        assert first is not None and (first.precision, first.backend) == want
+    cpuinfo = Path("/proc/cpuinfo")
+    listed = [line.split(":", 1)[1].split() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else ())
+              if line.startswith("flags")]
+    assert host_facts().cpu_features == frozenset(listed[0] if listed else ())  # this machine's, as it lists them
 
 
 def test_precision_mistakes_are_typed_errors_naming_the_fix(quantized: Path, tiny_bundles: dict[str, Path],

@@ -103,7 +103,7 @@ class Vocoder:
         hop = self.info.hop
         # A handful of lengths per batch size, not one per mix of windows: the CUDA EP's arena grows with
         # every new input shape (the GPU run, README), and a GPU's extra frames cost next to nothing.
-        n = self._bucket(max(len(w.frames) for w in wins))
+        n = self.bucket(max(len(w.frames) for w in wins))
         mel = np.zeros((len(wins), self.info.in_channels, n), np.float32)
         for i, w in enumerate(wins):
             mel[i, :, :len(w.frames)] = w.frames.T
@@ -117,13 +117,16 @@ class Vocoder:
             # sentence end (OpenVINO: a new 121-frame window took 339 ms, a seen one 139 ms), and
             # keeps memory per length it has seen (about 55 MB each for the full-size vocoder with
             # two requests): 32, 64, 128, ... frames below the regular window, then the window itself.
-            size = self._bucket(n)
+            size = self.bucket(n)
             if size > n:
                 mel = np.concatenate([mel, np.zeros((size - n, mel.shape[1]), mel.dtype)])
         feeds = {"mel": np.ascontiguousarray(mel.T[None], np.float32)}
         return self.session.run(feeds, validate=validate, token=token)["audio"].reshape(-1)
 
-    def _bucket(self, n: int) -> int:
+    def bucket(self, n: int) -> int:
+        """The frames a call whose longest window has ``n`` runs at where lengths are bucketed (a batched
+        call, and every call on a backend that compiles per shape): 32, 64, ... below the regular window,
+        then the window itself; a longer input (a whole utterance) rounds up to a multiple of 32."""
         full = self.window_frames
         if full is None or n > full:  # no regular window (one-shot), or a whole utterance
             return -(-n // SHAPE_BUCKET) * SHAPE_BUCKET
