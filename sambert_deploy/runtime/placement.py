@@ -187,8 +187,12 @@ class Placement:
     backend_options: BackendOptions
     notes: tuple[str, ...] = ()  # decisions worth a log line (a backend absent, the vocoder moved off the GPU)
     warnings: tuple[str, ...] = ()  # a placement that will likely fail (a stage placed where it cannot fit)
-    decoder_batch: int = DEFAULT_MAX_BATCH  # streams per decoder call where the acoustic model runs as planned
     vocoder_mem_limit: int | None = None  # a vocoder session's CUDA arena cap (arena_caps); None: no budget
+
+    @property
+    def decoder_batch(self) -> int:
+        """Streams per decoder call where the acoustic model runs as planned."""
+        return self.decoder_batch_on(self.am_backend)
 
     def decoder_batch_on(self, backend: str) -> int:
         """Streams per decoder call for an acoustic model that opened on ``backend`` (a fallback off the
@@ -284,10 +288,9 @@ def plan_placement(manifest: Manifest, request: PlacementRequest, host: HostFact
                                              (voc_given and kind == voc_first) or request.strict)
                           for kind in fallback_chain(voc_first, "vocoder", host, request.strict))
         placed[vm.name] = VoicePlacement(vm.name, am_chain, voc_chain, window_frames(vm, options))
-    planned = Placement(request, am_first, voc_first, placed, options, cpu_budget, gpu_streams,
-                        options.max_ahead or cpu_budget + 2, gpu, backend_options, tuple(notes), tuple(warnings),
-                        vocoder_mem_limit=vocoder_cap)
-    return replace(planned, decoder_batch=planned.decoder_batch_on(am_first))
+    return Placement(request, am_first, voc_first, placed, options, cpu_budget, gpu_streams,
+                     options.max_ahead or cpu_budget + 2, gpu, backend_options, tuple(notes), tuple(warnings),
+                     vocoder_mem_limit=vocoder_cap)
 
 
 def plan_for_voices(free_bytes: int, manifest: Manifest, voices: Sequence[VoiceManifest],
