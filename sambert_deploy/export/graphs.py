@@ -98,8 +98,8 @@ class DecoderStepGraph(nn.Module):
     """One autoregressive step of r frames for a batch of B streams of one voice.
 
     prev f32 [B,1,num_mels] (last frame of each stream's previous step), memory_i f32 [B,1,d_mem],
-    x_k/x_v f32 [B,L,H,Wx,dh] (each stream's previous Wx steps' keys/values, oldest first), x_bias f32
-    [B,Wx+1] (0 = attend, MASK_VALUE = not), h_k/h_v f32 [B,L,H,Wh,dh] (memory window starting at each
+    x_k/x_v f32 [B,L,H,Wx,dh] (each stream's previous Wx steps' keys/values, newest first), x_bias f32
+    [B,Wx+1] (slot 0 = this step; 0 = attend, MASK_VALUE = not), h_k/h_v f32 [B,L,H,Wh,dh] (memory window starting at each
     stream's step), h_bias f32 [B,Wh] -> frames f32 [B,1,r*num_mels], x_k_out/x_v_out [B,L,H,Wx,dh]
     (windows moved by one). Streams with narrower windows than the batch's are padded with masked
     slots (oldest end of the x window, far end of the memory window): exp(MASK_VALUE) is exactly 0,
